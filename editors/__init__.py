@@ -1,0 +1,58 @@
+"""Concept editors for text-to-image diffusion models, behind one :class:`~editors.base.Editor` protocol.
+
+Built-in editors are registered here lazily (nothing heavy is imported until one is used); third-party
+editors arrive through the entry-point group ``iceb.editors`` or as ``package.module:Class``.
+
+    from editors import get_editor
+    Editor = get_editor("emcid")
+    result = Editor(Editor.load_hparams("sd-1.4")).edit(pipe, requests)
+"""
+from __future__ import annotations
+
+from iceb.registry import Registry
+
+from editors.base import BaseEditor, EditRequest, EditResult, Editor, RequestError, edit_in_rounds
+
+EDITORS: Registry = Registry("editor", entry_point_group="iceb.editors")
+
+# Built-ins, imported on first use.
+EDITORS.register("noop", "editors.noop:NoopEditor", description="changes nothing; the harness's control")
+EDITORS.register("emcid", "editors.emcid:EMCIDEditor",
+                 description="EMCID: dual self-distillation (stage I) + multi-layer closed form on text-encoder fc2 (stage II)")
+EDITORS.register("uce", "editors.uce:UCEEditor",
+                 description="UCE: closed-form edit of every cross-attention to_k/to_v, all concepts in one solve")
+EDITORS.register("time", "editors.uce:TIMEEditor",
+                 description="TIME: UCE's closed form without a preserve set (lambda 0.1, all tokens)")
+EDITORS.register("rome", "editors.rome:ROMEEditor",
+                 description="ReFACT (ROME-style): rank-one update of one text-encoder fc2, edits applied in sequence")
+EDITORS.register("esd-x", "editors.esd:ESDXEditor",
+                 description="ESD-x: erase by negative-guidance fine-tuning of the cross-attention layers")
+EDITORS.register("esd-u", "editors.esd:ESDUEditor",
+                 description="ESD-u: erase by negative-guidance fine-tuning of the non-cross-attention UNet layers")
+
+
+def register_editor(name: str, *, description: str = ""):
+    """Class decorator: ``@register_editor("my-editor")`` sets ``cls.name`` and registers it."""
+
+    def decorator(cls):
+        cls.name = name
+        if description and not getattr(cls, "description", ""):
+            cls.description = description
+        EDITORS.register(name, cls, description=description)
+        return cls
+
+    return decorator
+
+
+def get_editor(name: str) -> type:
+    """The editor class for a registered name, an entry point, or ``package.module:Class``."""
+    cls = EDITORS.get(name)
+    if not (isinstance(cls, type) and callable(getattr(cls, "edit", None))):
+        raise TypeError(f"editor {name!r} resolves to {cls!r}, which has no edit() method")
+    if not getattr(cls, "name", ""):
+        cls.name = name
+    return cls
+
+
+__all__ = ["EDITORS", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError", "edit_in_rounds",
+           "get_editor", "register_editor"]

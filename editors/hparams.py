@@ -1,0 +1,209 @@
+"""Frozen, typed hyperparameters loaded from YAML with strict validation.
+
+Each editor declares a ``@dataclass(frozen=True)`` subclass of :class:`Hparams`. Values come from
+``editors/hparams/<editor>/<base_model>.yaml`` (or any file) plus ``key=value`` overrides. Unknown keys,
+wrong types and YAML 1.1's scientific-notation pitfall (PyYAML reads ``5e-1`` as the *string* "5e-1")
+are errors that name the key and the file. We parse YAML with a resolver that reads ``5e-1`` as a float,
+so a value that still arrives as a string for a numeric field is an error, never a silent coercion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+HPARAMS_DIR = Path(__file__).with_name("hparams")
+
+H = TypeVar("H", bound="Hparams")
+
+
+class HparamsError(ValueError):
+    """A bad hyperparameter file or value; the message names the key and the source."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``5e-1`` and ``1e7`` as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; malformed YAML is an :class:`HparamsError` naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HparamsError(f"cannot read hyperparameter file {path}: {err}") from err
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise HparamsError(f"malformed YAML in {path}: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HparamsError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; only lossless conversions (int->float, list->tuple)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except HparamsError as err:
+                errors.append(str(err))
+        raise HparamsError(f"{where}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise HparamsError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise HparamsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise HparamsError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise HparamsError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise HparamsError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HparamsError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9.]+[eE][-+]?[0-9]+", value.strip()):
+                hint = " (write it as a YAML float, e.g. 5.0e-1, or unquoted)"
+            raise HparamsError(f"{where}: expected a number, got string {value!r}{hint}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise HparamsError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise HparamsError(f"{where}: cannot check {value!r} against {_type_name(tp)}")
+
+
+def _parse_override(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader) if text != "" else ""  # noqa: S506
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """Base class of every editor's hyperparameters (frozen; validated on construction)."""
+
+    @classmethod
+    def from_dict(cls: type[H], data: Mapping[str, Any], source: str = "<dict>") -> H:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            from iceb.registry import closest
+
+            parts = []
+            for key in unknown:
+                hint = closest(key, list(fields))
+                parts.append(f"{key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            raise HparamsError(
+                f"{source}: unknown key(s) {', '.join(parts)} for {cls.__name__}; known keys: {', '.join(fields)}"
+            )
+        values = {}
+        for name, value in data.items():
+            values[name] = _coerce(value, hints[name], f"{source}: key {name!r}")
+        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise HparamsError(f"{source}: missing required key(s) {', '.join(missing)} for {cls.__name__}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls: type[H], path: str | Path, overrides: Mapping[str, Any] | None = None) -> H:
+        data = load_yaml(path)
+        data.pop("editor", None)  # a file may say which editor it is for; checked by the editor
+        data.update(overrides or {})
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self: H, **changes: Any) -> H:
+        return type(self).from_dict({**self.to_dict(), **changes}, source="override")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """``"lr=0.1,layers=[7,8]"`` -> ``{"lr": 0.1, "layers": [7, 8]}`` (values parsed as YAML)."""
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    depth, start = 0, 0
+    pieces = []
+    for i, ch in enumerate(text):
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            pieces.append(text[start:i])
+            start = i + 1
+    pieces.append(text[start:])
+    for piece in pieces:
+        if not piece.strip():
+            continue
+        if "=" not in piece:
+            raise HparamsError(f"override {piece!r} is not of the form key=value")
+        key, _, raw = piece.partition("=")
+        try:
+            out[key.strip()] = _parse_override(raw.strip())
+        except yaml.YAMLError as err:
+            raise HparamsError(f"override {piece!r}: {err}") from err
+    return out

@@ -1,0 +1,106 @@
+"""Named tensors of a diffusers pipeline: read, apply an edit, restore bit for bit.
+
+Names are the pipeline's own: ``<component>.<parameter name inside that module>``, e.g.
+``text_encoder.text_model.encoder.layers.3.mlp.fc2.weight`` or
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight``. These are the keys of every
+``EditResult`` and of the edit files written by ``iceb edit``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
+
+
+class WeightNameError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def component(pipe, name: str) -> tuple[torch.nn.Module, str]:
+    """Split a pipeline tensor name into (module component, name inside it)."""
+    comp_name, _, inner = name.partition(".")
+    module = getattr(pipe, comp_name, None)
+    if not isinstance(module, torch.nn.Module) or not inner:
+        raise WeightNameError(
+            f"{name!r} does not name a tensor of the pipeline; names start with one of "
+            f"{[c for c in COMPONENTS if isinstance(getattr(pipe, c, None), torch.nn.Module)]}"
+        )
+    return module, inner
+
+
+def get_tensor(pipe, name: str) -> torch.Tensor:
+    """The live parameter (or buffer) called ``name`` in the pipeline."""
+    module, inner = component(pipe, name)
+    try:
+        return module.get_parameter(inner)
+    except AttributeError:
+        try:
+            return module.get_buffer(inner)
+        except AttributeError:
+            raise WeightNameError(f"the pipeline has no tensor {name!r}") from None
+
+
+def named_tensors(pipe, components: tuple[str, ...] = COMPONENTS) -> Iterator[tuple[str, torch.Tensor]]:
+    for comp in components:
+        module = getattr(pipe, comp, None)
+        if isinstance(module, torch.nn.Module):
+            for inner, p in module.named_parameters():
+                yield f"{comp}.{inner}", p
+
+
+def module_prefix(pipe, module: torch.nn.Module) -> str:
+    """The pipeline name of a submodule (e.g. ``text_encoder.text_model.encoder.layers.3.mlp.fc2``)."""
+    for comp in COMPONENTS:
+        root = getattr(pipe, comp, None)
+        if isinstance(root, torch.nn.Module):
+            for inner, m in root.named_modules():
+                if m is module:
+                    return f"{comp}.{inner}" if inner else comp
+    raise WeightNameError(f"module {type(module).__name__} is not part of the pipeline")
+
+
+def check_compatible(pipe, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Every name exists and every shape matches, before anything is written."""
+    for name, value in tensors.items():
+        live = get_tensor(pipe, name)
+        if tuple(live.shape) != tuple(value.shape):
+            raise ValueError(f"shape mismatch for {name!r}: pipeline {tuple(live.shape)}, edit {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"the edit holds non-finite values (NaN or inf) in {name!r}; nothing was applied")
+
+
+@torch.no_grad()
+def apply_tensors(pipe, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write new values into the pipeline; return exact copies of what they replaced."""
+    check_compatible(pipe, tensors)
+    originals: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        live = get_tensor(pipe, name)
+        originals[name] = live.detach().clone()
+        live.copy_(value.to(device=live.device, dtype=live.dtype))
+    return originals
+
+
+@torch.no_grad()
+def restore_tensors(pipe, originals: Mapping[str, torch.Tensor]) -> None:
+    """Put back the exact tensors saved by :func:`apply_tensors` (bit for bit)."""
+    for name, value in originals.items():
+        get_tensor(pipe, name).copy_(value)
+
+
+@contextlib.contextmanager
+def applied(pipe, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """``with applied(pipe, result.tensors): ...`` runs the body on the edited pipeline, then restores it."""
+    originals = apply_tensors(pipe, tensors)
+    try:
+        yield
+    finally:
+        restore_tensors(pipe, originals)
+
+
+def snapshot(pipe, names) -> dict[str, torch.Tensor]:
+    return {n: get_tensor(pipe, n).detach().clone() for n in names}

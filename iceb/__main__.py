@@ -1,0 +1,3 @@
+from iceb.cli import main
+
+raise SystemExit(main())

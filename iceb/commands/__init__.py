@@ -1,0 +1,1 @@
+"""One module per ``iceb`` subcommand; each defines ``register(subparsers)``."""

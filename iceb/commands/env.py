@@ -1,0 +1,37 @@
+"""``iceb env``: versions, device and cache folders, for bug reports (like ``diffusers-cli env``)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("env", help="print versions, device and cache folders")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+    import platform
+
+    import torch
+
+    from iceb.models import TOY_DIR, default_model_spec
+    from iceb.paths import DATA_DIR, cache_dir
+    from iceb.results import git_revision, package_versions
+
+    lines = [("platform", platform.platform())]
+    lines += list(package_versions().items())
+    lines.append(("git revision", git_revision() or "-"))
+    cuda = torch.cuda.is_available()
+    lines.append(("cuda available", str(cuda)))
+    if cuda:
+        lines.append(("gpu", torch.cuda.get_device_name(0)))
+    lines.append(("cpu threads", str(torch.get_num_threads())))
+    lines.append(("data folder", str(DATA_DIR)))
+    lines.append(("iceb cache", str(cache_dir())))
+    lines.append(("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface")))
+    lines.append(("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")))
+    lines.append(("toy world", "present" if (TOY_DIR / "model_index.json").is_file() else "not trained"))
+    lines.append(("default model", default_model_spec()))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,100 @@
+"""Safe file writing: every write is atomic (temp file + fsync + rename), appends are whole lines.
+
+A killed process leaves either the old file or the new one, never half of one; a full disk raises a clear
+error and the files already written stay intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class DiskFullError(OSError):
+    pass
+
+
+def _explain(err: OSError, path: Path) -> OSError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(err.errno, f"no space left while writing {path}; free some space and run the same "
+                                        f"command again: finished work is kept and the run resumes")
+    return err
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise _explain(err, path) from err
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as one write of whole lines, then fsync; readers drop a torn last line."""
+    path = Path(path)
+    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode()
+    try:
+        _drop_torn_tail(path)
+        with open(path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise _explain(err, path) from err
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line left by a killed writer, so the next append starts clean."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        data = fh.seek(0) or fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a killed writer) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_bytes().split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:  # only the last, unterminated line may be torn
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows

@@ -1,0 +1,25 @@
+"""Metric registry (same shape as editors and tasks)."""
+from __future__ import annotations
+
+from iceb.metrics.base import Metric, MetricValue
+from iceb.registry import Registry
+
+METRICS: Registry = Registry("metric", entry_point_group="iceb.metrics")
+
+METRICS.register("image-change", "iceb.metrics.image_change:ImageChange",
+                 description="mean absolute pixel change between pre- and post-edit images, per prompt subset")
+METRICS.register("iceb-cls", "iceb.metrics.panel:ICEBPanel",
+                 description="ICEB panel: classifier scores (mean target probability) and top-1/top-5, pre/post")
+METRICS.register("clip-score", "iceb.metrics.clip_score:CLIPScore",
+                 description="CLIP score: 100 x cosine(image, caption), OpenCLIP ViT-L/14 (OpenAI weights)")
+METRICS.register("fid", "iceb.metrics.fid:FID",
+                 description="FID of generated COCO-caption images against real COCO images (Inception pool3)")
+METRICS.register("lpips", "iceb.metrics.lpips_metric:LPIPS",
+                 description="LPIPS (AlexNet, 64 px) between pre- and post-edit images")
+
+
+def get_metric(name: str, **kwargs) -> Metric:
+    return METRICS.get(name)(**kwargs)
+
+
+__all__ = ["METRICS", "Metric", "MetricValue", "get_metric"]

@@ -1,0 +1,225 @@
+"""From a model spec to a ready ``StableDiffusionPipeline``.
+
+A spec is a hub id (``CompVis/stable-diffusion-v1-4``), a local diffusers folder, or a built-in name:
+``tiny`` (random weights, built from configs, for tests of mechanics: its numbers mean nothing) and
+``toy`` (the trained toy world, when its bundle is present). The safety checker is always off, as in every
+concept-editing paper. A hub model that is neither cached nor downloadable ends in one
+:class:`ModelNotFoundError` that says how to get it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iceb.generation import ICEB_PROTOCOL, GenerationConfig
+from iceb.paths import DATA_DIR
+
+DEFAULT_HUB_MODEL = "CompVis/stable-diffusion-v1-4"
+TOY_DIR = DATA_DIR / "toy" / "model"
+#: Optional file in a model folder: {"family", "world", "classifier", "generation": {...}}
+ICEB_MODEL_INFO = "iceb_model.json"
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model cannot be loaded here; the message says how to get it."""
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline plus what the benchmark needs to know about it."""
+
+    pipe: Any
+    spec: str
+    model_id: str
+    revision: str | None
+    family: str  # selects the editors' hparams files: "sd-1.4", "tiny", "toy", ...
+    world: str  # "imagenet" or "toy": which concepts and classifier the model speaks
+    generation: GenerationConfig
+    classifier: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights for caching: id plus revision (or a hash of the local folder's files)."""
+        return f"{self.model_id}@{self.revision or 'unknown'}"
+
+
+def default_model_spec() -> str:
+    """The built-in default: the trained toy world when its bundle is present, else ``tiny``."""
+    return "toy" if (TOY_DIR / "model_index.json").is_file() else "tiny"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto", "float32", "fp32"):
+        return torch.float32
+    table = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    if device.type == "cpu" and table[dtype] == torch.float16:
+        raise ValueError("float16 is not supported for generation on the CPU; use float32 or bfloat16")
+    return table[dtype]
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny: random weights from configs (no download, ever)
+# --------------------------------------------------------------------------------------------------
+TINY_TEXT_LAYERS = 12  # keeps layer indices 0-10 (EMCID), 7/9 (ReFACT) meaningful
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """A random-weight SD-architecture pipeline small enough for unit tests (16 px images)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from iceb.tokenizer import load_clip_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = load_clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=TINY_TEXT_LAYERS,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    for module in (text_encoder, unet, vae):
+        module.eval()
+    return pipe
+
+
+def _tiny_fingerprint(pipe) -> str:
+    h = hashlib.sha256()
+    for comp in ("text_encoder", "unet", "vae"):
+        for _, p in getattr(pipe, comp).state_dict().items():
+            h.update(p.detach().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of the weight files' names, sizes and first bytes: cheap, and changes when weights change."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def _read_info(folder: Path) -> dict[str, Any]:
+    f = folder / ICEB_MODEL_INFO
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _family_from_pipe(pipe) -> str:
+    hidden = getattr(getattr(pipe.text_encoder, "config", None), "hidden_size", None)
+    return {768: "sd-1.4", 1024: "sd-2"}.get(hidden, "custom")
+
+
+def _hub_error(spec: str, err: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"cannot load the model {spec!r}: it is not in the local Hugging Face cache and could not be downloaded "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"
+        f"To use it: on a machine with access to the Hugging Face Hub run\n"
+        f"    huggingface-cli download {spec} --local-dir /path/to/{spec.split('/')[-1]}\n"
+        f"(accept the model licence on its hub page first if it asks), copy the folder here and pass\n"
+        f"    --model /path/to/{spec.split('/')[-1]}\n"
+        f"or set HF_HOME to a cache that holds it. Without real weights, '--model toy' runs the trained toy "
+        f"world and '--model tiny' a random-weight pipeline (numbers meaningless)."
+    )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def load_model(spec: str = "toy", *, device: str | None = "auto", dtype: str | torch.dtype | None = None,
+               revision: str | None = None) -> LoadedModel:
+    """Load ``spec`` as a StableDiffusionPipeline on ``device`` in ``dtype``, safety checker off."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec == "tiny":
+        pipe = build_tiny_pipeline()
+        loaded = LoadedModel(pipe, "tiny", "iceb/tiny-random", _tiny_fingerprint(pipe), "tiny", "imagenet",
+                             GenerationConfig(num_inference_steps=2, guidance_scale=7.5, batch_size=16),
+                             classifier=None, info={"note": "random weights: numbers mean nothing"})
+    elif spec == "toy":
+        if not (TOY_DIR / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"the toy-world model is not present at {TOY_DIR}. Train it with 'iceb toy train' "
+                f"(about 30 CPU-minutes), or use '--model tiny' for a random-weight pipeline.")
+        loaded = _load_folder(TOY_DIR, "toy", dt)
+    elif Path(spec).expanduser().is_dir():
+        loaded = _load_folder(Path(spec).expanduser(), spec, dt)
+    elif _looks_like_hub_id(spec):
+        loaded = _load_hub(spec, dt, revision)
+    else:
+        raise ModelNotFoundError(
+            f"model spec {spec!r} is neither a built-in name (toy, tiny), an existing local folder, nor a hub id "
+            f"of the form 'owner/name' (e.g. {DEFAULT_HUB_MODEL})")
+    loaded.pipe.to(dev)
+    if loaded.pipe.unet.dtype != dt:
+        loaded.pipe.to(dtype=dt)
+    return loaded
+
+
+def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
+    from diffusers import StableDiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    info = _read_info(folder)
+    family = info.get("family") or _family_from_pipe(pipe)
+    gen = GenerationConfig(**info["generation"]) if "generation" in info else ICEB_PROTOCOL
+    model_id = info.get("model_id", str(folder.resolve()) if spec != "toy" else "iceb/toy-world")
+    return LoadedModel(pipe, spec, model_id, _folder_fingerprint(folder), family, info.get("world", "imagenet"),
+                       gen, classifier=info.get("classifier"), info=info)
+
+
+def _load_hub(spec: str, dtype: torch.dtype, revision: str | None) -> LoadedModel:
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, revision=revision)
+    try:  # the cache first: no network when the weights are already here
+        pipe = StableDiffusionPipeline.from_pretrained(spec, local_files_only=True, **kwargs)
+    except Exception as cache_err:  # noqa: BLE001 - diffusers raises several types for a cache miss
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise _hub_error(spec, cache_err) from None
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise _hub_error(spec, err) from None
+    rev = getattr(pipe, "_internal_dict", {}).get("_commit_hash") if hasattr(pipe, "_internal_dict") else None
+    return LoadedModel(pipe, spec, spec, revision or rev, _family_from_pipe(pipe), "imagenet", ICEB_PROTOCOL,
+                       classifier="vit-b16")

@@ -1,0 +1,113 @@
+"""Run folders and tidy result rows.
+
+A run folder ``<out>/<run_id>/`` holds ``config.json`` (resolved config with package versions, git
+revision and data hashes), ``results.jsonl`` (append-only, one tidy row per (editor, model, task, N,
+subset, metric)) and ``edits/`` (the edit deltas as safetensors with JSON sidecars). Rows of one edit count
+are appended in one write that ends with a completion marker; a reader keeps only completed blocks, so a
+run killed mid-write resumes to exactly the rows an uninterrupted run writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+from iceb.io import append_jsonl, read_jsonl
+
+ROW_COLUMNS = ["editor", "model", "task", "world", "n_edits", "mode", "subset", "metric", "value", "bound", "n",
+               "higher_is_better", "smoke", "run_id", "iceb_version"]
+
+
+class RunLockedError(RuntimeError):
+    pass
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_revision() -> str | None:
+    from iceb.paths import REPO_ROOT
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        rev = out.stdout.strip() if out.returncode == 0 else None
+        if rev:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("iceb", "torch", "diffusers", "transformers", "open_clip_torch", "timm", "torchmetrics", "accelerate",
+                "safetensors", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def append_block(path: Path, rows: list[dict[str, Any]], block: dict[str, Any]) -> None:
+    """Append one edit count's rows plus its completion marker in a single write."""
+    tagged = [{**r, "kind": "result", "block": block["block"]} for r in rows]
+    append_jsonl(path, tagged + [{**block, "kind": "done"}])
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Result rows of completed blocks only (the last completed block wins for a repeated key)."""
+    lines = read_jsonl(path)
+    done = {r["block"]: r for r in lines if r.get("kind") == "done"}
+    by_key: dict[Any, list[dict[str, Any]]] = {}
+    for r in lines:
+        if r.get("kind") == "result" and r.get("block") in done:
+            by_key.setdefault(done[r["block"]]["key"], []).append(r)
+    # keep the rows of the last completed block per key
+    last_block = {}
+    for b in done.values():
+        last_block[b["key"]] = b["block"]
+    out = []
+    for key, rows in by_key.items():
+        out.extend(r for r in rows if r["block"] == last_block[key])
+    return [{k: v for k, v in r.items() if k not in ("kind", "block")} for r in out]
+
+
+def completed_keys(path: str | Path) -> set[str]:
+    return {r["key"] for r in read_jsonl(path) if r.get("kind") == "done"}
+
+
+def rows_to_frame(rows: Iterable[dict[str, Any]]):
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    cols = [c for c in ROW_COLUMNS if c in df.columns] + [c for c in df.columns if c not in ROW_COLUMNS]
+    return df[cols].sort_values(["task", "editor", "model", "n_edits", "subset", "metric"], kind="stable")
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    from iceb.io import atomic_path
+
+    df = rows_to_frame(rows)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run_dir = Path(run_dir)
+    cfg_path, res_path = run_dir / "config.json", run_dir / "results.jsonl"
+    if not res_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an ICEB run folder (no results.jsonl)")
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return config, read_rows(res_path)

@@ -1,0 +1,36 @@
+"""Task registry. ``get_task(name, world)`` builds a task for the model's world (imagenet or toy)."""
+from __future__ import annotations
+
+from iceb.registry import Registry
+from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
+
+TASKS: Registry = Registry("task", entry_point_group="iceb.tasks")
+
+TASKS.register("smoke", "iceb.tasks.smoke:SmokeTask",
+               description="mechanics check: 10 fixed everyday-object edits, template prompts only")
+TASKS.register("ace", "iceb.tasks.ace:ACETask",
+               description="arbitrary concept editing on ICEB's official split (toy world: the toy split)")
+TASKS.register("rectification", "iceb.tasks.rectification:RectificationTask",
+               description="concept rectification: misunderstood aliases -> their class (official ICEB / toy)")
+TASKS.register("ace-1k", "iceb.tasks.ace:ACE1kTask",
+               description="arbitrary concept editing on the project's 1000-class split, up to 1000 edits")
+TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask",
+               description="concept rectification on the project's 1000-class split")
+
+
+def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
+    """An instantiated task; ``name`` may also be ``package.module:Class`` or a task file path."""
+    from pathlib import Path
+
+    if name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml"):
+        from iceb.tasks.user import UserTask  # user-defined task file
+
+        return UserTask.from_file(name, world=world, **kwargs)
+    cls = TASKS.get(name)
+    try:
+        return cls(world=world, **kwargs)
+    except TypeError:
+        return cls(**kwargs)
+
+
+__all__ = ["TASKS", "EvalPrompt", "Task", "TaskError", "TaskInstance", "get_task"]

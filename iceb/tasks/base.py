@@ -1,0 +1,116 @@
+"""The task contract: for any N up to the task's maximum, the first N edit requests and the evaluation
+prompt sets, each prompt with its seed and expected classes.
+
+Prompt sets (the ``subset`` of an :class:`EvalPrompt`) follow ICEB:
+
+- ``edit``: the requests' training templates filled with the source name (seeds: the class's first
+  prompt seeds), scored for P(source) and P(destination);
+- ``edit_dest``: the same templates filled with the destination name (the destination's own score);
+- ``general``: free-form prompts naming the source;
+- ``alias``: free-form prompts naming an alias of the source;
+- ``holdout``: prompts of classes that are not edited, scored for their own class.
+
+Tasks know nothing of editors; the harness brings the two together.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from editors.base import EditRequest
+
+SUBSETS = ("edit", "edit_dest", "general", "alias", "holdout")
+
+
+class TaskError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One image to generate and score: ``prompt`` with ``seed``.
+
+    ``true_class`` is the class the prompt names (the source, an alias's class or a holdout class);
+    ``dest_class`` is the edit's destination class when the prompt belongs to an edit request;
+    ``group`` ties the prompt to its request (for per-request averages, as ICEB averages).
+    """
+
+    prompt: str
+    seed: int
+    subset: str
+    true_class: int | str | None = None
+    dest_class: int | str | None = None
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if self.subset not in SUBSETS:
+            raise TaskError(f"unknown prompt subset {self.subset!r}; expected one of {SUBSETS}")
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    """What a task gives the harness for one edit count."""
+
+    task: str
+    n_edits: int
+    requests: tuple[EditRequest, ...]
+    prompts: tuple[EvalPrompt, ...]
+    world: str = "imagenet"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, name: str) -> list[EvalPrompt]:
+        return [p for p in self.prompts if p.subset == name]
+
+    def counts(self) -> dict[str, int]:
+        c = {"requests": len(self.requests)}
+        for s in SUBSETS:
+            c[s] = len(self.subset(s))
+        return c
+
+    def limited(self, limit: int | None) -> "TaskInstance":
+        """At most ``limit`` prompts per subset (smoke runs only: results are marked as such)."""
+        if not limit:
+            return self
+        kept, seen = [], {s: 0 for s in SUBSETS}
+        for p in self.prompts:
+            if seen[p.subset] < limit:
+                kept.append(p)
+                seen[p.subset] += 1
+        return TaskInstance(self.task, self.n_edits, self.requests, tuple(kept), self.world,
+                            {**self.info, "limit": limit})
+
+    def fingerprint(self) -> str:
+        payload = json.dumps([[asdict(r) for r in self.requests], [asdict(p) for p in self.prompts]],
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class Task(abc.ABC):
+    """A benchmark task. Subclasses set ``name``, ``description``, ``world`` and implement ``build``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    world: ClassVar[str] = "imagenet"  # which classifier scores its images: "imagenet" or "toy"
+    #: the edit counts a default sweep runs (EMCID: 1, 5, 10, ..., 300)
+    default_edits: ClassVar[tuple[int, ...]] = (1, 5, 10)
+    #: metrics a run computes by default
+    default_metrics: ClassVar[tuple[str, ...]] = ("image-change",)
+
+    @property
+    @abc.abstractmethod
+    def max_edits(self) -> int: ...
+
+    def check_n(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1 or n > self.max_edits:
+            raise TaskError(f"task {self.name!r} supports 1 to {self.max_edits} edits; got {n}")
+
+    def build(self, n: int) -> TaskInstance:
+        """The first ``n`` edit requests and their evaluation prompts."""
+        self.check_n(n)
+        return self._build(n)
+
+    @abc.abstractmethod
+    def _build(self, n: int) -> TaskInstance: ...

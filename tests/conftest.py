@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random-weight models built from configs (never a download)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set RUN_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from iceb.models import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture()
+def tiny_pipe(tiny_model):
+    """The session's tiny pipeline; tests must leave it as they found it (checked here)."""
+    pipe = tiny_model.pipe
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    yield pipe
+    for k, v in pipe.text_encoder.state_dict().items():
+        assert torch.equal(v, before[k]), f"a test left the tiny text encoder changed at {k}"
