@@ -69,8 +69,8 @@ def collect_second_moments(text_encoder: torch.nn.Module, tokenizer, modules: di
         with capture(modules, inputs=True) as rec:
             text_encoder(ids, attention_mask=None)  # SD encodes without a mask; CLIP attention is causal
         for name in modules:
-            k = rec.inputs[name][mask].double()  # (tokens, d)
-            s = k.T @ k
+            k = rec.inputs[name][mask].float()  # (tokens, d)
+            s = (k.T @ k).double()  # per-batch product in fp32 (as EMCID), running sum in fp64
             sums[name] = sums[name] + s if name in sums else s
         count += int(mask.sum())
         bar.update(len(batch))
