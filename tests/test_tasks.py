@@ -166,3 +166,17 @@ def test_score_names_end_to_end_on_tiny(tiny_model, tmp_path):
     assert again == scores
     fake = {"0": {"tench": 0.9, "Tinca tinca": 0.01}, "3": {"tiger shark": 0.3}}
     assert [(r.source, r.destination) for r in derive_rectifications(fake)] == [("Tinca tinca", "tench")]
+
+
+def test_rectification_1k_from_official_scores(monkeypatch):
+    if not (REF / "imgnet_prompts_cls.json").is_file():
+        pytest.skip("EMCID reference data not present")
+    monkeypatch.setenv("ICEB_OFFICIAL_DATA", str(REF))
+    from iceb.tasks import get_task
+
+    task = get_task("rectification-1k")
+    # the official rule over all 1000 classes: as many rows as EMCID's older rectification_train.csv
+    assert task.max_edits == 207 and task.default_edits == (207,)
+    inst = task.build(207)
+    assert len({r.source_id for r in inst.requests}) == 154
+    assert all(p.true_class == p.dest_class for p in inst.prompts if p.subset != "holdout")
