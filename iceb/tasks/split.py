@@ -48,6 +48,7 @@ class EditPair:
     dest_id: int
     seed_train: int
     template_seeds: tuple[int, ...]  # one per training template (ICEB: the class's first prompt seeds)
+    source_name: str | None = None  # the name to edit when not the class's primary name (an alias edit)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class SplitBundle:
             Concept(c["id"], c["name"], tuple(c["aliases"]), tuple(PromptSeed(**p) for p in c["prompts"]),
                     c.get("info", {}))
             for c in d["concepts"])
-        edits = tuple(EditPair(e["source_id"], e["dest_id"], e["seed_train"], tuple(e["template_seeds"]))
+        edits = tuple(EditPair(e["source_id"], e["dest_id"], e["seed_train"], tuple(e["template_seeds"]),
+                               e.get("source_name"))
                       for e in d["edits"])
         rects = tuple(Rectification(r["class_id"], r["source"], r["destination"], r["seed_train"],
                                     tuple(r["template_seeds"])) for r in d.get("rectifications", []))

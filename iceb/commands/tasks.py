@@ -1,0 +1,39 @@
+"""``iceb tasks show NAME --edits N [--world imagenet|toy] [--json]``: what a task gives for N edits."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tasks", help="inspect tasks")
+    tsub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    s = tsub.add_parser("show", help="prompt counts per subset for N edits")
+    s.add_argument("name")
+    s.add_argument("--edits", type=int, default=None, help="number of edits (default: the task's largest default)")
+    s.add_argument("--world", choices=["imagenet", "toy"], default="imagenet")
+    s.add_argument("--data-dir", default=None, help="local folder with EMCID's data/iceb_data files")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=run_show)
+
+
+def run_show(args) -> int:
+    import json
+
+    from iceb.tasks import get_task
+
+    kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    task = get_task(args.name, world=args.world, **kwargs)
+    n = args.edits if args.edits is not None else max(task.default_edits)
+    inst = task.build(n)
+    out = {"task": task.name, "world": args.world, "edits": n, "max_edits": task.max_edits,
+           "default_edits": list(task.default_edits), "counts": inst.counts(),
+           "classes": {"sources": len({r.source_id for r in inst.requests}),
+                       "destinations": len({r.destination_id for r in inst.requests}),
+                       "holdout": len({p.true_class for p in inst.subset("holdout")}),
+                       "alias_requests": len({p.group for p in inst.subset("alias")})},
+           "info": inst.info}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"{task.name} ({args.world}), {n} of at most {task.max_edits} edits")
+        for k, v in {**out["counts"], **{f"{k} classes": v for k, v in out["classes"].items()}}.items():
+            print(f"  {k:<22} {v}")
+    return 0

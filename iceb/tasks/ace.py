@@ -1,0 +1,167 @@
+"""Arbitrary concept editing (ICEB's AICE) on a :class:`~iceb.tasks.split.SplitBundle`.
+
+One code path for every world: the bundle is EMCID's official split (``ace``, world ``imagenet``), the
+project's 1000-class split (``ace-1k``, ``data/imagenet/split1k.json``) or the toy world's split
+(``data/toy/split.json``, world ``toy``); a bundle can also be passed in directly.
+
+For N edits the instance holds the first N edit pairs in the split's order and these prompt sets
+(``group`` ties a prompt to its request):
+
+- ``edit``: the bundle's training templates with the source name, seeded with the pair's template seeds
+  (ICEB: the class's first 3 prompt seeds); ``true_class`` = source id, ``dest_class`` = destination id;
+- ``edit_dest``: the same templates and seeds with the destination name (true = dest = destination id);
+- ``general``: the source class's free-form prompts and their seeds, with the edited name;
+- ``alias``: every alias of an edited source class (ICEB: every non-primary ``id2label`` synonym) with the
+  class's free-form prompts, destination = the request's destination. A name that is itself edited by
+  one of the first N requests (the 1k split's alias edits) is not an alias prompt.
+- ``holdout``: the first ``holdout_prompts_per_class`` (ICEB: 3) prompts of every holdout class, with its
+  primary name, ``true_class`` = its id.
+
+Holdout seeds: EMCID's ``measure_specificity`` renders a class's 3 prompts as one batch with a single
+generator whose seed is the first prompt seed of the *next* holdout class (a code quirk; the batch then
+shares one noise stream). The project renders one image per (prompt, seed) with the prompt's own seed, so
+an image never depends on batching and pre-edit images can be cached; the holdout images therefore differ
+from the official ones in noise, not in distribution.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from editors.base import EditRequest
+from iceb.paths import DATA_DIR
+from iceb.tasks import TASKS
+from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
+from iceb.tasks.split import Concept, SplitBundle
+
+TOY_SPLIT = DATA_DIR / "toy" / "split.json"
+SPLIT_1K = DATA_DIR / "imagenet" / "split1k.json"
+
+
+def fill(template: str, name: str) -> str:
+    """Put ``name`` in every ``{}`` slot (a released template without a slot stays as it is)."""
+    return template.replace("{}", name)
+
+
+def load_world_bundle(world: str, variant: str = "official", data_dir: str | Path | None = None) -> SplitBundle:
+    """The bundle a task reads: ``variant`` "official" (EMCID) or "1k" (the project's) for ImageNet."""
+    if world == "toy":
+        if not TOY_SPLIT.is_file():
+            raise TaskError(f"the toy world's split {TOY_SPLIT} is missing; build the toy world first")
+        return SplitBundle.load(TOY_SPLIT)
+    if world != "imagenet":
+        raise TaskError(f"unknown world {world!r}; expected 'imagenet' or 'toy'")
+    if variant == "1k":
+        if not SPLIT_1K.is_file():
+            raise TaskError(f"{SPLIT_1K} is missing; rebuild it with 'python scripts/build_splits.py'")
+        return SplitBundle.load(SPLIT_1K)
+    from iceb.official import official_bundle
+
+    return official_bundle(data_dir)
+
+
+class SplitTask(Task):
+    """Common plumbing: lazy bundle, world check, holdout prompts."""
+
+    default_metrics = ("iceb-cls",)
+    variant = "official"
+
+    def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
+                 data_dir: str | Path | None = None) -> None:
+        self.world_name = world
+        self._bundle = bundle
+        self.data_dir = data_dir
+        if bundle is not None and bundle.world != world:
+            raise TaskError(f"task {self.name!r} for world {world!r} was given the {bundle.world!r} split "
+                            f"{bundle.name!r}")
+
+    @property
+    def world(self) -> str:  # type: ignore[override]
+        return self.world_name
+
+    @property
+    def bundle(self) -> SplitBundle:
+        if self._bundle is None:
+            self._bundle = load_world_bundle(self.world_name, self.variant, self.data_dir)
+        return self._bundle
+
+    def _holdout_prompts(self, exclude: set[int] = frozenset()) -> list[EvalPrompt]:
+        b, out = self.bundle, []
+        k = b.holdout_prompts_per_class
+        for cid in b.holdout:
+            if cid in exclude:
+                continue
+            c = b.concept(cid)
+            if len(c.prompts) < k:
+                raise TaskError(f"holdout class {cid} ({c.name}) has {len(c.prompts)} prompts; the split needs {k}")
+            out.extend(EvalPrompt(fill(p.template, c.name), p.seed, "holdout", cid, None, f"holdout:{cid}")
+                       for p in c.prompts[:k])
+        return out
+
+    def _instance(self, n: int, requests: list[EditRequest], prompts: list[EvalPrompt],
+                  info: dict[str, Any]) -> TaskInstance:
+        b = self.bundle
+        return TaskInstance(self.name, n, tuple(requests), tuple(prompts), self.world_name,
+                            {"split": b.name, "split_version": b.version, "split_checksum": b.checksum()[:16],
+                             **info})
+
+
+class ACETask(SplitTask):
+    name = "ace"
+    description = "arbitrary concept editing on ICEB's official split (toy world: the toy split)"
+
+    @property
+    def default_edits(self) -> tuple[int, ...]:  # type: ignore[override]
+        d = self.bundle.info.get("default_edits")
+        return tuple(int(x) for x in d) if d else (self.max_edits,)
+
+    @property
+    def max_edits(self) -> int:
+        return len(self.bundle.edits)
+
+    def _build(self, n: int) -> TaskInstance:
+        b = self.bundle
+        pairs = b.edits[:n]
+        edited_names = {(e.source_id, e.source_name or b.concept(e.source_id).name) for e in pairs}
+        requests, prompts = [], []
+        for i, e in enumerate(pairs):
+            src: Concept = b.concept(e.source_id)
+            dst: Concept = b.concept(e.dest_id)
+            name = e.source_name or src.name
+            rid = f"{self.name}-{i:04d}"
+            if len(e.template_seeds) != len(b.templates):
+                raise TaskError(f"edit {i} ({name}) has {len(e.template_seeds)} template seeds for "
+                                f"{len(b.templates)} templates")
+            requests.append(EditRequest(name, dst.name, b.templates, seed=e.seed_train, kind="update",
+                                        source_id=src.id, destination_id=dst.id, request_id=rid))
+            for t, s in zip(b.templates, e.template_seeds):
+                prompts.append(EvalPrompt(t.format(name), s, "edit", src.id, dst.id, rid))
+            for t, s in zip(b.templates, e.template_seeds):
+                prompts.append(EvalPrompt(t.format(dst.name), s, "edit_dest", dst.id, dst.id, rid))
+            for p in src.prompts:
+                prompts.append(EvalPrompt(fill(p.template, name), p.seed, "general", src.id, dst.id, rid))
+            if e.source_name is None:  # a class edit: its aliases test generalisation
+                for alias in src.aliases:
+                    if (src.id, alias) in edited_names:
+                        continue
+                    for p in src.prompts:
+                        prompts.append(EvalPrompt(fill(p.template, alias), p.seed, "alias", src.id, dst.id,
+                                                  f"{rid}/alias:{alias}"))
+        prompts.extend(self._holdout_prompts())
+        return self._instance(n, requests, prompts, {})
+
+
+class ACE1kTask(ACETask):
+    name = "ace-1k"
+    description = "arbitrary concept editing on the project's 1000-class split, up to 1000 edits"
+    variant = "1k"
+
+    def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
+                 data_dir: str | Path | None = None) -> None:
+        if world != "imagenet" and bundle is None:
+            raise TaskError(f"{self.name!r} is an ImageNet task; the {world!r} world has 'ace'")
+        super().__init__(world, bundle, data_dir)
+
+
+TASKS.register("ace", ACETask)
+TASKS.register("ace-1k", ACE1kTask)
