@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+#: EMCID's released data, beside the checkout as ../shared/reference (present on dev machines and CI)
+SHARED_REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+ICEB_REF = SHARED_REF / "emcid" / "data" / "iceb_data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REF = Path(__file__).resolve().parents[1].parent.parent / "shared" / "reference" / "emcid" / "data" / "iceb_data"
-REF = REF if REF.is_dir() else Path("/work/shared/reference/emcid/data/iceb_data")
+from conftest import ICEB_REF as REF
 
 
 @pytest.fixture()

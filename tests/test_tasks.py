@@ -10,7 +10,7 @@ import pytest
 from iceb.tasks.base import TaskError
 from iceb.tasks.split import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 
-REF = Path("/work/shared/reference/emcid/data/iceb_data")
+from conftest import ICEB_REF as REF
 
 
 def toy_bundle() -> SplitBundle:
