@@ -21,7 +21,7 @@ def run(args) -> int:
     import dataclasses
     from pathlib import Path
 
-    from iceb.editfile import EditFileError, apply_edit, check_base, load_edit, merge_edits
+    from iceb.editfile import EditFileError, apply_edit, check_base, load_edit, merge_edits, restore_edit
     from iceb.io import write_json
     from iceb.models import ICEB_MODEL_INFO, default_model_spec, load_model
 
@@ -29,15 +29,18 @@ def run(args) -> int:
     merged = merge_edits(edits)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out {out} exists and is not empty; choose a new folder")
+        raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
     loaded = load_model(args.model or default_model_spec(), device=args.device)
     for e in edits:  # each edit must fit the clean base model; then they are applied in order
         hard, soft = check_base(loaded.pipe, e, model_id=loaded.model_id)
         if hard or (soft and not args.force):
             raise EditFileError(f"edit {e.path} does not fit {loaded.spec}: " + "; ".join(hard + soft)
                                 + ("" if hard else "; pass --force to apply it anyway"))
-    apply_edit(loaded.pipe, merged, force=True)
-    loaded.pipe.save_pretrained(str(out), safe_serialization=True)
+    originals = apply_edit(loaded.pipe, merged, force=True)
+    try:
+        loaded.pipe.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        restore_edit(loaded.pipe, originals)
     info = dict(loaded.info)
     info.update({"family": loaded.family, "world": loaded.world, "classifier": loaded.classifier,
                  "generation": dataclasses.asdict(loaded.generation),

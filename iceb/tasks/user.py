@@ -199,7 +199,10 @@ class UserTask(Task):
             raise TaskError(f"{path}: 'edits' must be a list of integers, got {edits!r}")
         if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
             raise TaskError(f"{path}: 'metrics' must be a list of metric names, got {metrics!r}")
-        task = cls(requests, prompts, name=name, world=world, edits=edits, metrics=metrics, path=str(path))
+        try:
+            task = cls(requests, prompts, name=name, world=world, edits=edits, metrics=metrics, path=str(path))
+        except TaskError as err:
+            raise TaskError(f"{path}: 'edits': {err}") from None
         if data.get("description"):
             task.description = str(data["description"])
         return task
