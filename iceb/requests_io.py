@@ -49,7 +49,7 @@ IGNORED_REQUEST_KEYS = ("training_img_paths",)
 EMCID_TOP_KEYS = ("hparams", "model_ckpt", "mom2_weight", "mom2_weight_2", "edit_weight", "val_prompts",
                   "out_dir", "sample_num", "other")
 #: top-level keys of a user task file (read by iceb.tasks.user)
-TASK_TOP_KEYS = ("name", "description", "eval", "classes", "edits", "metrics", "world", "templates")
+TASK_TOP_KEYS = ("name", "description", "eval", "classes", "edits", "metrics", "world")
 MAX_CLIP_TOKENS = 77
 
 

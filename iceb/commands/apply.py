@@ -17,6 +17,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _digest(paths) -> str:
+    """Content hash of the edit files: the edited model's identity."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
 def run(args) -> int:
     import dataclasses
     from pathlib import Path
@@ -44,7 +56,7 @@ def run(args) -> int:
     info = dict(loaded.info)
     info.update({"family": loaded.family, "world": loaded.world, "classifier": loaded.classifier,
                  "generation": dataclasses.asdict(loaded.generation),
-                 "model_id": f"{loaded.model_id}+edit:{merged.meta['requests_hash']}",
+                 "model_id": f"{loaded.model_id}+{merged.editor}:{_digest(args.edits)}",
                  "edits": {"base_model": merged.meta.get("base_model"), "history": merged.meta["history"],
                            "files": [str(Path(p).resolve()) for p in args.edits]}})
     write_json(out / ICEB_MODEL_INFO, info)
