@@ -1,0 +1,401 @@
+"""Portable edit files: an edit as a small safetensors file plus a JSON sidecar.
+
+An edit file ``edit.safetensors`` holds exactly the tensors an editor changed (:attr:`EditResult.tensors`),
+keyed by their pipeline names (``text_encoder.encoder.layers.7.mlp.fc2.weight``,
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight``), so it is megabytes, not the
+gigabytes of a full model, and loads without unpickling anything. ``edit.safetensors.json`` says what made
+it: editor, hyperparameters, base model (id, revision, fingerprint), the requests and their hash, tool
+versions, timings, creation time and the composition history. The same JSON is embedded in the
+safetensors header (key ``iceb``), so a file that lost its sidecar still loads.
+
+    from iceb.editfile import apply_edit, load_edit, restore_edit
+    originals = apply_edit(pipe, "edit.safetensors")   # refuses a different base model
+    ...                                                # generate with the edited model
+    restore_edit(pipe, originals)                      # back to the base, bit for bit
+
+Base-model checks: the sidecar records, for every changed tensor, its shape and a 64-value sample of the
+base values it replaced. :func:`apply_edit` refuses a pipeline whose tensors are missing, have other shapes
+(never overridable) or hold other base values, and a ``model_id`` that differs from the recorded one,
+unless ``force=True``. Two edits in sequence are :func:`merge_edits` (later values win for shared tensors).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+FORMAT = "iceb-edit"
+FORMAT_VERSION = 1
+HEADER_KEY = "iceb"
+SAMPLE_SIZE = 8
+
+
+class EditFileError(ValueError):
+    """A malformed edit file, or one that does not fit the pipeline it is applied to."""
+
+
+@dataclass
+class EditFile:
+    """An edit in memory: the changed tensors and the sidecar's metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def editor(self) -> str:
+        return str(self.meta.get("editor", "?"))
+
+    @property
+    def requests(self):
+        """The recorded requests as :class:`~editors.base.EditRequest` objects."""
+        from iceb.requests_io import requests_from_data
+
+        return requests_from_data(self.meta.get("requests", []), str(self.path or "<edit>")).requests \
+            if self.meta.get("requests") else []
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``edit.safetensors`` -> ``edit.safetensors.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha256(t: torch.Tensor) -> str:
+    """Hash of a tensor's exact bytes (in its own dtype): the strict base-model check."""
+    import hashlib
+
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def _sample(t: torch.Tensor) -> list[float]:
+    """A few evenly spaced values of a tensor: the check across dtypes (fp32 edit on an fp16 model)."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return []
+    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLE_SIZE, flat.numel())).round().long()
+    return [float(v) for v in flat[idx.to(flat.device)].double().cpu()]
+
+
+def _versions() -> dict[str, str]:
+    from iceb import __version__
+
+    out = {"iceb": __version__, "torch": torch.__version__}
+    for name in ("diffusers", "transformers", "safetensors"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - versions are informative only
+            pass
+    return out
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    """Base-model identity from a LoadedModel (or a bare pipeline: then only what it says of itself)."""
+    if hasattr(model, "pipe"):
+        return {"spec": model.spec, "id": model.model_id, "revision": model.revision,
+                "fingerprint": model.fingerprint, "family": model.family, "world": model.world}
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) if model is not None else None
+    return {"spec": None, "id": name, "revision": None, "fingerprint": None, "family": None, "world": None}
+
+
+def _pipe_of(model: Any):
+    return model.pipe if hasattr(model, "pipe") else model
+
+
+def _hparams_dict(hparams: Any) -> Any:
+    if hparams is None:
+        return None
+    if hasattr(hparams, "to_dict"):
+        return hparams.to_dict()
+    return dict(hparams) if isinstance(hparams, Mapping) else hparams
+
+
+def build_meta(tensors: Mapping[str, torch.Tensor], *, editor: str, hparams: Any, model: Any,
+               requests: Sequence[Any], timings: Mapping[str, float] | None = None,
+               losses: Mapping[str, Sequence[float]] | None = None, info: Mapping[str, Any] | None = None,
+               mode: str = "batch") -> dict[str, Any]:
+    """The sidecar for an edit made now on ``model`` (whose tensors must still hold the base values)."""
+    from editors.weights import get_tensor
+    from iceb.requests_io import requests_hash, requests_to_json
+
+    pipe = _pipe_of(model)
+    described = {}
+    for name, value in tensors.items():
+        entry: dict[str, Any] = {"shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", "")}
+        if pipe is not None:
+            live = get_tensor(pipe, name)
+            entry.update(base_dtype=str(live.dtype).replace("torch.", ""), base_sha256=_sha256(live),
+                         base_sample=_sample(live))
+        described[name] = entry
+    created = _now()
+    rhash = requests_hash(requests)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "editor": editor, "hparams": _hparams_dict(hparams),
+        "mode": mode, "base_model": _model_meta(model), "n_requests": len(requests), "requests_hash": rhash,
+        "requests": requests_to_json(requests), "tensors": described, "timings": dict(timings or {}),
+        "losses_last": {k: (float(v[-1]) if len(v) else None) for k, v in (losses or {}).items()},
+        "info": _jsonable(dict(info or {})), "versions": _versions(), "created": created,
+    }
+    meta["history"] = [{"editor": editor, "requests_hash": rhash, "n_requests": len(requests), "created": created,
+                        "mode": mode, "tensors": sorted(tensors)}]
+    return meta
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None, model: Any = None,
+              requests: Sequence[Any] = (), mode: str = "batch", extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``result`` (an EditResult, an EditFile, or a dict of tensors) as an edit file plus sidecar.
+
+    ``model`` is the :class:`~iceb.models.LoadedModel` the edit was made on, still unedited: its identity
+    and a sample of the replaced base values go into the sidecar so a wrong base is refused later.
+    """
+    from safetensors.torch import save_file
+
+    from iceb.io import atomic_path, write_text
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise EditFileError(f"edit files end in .safetensors; got {path}")
+    if isinstance(result, EditFile):
+        tensors, meta = result.tensors, dict(result.meta)
+    else:
+        tensors = result if isinstance(result, Mapping) else result.tensors
+        meta = build_meta(tensors, editor=editor, hparams=hparams, model=model, requests=requests,
+                          timings=getattr(result, "timings", None), losses=getattr(result, "losses", None),
+                          info=getattr(result, "info", None), mode=mode)
+    if extra:
+        meta.update(_jsonable(dict(extra)))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise FloatingPointError(f"refusing to save an edit with non-finite values in {name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps(meta, sort_keys=True, default=str)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: header})
+    write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load_edit(path: str | Path) -> EditFile:
+    """Read an edit file (safetensors only, never pickle) and its sidecar (or the embedded copy)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"edit file {path} does not exist")
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            for k in fh.keys():
+                tensors[k] = fh.get_tensor(k)
+    except (SafetensorError, OSError) as err:
+        raise EditFileError(f"{path} is not a readable safetensors file: {err}") from None
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as err:
+            raise EditFileError(f"{side}: malformed JSON sidecar: {err}") from None
+    elif HEADER_KEY in header:
+        meta = json.loads(header[HEADER_KEY])
+    else:
+        meta = {"editor": header.get("editor", "unknown"), "base_model": {"id": header.get("base_model")},
+                "tensors": {k: {"shape": list(v.shape)} for k, v in tensors.items()}}
+    recorded = meta.get("tensors")
+    if isinstance(recorded, Mapping) and set(recorded) != set(tensors):
+        raise EditFileError(f"{side}: the sidecar lists tensors {sorted(set(recorded) ^ set(tensors))} that the "
+                            f"safetensors file does not match; the two files belong to different edits")
+    return EditFile(tensors, meta, path)
+
+
+def _as_editfile(edit: Any) -> EditFile:
+    if isinstance(edit, EditFile):
+        return edit
+    if isinstance(edit, (str, Path)):
+        return load_edit(edit)
+    if isinstance(edit, (list, tuple)):
+        return merge_edits(list(edit))
+    if hasattr(edit, "tensors"):
+        return EditFile(dict(edit.tensors), {})
+    raise TypeError(f"expected an edit file path, an EditFile or an EditResult, got {type(edit).__name__}")
+
+
+def check_base(pipe: Any, edit: EditFile, *, model_id: str | None = None) -> tuple[list[str], list[str]]:
+    """Why ``edit`` does not fit ``pipe``: (problems no force can fix, problems ``force`` may override)."""
+    from editors.weights import WeightNameError, get_tensor
+
+    hard: list[str] = []
+    problems: list[str] = []
+    base = edit.meta.get("base_model") or {}
+    if model_id is not None and base.get("id") and str(base["id"]) != str(model_id):
+        problems.append(f"it was made on model {base['id']!r}, not {model_id!r}")
+    recorded = edit.meta.get("tensors") or {}
+    for name, value in edit.tensors.items():
+        try:
+            live = get_tensor(pipe, name)
+        except WeightNameError as err:
+            hard.append(str(err))
+            continue
+        if tuple(live.shape) != tuple(value.shape):
+            hard.append(f"shape mismatch for {name!r}: pipeline {tuple(live.shape)}, edit {tuple(value.shape)}")
+            continue
+        rec = recorded.get(name) or {}
+        if rec.get("base_sha256") and rec.get("base_dtype") == str(live.dtype).replace("torch.", ""):
+            same = _sha256(live) == rec["base_sha256"]
+        elif rec.get("base_sample"):
+            got = torch.tensor(_sample(live), dtype=torch.float64)
+            want = torch.tensor(rec["base_sample"], dtype=torch.float64)
+            same = got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-2, atol=1e-3))
+        else:
+            same = True  # nothing recorded (a foreign file): only names and shapes can be checked
+        if not same:
+            problems.append(f"the pipeline's {name!r} does not hold the base values the edit was made on "
+                                f"(another model, or an edit already applied)")
+    return hard, problems
+
+
+def apply_edit(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool = False) -> dict[str, torch.Tensor]:
+    """Apply an edit file (path, EditFile, or a list of them in order) to a diffusers pipeline.
+
+    Returns the replaced original tensors; :func:`restore_edit` puts them back bit for bit. ``pipe`` may be
+    a LoadedModel (its ``model_id`` is then checked). Refuses a pipeline that is not the edit's base unless
+    ``force=True``; missing tensors or other shapes are refused always.
+    """
+    from editors.weights import apply_tensors
+
+    if hasattr(pipe, "pipe"):
+        model_id = model_id if model_id is not None else pipe.model_id
+        pipe = pipe.pipe
+    ef = _as_editfile(edit)
+    hard, problems = check_base(pipe, ef, model_id=model_id)
+    if hard or (problems and not force):
+        where = f" {ef.path}" if ef.path else ""
+        hint = "" if hard else "; pass force=True (--force) to apply it anyway"
+        raise EditFileError(f"edit{where} does not fit this model: " + "; ".join(hard + problems) + hint)
+    return apply_tensors(pipe, ef.tensors)
+
+
+def restore_edit(pipe: Any, originals: Mapping[str, torch.Tensor]) -> None:
+    """Undo :func:`apply_edit` with the originals it returned."""
+    from editors.weights import restore_tensors
+
+    restore_tensors(_pipe_of(pipe), originals)
+
+
+@contextlib.contextmanager
+def edited(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool = False) -> Iterator[Any]:
+    """``with edited(pipe, "edit.safetensors"): ...`` runs the body on the edited model, then restores it."""
+    originals = apply_edit(pipe, edit, model_id=model_id, force=force)
+    try:
+        yield _pipe_of(pipe)
+    finally:
+        restore_edit(pipe, originals)
+
+
+def merge_edits(edits: Sequence[Any]) -> EditFile:
+    """Two or more edits in sequence as one: later values win for shared tensors; order is recorded.
+
+    Applying the merged edit equals applying the edits one after another (``force`` for the later ones,
+    whose recorded base values differ where an earlier edit changed a shared tensor).
+    """
+    files = [_as_editfile(e) for e in edits]
+    if not files:
+        raise EditFileError("merge_edits needs at least one edit")
+    ids = {str((f.meta.get("base_model") or {}).get("id")) for f in files if (f.meta.get("base_model") or {}).get("id")}
+    if len(ids) > 1:
+        raise EditFileError(f"cannot merge edits made on different base models: {sorted(ids)}")
+    tensors: dict[str, torch.Tensor] = {}
+    described: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    requests: list[Any] = []
+    for k, f in enumerate(files):
+        for name, value in f.tensors.items():
+            tensors[name] = value
+            entry = dict((f.meta.get("tensors") or {}).get(name) or {"shape": list(value.shape)})
+            if name in described:  # the base is what the first edit touching the tensor replaced
+                for key in ("base_dtype", "base_sha256", "base_sample"):
+                    entry[key] = described[name].get(key)
+            described[name] = entry
+        for h in f.meta.get("history") or [{"editor": f.editor, "tensors": sorted(f.tensors)}]:
+            history.append({**h, "order": len(history), "file": str(f.path) if f.path else h.get("file")})
+        requests.extend(f.meta.get("requests") or [])
+    from iceb.requests_io import requests_from_data, requests_hash
+
+    parsed = requests_from_data(requests, "merged edits").requests if requests else []
+    first = files[0].meta
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "editor": "+".join(f.editor for f in files), "hparams": [f.meta.get("hparams") for f in files],
+        "mode": "composed", "base_model": first.get("base_model"), "n_requests": len(requests),
+        "requests_hash": requests_hash(parsed), "requests": requests, "tensors": described,
+        "timings": {}, "versions": _versions(), "created": _now(), "history": history,
+        "composition": {"rule": "in order; later values win for shared tensors",
+                        "shared_tensors": sorted(_shared(files))},
+    }
+    return EditFile(tensors, meta, None)
+
+
+def _shared(files: Sequence[EditFile]) -> set[str]:
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for f in files:
+        shared |= seen & set(f.tensors)
+        seen |= set(f.tensors)
+    return shared
+
+
+def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparams: Any = None,
+               hparams_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+               preset: str | None = None, mode: str = "batch", rounds: int = 1, progress: bool = True,
+               cache_dir: str | Path | None = None):
+    """Run an editor (a registered name or an instance) on a LoadedModel; returns ``(EditResult, hparams)``.
+
+    The pipeline is left unchanged; save the result with :func:`save_edit`.
+    """
+    from editors import get_editor
+    from editors.base import edit_in_rounds
+
+    if mode not in ("batch", "sequential"):
+        raise ValueError(f"mode must be 'batch' or 'sequential', got {mode!r}")
+    if mode == "batch" and rounds != 1:
+        raise ValueError("rounds needs mode 'sequential' (batch mode edits all requests at once)")
+    if isinstance(editor, str):
+        cls = get_editor(editor)
+        if hparams is None and hasattr(cls, "load_hparams"):
+            hparams = cls.load_hparams(getattr(model, "family", "sd-1.4"), hparams_file, overrides, preset=preset)
+        try:
+            instance = cls(hparams, cache_dir=cache_dir, progress=progress) if hparams is not None else cls()
+        except TypeError:
+            instance = cls(hparams) if hparams is not None else cls()
+    else:
+        instance = editor
+        hparams = hparams if hparams is not None else getattr(editor, "hparams", None)
+    if hasattr(instance, "check_requests"):
+        instance.check_requests(list(requests))
+    pipe = _pipe_of(model)
+    t0 = time.perf_counter()
+    if mode == "sequential":
+        result = edit_in_rounds(instance, pipe, list(requests), rounds)
+    else:
+        result = instance.edit(pipe, list(requests))
+    result.timings = {**result.timings, "edit_seconds": round(time.perf_counter() - t0, 4)}
+    return result, hparams
