@@ -13,7 +13,9 @@ ICEB_REF = SHARED_REF / "emcid" / "data" / "iceb_data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per xdist worker (CI runs `-n 2` on 2 cores); otherwise honour OMP_NUM_THREADS, default 2.
+_threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else int(os.environ.get("OMP_NUM_THREADS", "2"))
+torch.set_num_threads(max(1, min(_threads, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
