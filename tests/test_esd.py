@@ -245,3 +245,30 @@ def test_requests_with_a_destination_are_rejected(tiny_pipe):
     ok = ESDXEditor(_hp("esd-x", iterations=1, treat_updates_as_erase=True), progress=False) \
         .edit(tiny_pipe, [EditRequest("cat", "dog")])
     assert ok.tensors and ok.info["ignored_destinations"] == ["dog"]
+
+
+def test_gradient_checkpointing_gives_the_same_edit(tiny_pipe):
+    plain = ESDXEditor(_hp("esd-x", iterations=2), progress=False).edit(tiny_pipe, ERASE)
+    ckpt = ESDXEditor(_hp("esd-x", iterations=2, gradient_checkpointing=True), progress=False).edit(tiny_pipe, ERASE)
+    assert not tiny_pipe.unet.is_gradient_checkpointing
+    assert set(plain.tensors) == set(ckpt.tensors)
+    for k, v in plain.tensors.items():
+        assert torch.allclose(v, ckpt.tensors[k], atol=1e-6), k
+
+
+def test_half_precision_pipeline_is_trained_in_fp32_and_restored(tiny_pipe):
+    state = _unet_state(tiny_pipe)
+    try:
+        tiny_pipe.unet.to(torch.bfloat16)
+        half = _unet_state(tiny_pipe)
+        res = ESDXEditor(_hp("esd-x", iterations=2, lr=1e-2), progress=False).edit(tiny_pipe, ERASE)
+        assert tiny_pipe.unet.dtype == torch.bfloat16
+        for k, v in tiny_pipe.unet.state_dict().items():
+            assert torch.equal(v, half[k]), k
+        assert res.tensors and all(v.dtype == torch.bfloat16 for v in res.tensors.values())
+        assert all(not torch.equal(v, half[k[5:]]) for k, v in res.tensors.items())
+    finally:
+        tiny_pipe.unet.to(torch.float32)
+        with torch.no_grad():
+            for k, v in tiny_pipe.unet.state_dict().items():
+                v.copy_(state[k])
