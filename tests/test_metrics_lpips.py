@@ -39,7 +39,8 @@ def test_backbone_from_file_and_distances(weights):
     import lpips
     from pathlib import Path
 
-    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", weights_only=True)
+    heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu",
+                       weights_only=True)
     torch.testing.assert_close(model.lin0.model[1].weight, heads["lin0.model.1.weight"])  # real heads
     m = LPIPS(model=model)
     a, b = imgs(3, 0), imgs(3, 1)
