@@ -12,6 +12,10 @@ import numpy as np
 
 from iceb.registry import Registry
 
+class WeightsNotFoundError(FileNotFoundError):
+    """A model's pretrained weights are not available locally; the message says how to get them."""
+
+
 CLASSIFIERS: Registry = Registry("classifier", entry_point_group="iceb.classifiers")
 CLASSIFIERS.register("vit-b16", "iceb.metrics.imagenet_classifiers:ViTB16",
                      description="ICEB's classifier: google/vit-base-patch16-224 (transformers), ImageNet-1k")
@@ -42,4 +46,9 @@ class ImageClassifier(abc.ABC):
 
 
 def get_classifier(name: str, **kwargs) -> ImageClassifier:
+    """A classifier by registry name; ``timm:<model>`` gives any timm model (see imagenet_classifiers)."""
+    if name.startswith("timm:"):
+        from iceb.metrics.imagenet_classifiers import TimmClassifier
+
+        return TimmClassifier(name[len("timm:"):], **kwargs)
     return CLASSIFIERS.get(name)(**kwargs)
