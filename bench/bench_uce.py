@@ -76,6 +76,17 @@ def concept_names(n: int, seed: int = 0) -> list[str]:
     return sorted(out)
 
 
+def gemm_gflops(n: int = 8192, m: int = 768, repeats: int = 3) -> float:
+    """float64 GEMM rate now (xᵀx, n×m): how much of this shared CPU the bench is getting."""
+    x = torch.randn(n, m, dtype=torch.float64)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.T @ x
+        best = min(best, time.perf_counter() - t)
+    return round(2 * n * m * m / best / 1e9, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,100,1000")
@@ -89,7 +100,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from editors.base import EditRequest
-    from editors.hooks import tokenize
+    from editors.hooks import last_token_indices, tokenize
     from editors.uce import Encoded, UCEEditor, build_rows, encode_prompts, projection_names, uce_solve
     from editors.weights import get_tensor
     from iceb.tokenizer import load_clip_tokenizer
@@ -101,6 +112,7 @@ def main() -> None:
     editor = UCEEditor(hp, progress=False)
     names = projection_names(pipe.unet)
     weights = {n: get_tensor(pipe, n) for n in names}
+    gflops_start = gemm_gflops()
     results = []
     rate = None  # seconds per encoded prompt, from the largest fully measured size
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -115,7 +127,7 @@ def main() -> None:
             # the 32 solves: their cost depends only on shapes, so random 768-d embeddings stand in for
             # the encoder's at sizes where encoding for real would take too long on a shared CPU
             ids, mask = tokenize(tok, list(dict.fromkeys(prompts)))
-            fake = Encoded(torch.randn(ids.shape[0], 77, 768), ids, mask.sum(-1),
+            fake = Encoded(torch.randn(ids.shape[0], 77, 768), ids, last_token_indices(mask),
                            {p: i for i, p in enumerate(dict.fromkeys(prompts))})
             rows = build_rows(fake, pairs, preserve, hp.tokens)
             rows_u = build_rows(fake, upd, preserve, hp.tokens)
@@ -150,7 +162,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "uce", "hparams": "uce/sd-1.4.yaml (2023 tokens, replace, lambda 0.5, '' preserved)",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "load_average_1m_at_end": os.getloadavg()[0], "note": "shared CPU: other processes may slow these timings",
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "float64_gemm_gflops_start_end": [gflops_start, gemm_gflops()], "note": "shared CPU: other processes may slow these timings",
         "results": results,
     }, indent=1))
 

@@ -89,17 +89,23 @@ class TIMEHparams(UCEHparams):
     templates: tuple[str, ...] = TIME_TEMPLATES
     preserve_empty: Literal["always", "if_none", "never"] = "never"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.preserve or self.preserve_destinations or self.preserve_empty != "never" or self.preserve_scale:
+            raise HparamsError("TIME has no preserve term: leave preserve empty, preserve_destinations false, "
+                               "preserve_empty 'never' and preserve_scale 0 (use the uce editor for a preserve set)")
+
 
 # --------------------------------------------------------------------------------------------------
 # encoding
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Encoded:
-    """Unique prompts' text embeddings (n, 77, m), token ids and lengths (mask sums), and prompt -> row."""
+    """Unique prompts' text embeddings (n, 77, m), token ids, last-token indices (mask sum − 2), prompt -> row."""
 
     emb: torch.Tensor
     ids: torch.Tensor
-    lengths: torch.Tensor
+    last: torch.Tensor
     index: dict[str, int]
 
 
@@ -129,7 +135,7 @@ def encode_prompts(pipe: Any, prompts: Sequence[str], batch_size: int = 64, prog
         chunks.append(out.float())
     m = te.config.hidden_size
     emb = torch.cat(chunks) if chunks else torch.zeros(0, ids.shape[1], m, device=device)
-    return Encoded(emb, ids, mask.long().sum(-1), index)
+    return Encoded(emb, ids, last_token_indices(mask), index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,11 +170,11 @@ def build_rows(enc: Encoded, pairs: Sequence[tuple[str, str]], preserve: Sequenc
     for src, dst in pairs:
         a, b = enc.index[src], enc.index[dst]
         if tokens == "2023":
-            i, j = int(enc.lengths[a]) - 2, int(enc.lengths[b]) - 2
+            i, j = int(enc.last[a]), int(enc.last[b])
             n = seq - max(i, j)
             pos_e, pos_g = list(range(i, i + n)), list(range(j, j + n))
         elif tokens == "2025":
-            pos_e, pos_g = [int(enc.lengths[a]) - 2], [int(enc.lengths[b]) - 2]
+            pos_e, pos_g = [int(enc.last[a])], [int(enc.last[b])]
         elif tokens == "all":
             pos_e = list(range(seq))
             pos_g = align_tokens_greedy(enc.ids[a].tolist(), enc.ids[b].tolist(), equivalent)
@@ -181,7 +187,7 @@ def build_rows(enc: Encoded, pairs: Sequence[tuple[str, str]], preserve: Sequenc
     pres = []
     for p in preserve:
         r = enc.index[p]
-        pres += [(r, int(enc.lengths[r]) - 2)] if tokens == "2025" else [(r, q) for q in range(seq)]
+        pres += [(r, int(enc.last[r]))] if tokens == "2025" else [(r, q) for q in range(seq)]
 
     def t(x):
         return torch.tensor(x, dtype=torch.long).reshape(-1, 2)
@@ -199,22 +205,27 @@ def gather(emb: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # the closed form
 # --------------------------------------------------------------------------------------------------
-def _gram(x: torch.Tensor, chunk: int = 16384, block: int = 128) -> torch.Tensor:
-    """xᵀx in float64, converting chunk by chunk (one chunk of float64 in memory at a time).
+def _gram(x: torch.Tensor, chunk: int = 16384, block: int = 128, segments: torch.Tensor | None = None,
+          n_segments: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(xᵀx, segment sums of x's rows) in float64, converting chunk by chunk (one float64 chunk in memory).
 
-    Only the upper block triangle is multiplied and then mirrored: about 58% of the flops of a full product
-    at m = 768 (torch exposes no syrk).
+    Only the upper block triangle of xᵀx is multiplied and then mirrored: about 58% of the flops of a full
+    product at m = 768 (torch exposes no syrk). ``segments`` (one id per row) also sums the rows per id
+    in the same pass, for the repeated-guide product.
     """
     m = x.shape[1]
     out = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+    sums = torch.zeros(n_segments, m, dtype=torch.float64, device=x.device) if segments is not None else None
     edges = list(range(0, m, block)) + [m]
     for s in range(0, x.shape[0], chunk):
         c = x[s:s + chunk].double()
         for a0, a1 in zip(edges[:-1], edges[1:]):
             out[a0:a1, a0:].addmm_(c[:, a0:a1].T, c[:, a0:])
+        if sums is not None:
+            sums.index_add_(0, segments[s:s + chunk], c)
     iu = torch.triu_indices(m, m, 1, device=x.device)
     out[iu[1], iu[0]] = out[iu[0], iu[1]]
-    return out
+    return out, sums
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
@@ -239,9 +250,12 @@ def uce_solve(weights: Mapping[str, torch.Tensor], emb: torch.Tensor, rows: Rows
     dev = emb.device
     E = gather(emb, rows.edit)
     P = gather(emb, rows.preserve)
-    B = torch.eye(m, dtype=torch.float64, device=dev) * lamb + erase_scale * _gram(E)
+    # EᵀE (in B and, for replace, in (G − E)ᵀE) and the edit rows summed per distinct guide row, one pass
+    uniq, inv = torch.unique(rows.guide, dim=0, return_inverse=True)
+    gram_e, acc = _gram(E, segments=inv.to(dev), n_segments=uniq.shape[0])
+    B = torch.eye(m, dtype=torch.float64, device=dev) * lamb + erase_scale * gram_e
     if P.shape[0] and preserve_scale:
-        B += preserve_scale * _gram(P)
+        B += preserve_scale * _gram(P)[0]
     L, info = torch.linalg.cholesky_ex(B)
     if int(info) != 0:
         raise HparamsError(
@@ -256,15 +270,12 @@ def uce_solve(weights: Mapping[str, torch.Tensor], emb: torch.Tensor, rows: Rows
             out[k] = (w64 + erase_scale * ((w64 @ Dg.T) @ Q)).to(out_dtype[k])
         return out
     if technique == "replace":
-        # Σ (g − e) eᵀ with repeated guide rows summed first: Gᵀ E = Ĝᵀ (S ᵀ E)
-        uniq, inv = torch.unique(rows.guide, dim=0, return_inverse=True)
-        acc = torch.zeros(uniq.shape[0], m, dtype=torch.float64, device=dev)
-        acc.index_add_(0, inv.to(dev), E.double())
-        D = erase_scale * (_cross(gather(emb, uniq), acc) - _gram(E))  # (G − E)ᵀ E
-        X = torch.cholesky_solve(D.T.contiguous(), L).T  # D B⁻¹ (B symmetric)
+        # Σ (g − e) eᵀ with repeated guide rows summed first: Gᵀ E = Ĝᵀ (Sᵀ E)
+        D = erase_scale * (_cross(gather(emb, uniq), acc) - gram_e)  # (G − E)ᵀ E
+        X = torch.cholesky_solve(D.T.contiguous(), L).T.contiguous()  # D B⁻¹ (B symmetric)
         for k, w in weights.items():
             w64 = w.detach().to(dev, torch.float64)
-            out[k] = (w64 + w64 @ X).to(out_dtype[k])
+            out[k] = torch.addmm(w64, w64, X).to(out_dtype[k])
         return out
     if technique != "tensor":
         raise HparamsError(f"unknown UCE technique {technique!r}; use 'replace' or 'tensor'")
@@ -308,9 +319,6 @@ class UCEEditor(BaseEditor):
 
     hparams_class = UCEHparams
     supports = frozenset({"update", "erase", "rectify"})
-
-    def check_requests(self, requests: Sequence[EditRequest]) -> None:
-        super().check_requests(requests)
 
     # prompts ----------------------------------------------------------------------------------------
     def _templates(self, r: EditRequest) -> tuple[str, ...]:

@@ -208,6 +208,8 @@ def test_presets_and_bad_hparams():
         UCEEditor.load_hparams("sd-1.4", overrides={"technique": "bogus"})
     with pytest.raises(HparamsError, match="slot"):
         UCEEditor.load_hparams("sd-1.4", overrides={"templates": ["no slot"]})
+    with pytest.raises(HparamsError, match="no preserve term"):
+        TIMEEditor.load_hparams("sd-1.4", overrides={"preserve": ["house"]})
 
 
 def test_emcid_baseline_preserves_destinations(tiny_pipe):
