@@ -163,3 +163,35 @@ def tokenize(tokenizer, prompts: Sequence[str], device: torch.device | str = "cp
     enc = tokenizer(list(prompts), padding="max_length" if pad_to_max else "longest",
                     max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
     return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
+    """UCE/ReFACT's "last subject token": ``attention_mask.sum() - 2``, the token just before EOS.
+
+    For the empty prompt this is 0 (BOS), which is what UCE's "towards unconditional" guide uses.
+    """
+    return attention_mask.long().sum(-1) - 2
+
+
+def align_tokens_greedy(src_ids: Sequence[int], dst_ids: Sequence[int],
+                        equivalent: dict[int, int] | None = None) -> list[int]:
+    """TIME's alignment of every source position to a destination position (both padded to the same length).
+
+    Walking the source left to right with a pointer into the destination, each source token is matched
+    to the next equal destination token at or after the pointer (ids mapped through ``equivalent`` first,
+    e.g. "an" -> "a"); a token with no match takes the pointer's position. The pointer then moves past
+    the chosen position, so left-over positions map to the following tokens and padding of the
+    destination; positions past its end map to its last position.
+    """
+    eq = equivalent or {}
+    src = [eq.get(int(t), int(t)) for t in src_ids]
+    dst = [eq.get(int(t), int(t)) for t in dst_ids]
+    last = len(dst) - 1
+    out: list[int] = []
+    j = 0
+    for tok in src:
+        k = next((k for k in range(j, len(dst)) if dst[k] == tok), None)
+        pos = min(k if k is not None else j, last)
+        out.append(pos)
+        j = pos + 1
+    return out
