@@ -254,7 +254,10 @@ def _pre_edit(dist: _Dist, pipe, prompts_by_key: dict[str, Any], keys: list[str]
     stats = {"images_cached": 0, "images_generated": 0, "records_cached": 0, "records_scored": 0}
     err: BaseException | None = None
     try:
-        missing = [c for c in chunks if any(not images.path(keys[i]).is_file() for i in c)]
+        # rank 0 decides what is missing: ranks looking at the disk at different moments would split
+        # different lists, and a chunk could fall between them
+        missing = dist.broadcast([c for c in chunks if any(not images.path(keys[i]).is_file() for i in c)]
+                                 if dist.main else None)
         stats["images_cached"] = len(keys) - sum(len(c) for c in missing)
         mine = dist.split(missing)
         bar = tqdm(total=sum(len(c) for c in mine), desc="pre-edit images", unit="img",
@@ -279,7 +282,8 @@ def _pre_edit(dist: _Dist, pipe, prompts_by_key: dict[str, Any], keys: list[str]
     for m in metrics:
         mk = m.record_key()
         try:
-            todo = [c for c in chunks if any(records.get(mk, keys[i]) is None for i in c)]
+            todo = dist.broadcast([c for c in chunks if any(records.get(mk, keys[i]) is None for i in c)]
+                                  if dist.main else None)
             stats["records_cached"] += len(keys) - sum(len(c) for c in todo)
             for c in dist.split(todo):
                 need = [i for i in c if records.get(mk, keys[i]) is None]
@@ -475,7 +479,8 @@ def _run_edit_count(dist: _Dist, cfg: EvalConfig, n: int, inst, plan_n: dict, ch
     work = run_dir / "work" / f"n{n}"
     grid = set(plan_n["grid"])
     chunks = _chunks(len(prompts), chunk)
-    todo = [(ci, c) for ci, c in enumerate(chunks) if not (work / f"c{ci:05d}.json").is_file()]
+    todo = dist.broadcast([(ci, c) for ci, c in enumerate(chunks) if not (work / f"c{ci:05d}.json").is_file()]
+                          if dist.main else None)
     mine = dist.split(todo)
     try:
         bar = tqdm(total=sum(len(c) for _, c in mine), desc=f"post-edit images N={n}", unit="img",

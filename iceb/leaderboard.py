@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.results import load_run, rows_to_frame, write_csv
+from iceb.results import load_run, rows_to_frame
 
 #: columns of the leaderboard CSVs, in order (the run rows plus provenance)
 LEADERBOARD_COLUMNS = ["editor", "model", "task", "world", "mode", "n_edits", "subset", "metric", "value", "bound",
@@ -79,6 +79,14 @@ def frame(rows: list[dict]):
         if not df.empty else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
 
 
+def _write_frame(df, path: Path) -> Path:
+    from iceb.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
 def markdown(df) -> str:
     """One table per task and model: editors x (subset, metric) rows, edit counts as columns."""
     lines = ["# ICEB leaderboard", ""]
@@ -115,9 +123,9 @@ def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool 
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(paths)
     df = frame(rows).drop(columns=["run_dir"], errors="ignore")
-    written = [write_csv(df.to_dict("records"), out / "combined.csv")]
+    written = [_write_frame(df, out / "combined.csv")]
     for task in sorted(df["task"].unique()):
-        written.append(write_csv(df[df["task"] == task].to_dict("records"), out / f"{task}.csv"))
+        written.append(_write_frame(df[df["task"] == task], out / f"{task}.csv"))
     md = markdown(df)
     write_text(out / "leaderboard.md", md)
     written.append(out / "leaderboard.md")
