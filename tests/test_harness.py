@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread here and in the subprocesses: fast on a shared CPU, and the same kernels' sums."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleHparams(Hparams):
     strength: float = 0.05
@@ -36,16 +45,19 @@ class ScaleVEditor(BaseEditor):
 
     name = "test-scale-v"
     hparams_class = ScaleHparams
-    tensor = TO_V
+
+    def tensor_name(self, pipe) -> str:
+        return TO_V
 
     def edit(self, pipe, requests):
         self.check_requests(requests)
-        w = get_tensor(pipe, self.tensor).detach().clone()
+        name = self.tensor_name(pipe)
+        w = get_tensor(pipe, name).detach().clone()
         factor = 1.0 + self.hparams.strength * sum(zlib.crc32(r.source.encode()) % 7 + 1 for r in requests)
         new = w * factor
         if self.hparams.nan_at and len(requests) >= self.hparams.nan_at:
             new[0, 0] = float("nan")
-        return EditResult({self.tensor: new})  # EditResult itself rejects NaN
+        return EditResult({name: new})  # EditResult itself rejects NaN
 
 
 class ScaleFc2Editor(ScaleVEditor):
@@ -53,11 +65,10 @@ class ScaleFc2Editor(ScaleVEditor):
 
     name = "test-scale-fc2"
 
-    @property
-    def tensor(self):  # transformers 5 has no text_model level; ask the shared hooks for the name
+    def tensor_name(self, pipe) -> str:  # transformers 5 has no text_model level; the shared hooks know
         from editors.hooks import fc2_name
 
-        return fc2_name(3)
+        return fc2_name(pipe.text_encoder, 3)
 
 
 def _cfg(out, editor="test_harness:ScaleVEditor", edits=(1, 3), **kw):
@@ -106,7 +117,8 @@ def test_reference_run_is_sane(reference):
     assert (run / "grids" / "n3.png").is_file() and not (run / "work").exists()
 
 
-@pytest.mark.parametrize("point", ["pre-chunk", "saved:3", "post-chunk:3", "append:3", "appended:1"])
+@pytest.mark.parametrize("point", ["pre-chunk", "pre-records", "edit:3", "saved:3", "post-chunk:3", "append:3",
+                                   "appended:1"])
 def test_resume_after_a_kill_gives_the_rows_of_an_uninterrupted_run(point, reference, tiny_model, tmp_path,
                                                                      monkeypatch):
     import iceb.harness as harness
