@@ -23,6 +23,7 @@ manifest, never from the number of processes, so K processes render the same bat
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import shutil
@@ -95,7 +96,10 @@ class _Dist:
             from accelerate import PartialState
 
             cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-            self.state = PartialState(cpu=cpu)
+            # other ranks wait in a collective while rank 0 edits: a 1000-request edit can outlast the
+            # default 30-minute timeout, so allow ICEB_DIST_TIMEOUT_H hours (default 24)
+            hours = float(os.environ.get("ICEB_DIST_TIMEOUT_H", "24"))
+            self.state = PartialState(cpu=cpu, timeout=datetime.timedelta(hours=hours))
             self.rank, self.world = self.state.process_index, self.state.num_processes
 
     @property

@@ -24,6 +24,13 @@ def _draw(ax, d, colors) -> None:
         if len(b):
             ax.plot(b["n_edits"], b["bound"].astype(float), ls="--", lw=1, color=color, label=f"{label} bound")
     ax.set_xscale("log")
+    ns = sorted({int(n) for n in d["n_edits"]})
+    if len(ns) <= 12:  # label the edit counts themselves, not powers of ten
+        from matplotlib.ticker import NullLocator, ScalarFormatter
+
+        ax.set_xticks(ns)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="both", alpha=0.3)
 
 
