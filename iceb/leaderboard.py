@@ -1,10 +1,23 @@
-"""Leaderboard CSVs from run folders: one tidy CSV per task and a combined one."""
+"""Leaderboard: tidy CSVs, a Markdown table, plots and an HTML report from run folders.
+
+``iceb leaderboard RUNS... --out DIR`` writes ``DIR/<task>.csv`` (one per task), ``DIR/combined.csv``,
+``DIR/leaderboard.md``, ``DIR/plots/*.png`` (each metric against the number of edits, log x, one line per
+editor) and ``DIR/report.html`` (tables, plots and the runs' before/after grids). Columns are explained in
+``leaderboard/README.md``. Rows of ``--limit`` runs carry ``smoke=true`` and are marked SMOKE everywhere.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from iceb.results import load_run, write_csv
+from iceb.results import load_run, rows_to_frame
+
+#: columns of the leaderboard CSVs, in order (the run rows plus provenance)
+LEADERBOARD_COLUMNS = ["editor", "model", "task", "world", "mode", "n_edits", "subset", "metric", "value", "bound",
+                       "n", "higher_is_better", "smoke", "run_id", "label", "iceb_version", "git_revision",
+                       "data_hash", "hparams_hash", "versions"]
+SMOKE_MARK = "SMOKE (--limit): not comparable"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -21,21 +34,118 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return runs
 
 
+def _data_hash(config: dict[str, Any], n: int) -> str | None:
+    fps = (config.get("data") or {}).get("task_fingerprints") or {}
+    return fps.get(str(n))
+
+
 def collect_rows(paths: Sequence[str | Path]) -> list[dict]:
+    """Every completed row of every run, with the run's provenance and a plot label."""
     rows: list[dict] = []
     for run in find_runs(paths):
         config, run_rows = load_run(run)
         versions = config.get("versions", {})
+        vtext = ";".join(f"{k}={v}" for k, v in sorted(versions.items()))
         for r in run_rows:
-            rows.append({**r, "versions": ";".join(f"{k}={v}" for k, v in sorted(versions.items()))})
+            rows.append({**r, "versions": vtext, "git_revision": config.get("git_revision"),
+                         "data_hash": _data_hash(config, r["n_edits"]), "hparams_hash": config.get("hparams_hash"),
+                         "run_dir": str(run)})
+    _label(rows)
     return rows
 
 
-def build_leaderboard(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
+def _label(rows: list[dict]) -> None:
+    """Legend label: the editor, plus the run hash where one task/model has several runs of an editor."""
+    runs_of: dict[tuple, set] = {}
+    for r in rows:
+        runs_of.setdefault((r["task"], r["model"], r["editor"], r["mode"]), set()).add(r["run_id"])
+    for r in rows:
+        label = r["editor"] if r["mode"] == "batch" else f"{r['editor']} ({r['mode']})"
+        if len(runs_of[(r["task"], r["model"], r["editor"], r["mode"])]) > 1:
+            label += f" [{r['run_id'].rsplit('-', 2)[-2] if r['smoke'] else r['run_id'].rsplit('-', 1)[-1]}]"
+        if r["smoke"]:
+            label += " [SMOKE]"
+        r["label"] = label
+
+
+def frame(rows: list[dict]):
+    import pandas as pd
+
+    df = rows_to_frame(rows)
+    for c in LEADERBOARD_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    return df[LEADERBOARD_COLUMNS + [c for c in df.columns if c not in LEADERBOARD_COLUMNS]] \
+        if not df.empty else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+
+
+def _write_frame(df, path: Path) -> Path:
+    from iceb.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def markdown(df) -> str:
+    """One table per task and model: editors x (subset, metric) rows, edit counts as columns."""
+    lines = ["# ICEB leaderboard", ""]
+    if df["smoke"].astype(bool).any():
+        lines += [f"> **{SMOKE_MARK}**: rows marked [SMOKE] come from `--limit` runs.", ""]
+    for (task, model), d in df.groupby(["task", "model"], sort=True):
+        ns = sorted({int(n) for n in d["n_edits"]})
+        lines += [f"## {task} on {model}" + (f" ({SMOKE_MARK})" if d["smoke"].astype(bool).all() else ""), ""]
+        lines.append("| editor | subset | metric | bound | " + " | ".join(f"N={n}" for n in ns) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(ns))
+        for (label, subset, metric), g in d.groupby(["label", "subset", "metric"], sort=True):
+            by_n = {int(r.n_edits): r.value for r in g.itertuples()}
+            bounds = {r.bound for r in g.itertuples() if r.bound is not None and r.bound == r.bound}
+            bound = _fmt(next(iter(bounds))) if len(bounds) == 1 else ("varies" if bounds else "")
+            arrow = "↑" if bool(g["higher_is_better"].iloc[0]) else "↓"
+            lines.append(f"| {label} | {subset} | {metric} {arrow} | {bound} | "
+                         + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
+def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool = True,
+                      report: bool = True) -> list[Path]:
+    """Write the CSVs, the Markdown table, the plots and the HTML report; returns the files written."""
+    from iceb.io import write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(paths)
-    written = [write_csv(rows, out / "combined.csv")]
-    for task in sorted({r["task"] for r in rows}):
-        written.append(write_csv([r for r in rows if r["task"] == task], out / f"{task}.csv"))
+    df = frame(rows).drop(columns=["run_dir"], errors="ignore")
+    written = [_write_frame(df, out / "combined.csv")]
+    for task in sorted(df["task"].unique()):
+        written.append(_write_frame(df[df["task"] == task], out / f"{task}.csv"))
+    md = markdown(df)
+    write_text(out / "leaderboard.md", md)
+    written.append(out / "leaderboard.md")
+    plot_files: list[Path] = []
+    if plots:
+        from iceb.plots import plot_all
+
+        plot_files = plot_all(df, out / "plots")
+        written.extend(plot_files)
+    if report:
+        from iceb.report import write_report
+
+        runs = sorted({r["run_dir"] for r in rows})
+        written.append(write_report(out / "report.html", df, md, plot_files, [Path(r) for r in runs]))
     return written
+
+
+def run_configs(runs: Sequence[Path]) -> list[dict[str, Any]]:
+    out = []
+    for run in runs:
+        p = Path(run) / "config.json"
+        out.append(json.loads(p.read_text()) if p.is_file() else {})
+    return out

@@ -16,7 +16,9 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate an editor on a task (1..1000 edits)",
                        description="Edit the model for each edit count, generate before/after images, score them "
                                    "and append tidy rows to <out>/<run_id>/results.jsonl. Re-running the same "
-                                   "command resumes.")
+                                   "command resumes. Multi-GPU: 'accelerate launch --num_processes K -m iceb "
+                                   "evaluate ...' (CPU processes: 'torchrun --nproc_per_node K -m iceb evaluate "
+                                   "... --device cpu') splits image generation and scoring; rank 0 writes.")
     p.add_argument("--editor", "-e", default="noop", help="registered name, entry point, or package.module:Class")
     p.add_argument("--task", "-t", default="smoke", help="task name (see 'iceb list tasks') or a task file")
     p.add_argument("--model", "-m", default=None,
@@ -39,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 for generation")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start this run again from scratch (by default an existing run folder is resumed; the "
+                        "shared pre-edit cache is kept)")
     p.set_defaults(func=run)
 
 
@@ -53,6 +58,6 @@ def run(args) -> int:
         editor_args=parse_overrides(args.editor_args), hparams=args.hparams, preset=args.preset,
         mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress)
+        progress=not args.no_progress, overwrite=args.overwrite)
     evaluate(cfg)
     return 0

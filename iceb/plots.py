@@ -1,0 +1,94 @@
+"""Plots of each panel metric against the number of edits (log x), one line per editor, as EMCID's figure.
+
+Drawn from tidy rows (never from parsed keys) with matplotlib's Agg backend, so they work headless.
+Bounds, where a metric gives one, are dashed lines in the editor's colour. Smoke runs say so in the title.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from iceb.leaderboard import SMOKE_MARK
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def _draw(ax, d, colors) -> None:
+    for label, g in d.groupby("label", sort=True):
+        g = g.sort_values("n_edits")
+        color = colors[label]
+        ax.plot(g["n_edits"], g["value"], marker="o", ms=3, lw=1.5, color=color, label=label)
+        b = g.dropna(subset=["bound"])
+        if len(b):
+            ax.plot(b["n_edits"], b["bound"].astype(float), ls="--", lw=1, color=color, label=f"{label} bound")
+    ax.set_xscale("log")
+    ns = sorted({int(n) for n in d["n_edits"]})
+    if len(ns) <= 12:  # label the edit counts themselves, not powers of ten
+        from matplotlib.ticker import NullLocator, ScalarFormatter
+
+        ax.set_xticks(ns)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_all(df, out_dir: str | Path) -> list[Path]:
+    """One PNG per (task, model, subset, metric) plus one panel figure per (task, model); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iceb.io import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if df.empty:
+        return written
+    cmap = plt.get_cmap("tab10")
+    labels = sorted(df["label"].unique())
+    colors = {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+
+    def save(fig, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    for (task, model), d in df.groupby(["task", "model"], sort=True):
+        smoke = " — " + SMOKE_MARK if d["smoke"].astype(bool).any() else ""
+        panels = sorted({(s, m) for s, m in zip(d["subset"], d["metric"])}, key=lambda x: (x[1] == "edit_seconds", x))
+        for subset, metric in panels:
+            g = d[(d["subset"] == subset) & (d["metric"] == metric)]
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            _draw(ax, g, colors)
+            arrow = "↑" if bool(g["higher_is_better"].iloc[0]) else "↓"
+            ax.set_title(f"{task} on {model}: {subset}/{metric} {arrow}{smoke}", fontsize=9)
+            ax.set_xlabel("number of edited concepts (log)")
+            ax.set_ylabel(metric)
+            ax.legend(fontsize=7)
+            save(fig, out_dir / f"{_safe(task)}__{_safe(model)}__{_safe(subset)}__{_safe(metric)}.png")
+        cols = min(3, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, (subset, metric) in zip(axes.flat, panels):
+            g = d[(d["subset"] == subset) & (d["metric"] == metric)]
+            _draw(ax, g, colors)
+            ax.set_title(f"{subset}/{metric}", fontsize=9)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        legend: dict[str, object] = {}
+        for ax in axes.flat:
+            for h, name in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(name, h)
+        handles, names = list(legend.values()), list(legend)
+        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(names) // 4)))
+        fig.suptitle(f"{task} on {model}: metrics vs number of edits{smoke}", fontsize=10)
+        fig.supxlabel("number of edited concepts (log)", fontsize=9, y=0.04)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        save(fig, out_dir / f"{_safe(task)}__{_safe(model)}__panel.png")
+    return written

@@ -1,0 +1,93 @@
+"""Leaderboard outputs from small runs: CSV columns, Markdown, plots, HTML with grids, smoke marks."""
+from __future__ import annotations
+
+import base64
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread here and in the subprocesses: fast on a shared CPU, and the same kernels' sums."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory):
+    from iceb.harness import EvalConfig, evaluate
+
+    out = tmp_path_factory.mktemp("runs")
+    common = dict(task="smoke", model="tiny", edits=(1, 3), out=str(out), device="cpu", progress=False, batch_size=8)
+    full = evaluate(EvalConfig(editor="test_harness:ScaleVEditor", **common), log=lambda *_: None, model=tiny_model)
+    smoke = evaluate(EvalConfig(editor="noop", limit=2, **common), log=lambda *_: None, model=tiny_model)
+    return out, full, smoke
+
+
+def test_leaderboard_files_and_columns(runs, tmp_path):
+    from iceb.cli import main
+    from iceb.leaderboard import LEADERBOARD_COLUMNS
+    from iceb.results import read_rows
+
+    out, full, smoke = runs
+    assert main(["leaderboard", str(out), "--out", str(tmp_path)]) == 0
+    combined = pd.read_csv(tmp_path / "combined.csv")
+    assert list(combined.columns) == LEADERBOARD_COLUMNS
+    per_task = pd.read_csv(tmp_path / "smoke.csv")
+    assert len(per_task) == len(combined) == len(read_rows(full / "results.jsonl")) + len(read_rows(smoke / "results.jsonl"))
+    # values are the run's rows, untouched; provenance filled in
+    assert set(combined.run_id) == {full.name, smoke.name}
+    assert combined.versions.str.contains("torch=").all() and combined.data_hash.notna().all()
+    s = combined[combined.run_id == smoke.name]
+    assert s.smoke.all() and s.label.str.contains(r"\[SMOKE\]").all()
+    assert (s[s.metric == "image_change"].value == 0).all()  # noop
+    assert not combined[combined.run_id == full.name].smoke.any()
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "SMOKE (--limit): not comparable" in md and "| noop [SMOKE] | edit | image_change" in md
+    header = next(line for line in md.splitlines() if line.startswith("| editor"))
+    assert header.endswith("| N=1 | N=3 |")
+
+    plots = sorted((tmp_path / "plots").glob("*.png"))
+    names = {p.name for p in plots}
+    assert "smoke__tiny__edit__image_change.png" in names and "smoke__tiny__panel.png" in names
+    from PIL import Image
+
+    with Image.open(tmp_path / "plots" / "smoke__tiny__panel.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+
+    html = (tmp_path / "report.html").read_text()
+    assert "SMOKE (--limit): not comparable" in html
+    assert "<li>An image of cat</li>" in html  # grid row labels
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == len(plots) + 4  # every plot plus two grids (N=1, N=3) per run
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+
+
+def test_grid_png_is_before_after_pairs(runs):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    _, full, _ = runs
+    man = json.loads((full / "manifest.json").read_text())
+    rows = len(man["edit_counts"]["3"]["grid"])
+    assert rows == 3 + 2  # three edited concepts, then two holdout prompts
+    with Image.open(full / "grids" / "n3.png") as im:
+        grid = np.asarray(im.convert("RGB"))
+    assert grid.shape == (rows * 128, 256, 3)
+    left, right = grid[:, :128], grid[:, 128:]
+    assert not np.array_equal(left[:3 * 128], right[:3 * 128])  # the edit changed the edited concepts' images
+
+
+def test_leaderboard_without_runs_is_a_clear_error(tmp_path):
+    from iceb.leaderboard import build_leaderboard
+
+    with pytest.raises(FileNotFoundError, match="no run folders"):
+        build_leaderboard([tmp_path], tmp_path / "lb")
