@@ -330,6 +330,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
                                     batch_size=cfg.batch_size)
     metric_names = _metric_names(cfg, task)
     instances = {n: task.build(n).limited(cfg.limit) for n in edits}
+    if hasattr(editor_cls, "check_requests") and hp is not None:  # refuse unservable requests before heavy work
+        editor_cls(hp, progress=False).check_requests(instances[max(edits)].requests)
     data_hashes = {str(n): instances[n].fingerprint() for n in edits}
     hp_dict = hp.to_dict() if hp is not None else None
     identity = {**cfg.identity(), "edits": list(edits), "metrics": list(metric_names), "hparams_resolved": hp_dict,
@@ -616,34 +618,31 @@ def _save_grid(path: Path, pre: Sequence[Any], post_paths: Sequence[Path]) -> No
 
 
 def _delta_ok(stem: Path, inst) -> bool:
-    side = stem.with_suffix(".json")
-    if not (side.is_file() and stem.with_suffix(".safetensors").is_file()):
+    """A saved edit for exactly this task instance exists (its sidecar is written last)."""
+    from iceb.editfile import sidecar_path
+
+    path = stem.with_suffix(".safetensors")
+    side = sidecar_path(path)
+    if not (side.is_file() and path.is_file()):
         return False
     try:
-        return json.loads(side.read_text()).get("requests_hash") == inst.fingerprint()
+        return json.loads(side.read_text()).get("task_fingerprint") == inst.fingerprint()
     except json.JSONDecodeError:
         return False
 
 
 def _save_delta(stem: Path, result, cfg: EvalConfig, loaded, inst, edit_seconds: float, hparams) -> None:
-    """The edit as safetensors (exactly the changed tensors) with a JSON sidecar, written last."""
-    from safetensors.torch import save_file
+    """The edit as a portable edit file (exactly the changed tensors + sidecar), see :mod:`iceb.editfile`."""
+    from iceb.editfile import save_edit
 
-    from iceb.io import atomic_path, write_json
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in result.tensors.items()}
-    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"editor": cfg.editor, "base_model": loaded.model_id})
-    write_json(stem.with_suffix(".json"), {
-        "editor": cfg.editor, "base_model": loaded.model_id, "base_revision": loaded.revision,
-        "n_requests": len(inst.requests), "requests_hash": inst.fingerprint(), "timings": result.timings,
-        "edit_seconds": edit_seconds, "mode": cfg.mode, "rounds": cfg.rounds,
-        "hparams": hparams, "losses_last": {k: (v[-1] if v else None) for k, v in result.losses.items()},
-        "iceb_version": __version__, "tensors": sorted(tensors)})
+    save_edit(stem.with_suffix(".safetensors"), result, editor=cfg.editor, hparams=hparams, model=loaded,
+              requests=inst.requests, mode=cfg.mode if cfg.mode == "batch" else f"sequential-{cfg.rounds}",
+              extra={"task": inst.task, "n_edits": inst.n_edits, "task_fingerprint": inst.fingerprint(),
+                     "edit_seconds": edit_seconds, "rounds": cfg.rounds})
 
 
 def _load_delta(stem: Path):
-    from safetensors.torch import load_file
+    from iceb.editfile import load_edit
 
-    return load_file(str(stem.with_suffix(".safetensors"))), json.loads(stem.with_suffix(".json").read_text())
+    edit = load_edit(stem.with_suffix(".safetensors"))
+    return edit.tensors, edit.meta
