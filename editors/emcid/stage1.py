@@ -95,7 +95,7 @@ def training_latent_dists(pipe, request: EditRequest, s: Stage1Settings) -> tupl
     return dist.mean.float(), dist.std.float()
 
 
-class _Batch:
+class StageBatch:
     """Everything fixed during one batch of concepts' optimisation."""
 
     def __init__(self, pipe, requests: Sequence[EditRequest], s: Stage1Settings):
@@ -137,6 +137,20 @@ class _Batch:
     def per_concept(self, per_prompt: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.n, device=per_prompt.device).index_add(0, self.owners, per_prompt) / self.counts
 
+    def losses(self, te, unet, delta: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+               s: Stage1Settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-concept (noise, text-alignment, decay) losses of ``delta`` at the given noisy latents."""
+        x_t = x_t.to(unet.dtype)
+        with torch.no_grad():
+            eps_dst = unet(x_t, t, encoder_hidden_states=self.dst_emb).sample.float()
+        with add_at_positions(self.block, self.rows, self.cols, delta[self.owners]):
+            out = te(self.src_ids)
+        eps_src = unet(x_t, t, encoder_hidden_states=out.last_hidden_state).sample.float()
+        noise_l = self.per_concept(((eps_src - eps_dst) ** 2).flatten(1).mean(1))
+        text_l = self.per_concept(((out.pooler_output.float() - self.dst_pooled) ** 2).mean(1))
+        decay_l = s.v_weight_decay * delta.norm(dim=1) / self.v_src.norm(dim=1) ** 2
+        return noise_l, text_l, decay_l
+
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy latents and timesteps for this step, each concept from its own generator."""
         xs, ts = [], []
@@ -155,23 +169,13 @@ def optimise_batch(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
     """Optimise the δ of every request in one batch (independent concepts; see the module docstring)."""
     te, unet = pipe.text_encoder, pipe.unet
     with frozen(te, unet, pipe.vae):
-        b = _Batch(pipe, requests, s)
+        b = StageBatch(pipe, requests, s)
         delta = torch.zeros_like(b.v_src, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=s.lr)
-        v_norm = b.v_src.norm(dim=1)
-        max_norm = s.clamp_norm_factor * v_norm
+        max_norm = s.clamp_norm_factor * b.v_src.norm(dim=1)
         history = torch.zeros(s.steps, b.n, 3)
         for step in tqdm(range(s.steps), desc=f"EMCID stage I ({b.n} concepts)", disable=not progress, leave=False):
-            x_t, t = b.draw()
-            x_t = x_t.to(unet.dtype)
-            with torch.no_grad():
-                eps_dst = unet(x_t, t, encoder_hidden_states=b.dst_emb).sample.float()
-            with add_at_positions(b.block, b.rows, b.cols, delta[b.owners]):
-                out = te(b.src_ids)
-            eps_src = unet(x_t, t, encoder_hidden_states=out.last_hidden_state).sample.float()
-            noise_l = b.per_concept(((eps_src - eps_dst) ** 2).flatten(1).mean(1))
-            text_l = b.per_concept(((out.pooler_output.float() - b.dst_pooled) ** 2).mean(1))
-            decay_l = s.v_weight_decay * delta.norm(dim=1) / v_norm ** 2
+            noise_l, text_l, decay_l = b.losses(te, unet, delta, *b.draw(), s)
             loss = noise_l + s.text_align_weight * text_l + decay_l
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # summed, not averaged: each concept's gradient is its own

@@ -18,6 +18,7 @@ the number of prompts; the only N² term is ``K Kᵀ``-sized solves that do not 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
@@ -67,6 +68,7 @@ class Stage2Output:
     diagnostics: list[LayerDiagnostics] = field(default_factory=list)
     n_prompts: int = 0
     n_tokens: int = 0
+    solve_seconds: float = 0.0  # of the total, the float64 solves (the rest is the layer walk)
 
 
 @dataclass
@@ -159,8 +161,9 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
         keys = (k_sum / counts[:, None]).T  # (d_k, N)
         cur = cur_sum / counts[:, None]  # (N, d)
         resid = ((targets - cur) / (len(layers) - i)).T  # (d, N)
-        cov = covs[l]
-        delta = closed_form_delta(resid, keys, cov, lam, alpha)
+        t0 = time.perf_counter()
+        delta = closed_form_delta(resid, keys, covs[l], lam, alpha)
+        out.solve_seconds += time.perf_counter() - t0
         out.deltas[l] = delta
         if diagnostics:
             out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), delta.cpu()))
