@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editors.base import EditRequest
-from editors.emcid.stage2 import closed_form_delta, compute_deltas
+from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 from editors.hooks import capture, fc2_name, layer_call, subject_last_positions, text_layers, tokenize
 
 REQS = [EditRequest("cat", "dog", seed=1), EditRequest("red apple", "orange", seed=2),
@@ -84,18 +84,24 @@ def test_closed_form_matches_lstsq_and_official_scaling():
     s = (alpha / 0.5) ** 0.5
     adj = torch.linalg.solve(lam * (1 - alpha) / 0.5 * cov + (s * keys) @ (s * keys).T, s * keys)
     torch.testing.assert_close(delta, (s * resid) @ adj.T, rtol=1e-9, atol=1e-10)
+    # the push-through path with C's Cholesky factor: exact with a float64 factor, ~1e-6 with the float32 one
+    exact = closed_form_delta(resid, keys, cov, lam, alpha, chol_c=torch.linalg.cholesky(cov))
+    torch.testing.assert_close(exact, ref, rtol=1e-8, atol=1e-9)
+    stored = closed_form_delta(resid, keys, cov, lam, alpha, chol_c=cov_factor(cov))
+    torch.testing.assert_close(stored, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("residual", ["fc2_output", "hidden"])
-def test_small_lambda_writes_every_key_and_reaches_the_target(tiny_pipe, covs, residual):
+@pytest.mark.parametrize("residual,factored", [("fc2_output", False), ("hidden", False), ("fc2_output", True)])
+def test_small_lambda_writes_every_key_and_reaches_the_target(tiny_pipe, covs, residual, factored):
     """λ → 0: at each layer ΔW k = r for every concept's key; after all layers the edited model's averaged
     fc2 output (official residual) or block-L output (MEMIT residual) at the subject token is z*."""
     te, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
     prompts, owners, positions = _flatten(tok, REQS)
     layers = [2, 5, 7]
     z = torch.randn(len(REQS), te.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    factors = {l: cov_factor(covs[l]) for l in layers} if factored else None
     out = compute_deltas(te, tok, prompts, owners, positions, z, layers, covs, lam=1e-7, alpha=0.5,
-                         residual=residual, diagnostics=True)
+                         residual=residual, diagnostics=True, factors=factors)
     assert sorted(out.deltas) == layers
     for i, diag in enumerate(out.diagnostics):
         torch.testing.assert_close(diag.delta @ diag.keys, diag.resid, rtol=1e-5, atol=1e-6)
@@ -143,7 +149,8 @@ def test_walk_equals_naive_per_layer_full_forwards(tiny_pipe, covs):
     layers = [0, 3, 4, 8]
     lam, alpha = 5.0, 0.6
     z = torch.randn(len(REQS), te.config.hidden_size, generator=torch.Generator().manual_seed(3))
-    fast = compute_deltas(te, tok, prompts, owners, positions, z, layers, covs, lam, alpha).deltas
+    fast = compute_deltas(te, tok, prompts, owners, positions, z, layers, covs, lam, alpha,
+                          factors={l: torch.linalg.cholesky(covs[l].double()) for l in layers}).deltas
     blocks = text_layers(te)
     ids = tokenize(tok, prompts)[0]
     own = torch.tensor(owners)

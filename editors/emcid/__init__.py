@@ -25,7 +25,7 @@ from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Time
 from editors.hooks import fc2_name, subject_last_positions, text_layers
 from editors.hparams import Hparams, HparamsError
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
-from editors.emcid.stage2 import compute_deltas
+from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +153,7 @@ class EMCIDEditor(BaseEditor):
         from editors.stats import StatsCache
 
         self.stats_cache = StatsCache(self.cache_dir / "stats") if self.cache_dir is not None else None
+        self._factors: dict[str, torch.Tensor] = {}  # stats key -> Cholesky factor of C
         self.stage1_cache = Stage1Cache(self.cache_dir / "emcid" / "stage1" if self.cache_dir is not None else None)
 
     # -- stage I ------------------------------------------------------------------------------------
@@ -180,10 +181,10 @@ class EMCIDEditor(BaseEditor):
         return out  # type: ignore[return-value]
 
     # -- statistics -------------------------------------------------------------------------------------
-    def layer_stats(self, pipe) -> dict[int, torch.Tensor]:
-        """C_l = E[k kᵀ] of each edited fc2's inputs over the hparams' corpus (cached on disk)."""
+    def layer_stats(self, pipe) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        """C_l = E[k kᵀ] of each edited fc2's inputs over the hparams' corpus (cached on disk), and their keys."""
         from editors.corpora import load_corpus
-        from editors.stats import second_moments
+        from editors.stats import second_moments, stats_key
 
         hp = self.hparams
         te = pipe.text_encoder
@@ -197,10 +198,37 @@ class EMCIDEditor(BaseEditor):
                 raise FileNotFoundError(f"emcid: the statistics corpus of hparam mom2_dataset={hp.mom2_dataset!r} "
                                         f"is not available: {err}") from None
 
-        moms = second_moments(te, pipe.tokenizer, modules, model_fingerprint=base_fingerprint(pipe, hp),
+        fp = base_fingerprint(pipe, hp)
+        moms = second_moments(te, pipe.tokenizer, modules, model_fingerprint=fp,
                               corpus_name=hp.mom2_dataset, n_samples=hp.mom2_n_samples, cache=self.stats_cache,
                               batch_size=hp.stats_batch_size, progress=self.progress, corpus_loader=loader)
-        return {l: moms[fc2_name(te, l).removesuffix(".weight")] for l in hp.layers}
+        names = {l: fc2_name(te, l).removesuffix(".weight") for l in hp.layers}
+        return ({l: moms[names[l]] for l in hp.layers},
+                {l: stats_key(fp, names[l], hp.mom2_dataset, hp.mom2_n_samples) for l in hp.layers})
+
+    def layer_factors(self, covs: dict[int, torch.Tensor], keys: dict[int, str]) -> dict[int, torch.Tensor]:
+        """Cholesky factors of the C_l (float32), kept in memory and on disk beside the statistics: computed
+        once per model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
+        from safetensors.torch import load_file, save_file
+
+        from iceb.io import atomic_path
+
+        out = {}
+        root = self.cache_dir / "emcid" / "cholesky" if self.cache_dir is not None else None
+        for l, cov in covs.items():
+            key = keys[l]
+            if key not in self._factors:
+                path = root / f"{key}.safetensors" if root is not None else None
+                if path is not None and path.is_file():
+                    self._factors[key] = load_file(str(path))["chol"]
+                else:
+                    self._factors[key] = cov_factor(cov)
+                    if path is not None:
+                        root.mkdir(parents=True, exist_ok=True)
+                        with atomic_path(path) as tmp:
+                            save_file({"chol": self._factors[key].contiguous()}, str(tmp))
+            out[l] = self._factors[key]
+        return out
 
     # -- the edit ---------------------------------------------------------------------------------------
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
@@ -223,11 +251,14 @@ class EMCIDEditor(BaseEditor):
         with timer("stage1"):
             targets = self.compute_targets(pipe, requests)
         with timer("stats"):
-            covs = self.layer_stats(pipe)
+            covs, stat_keys = self.layer_stats(pipe)
+            factors = self.layer_factors(covs, stat_keys) if len(requests) <= min(c.shape[0] for c in covs.values()) \
+                else None
         with timer("stage2"):
             z = torch.stack([t.target for t in targets]).float()
             res = compute_deltas(te, tok, prompts, owners, positions, z, hp.layers, covs, hp.mom2_update_weight,
-                                 hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1], progress=self.progress)
+                                 hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1], progress=self.progress,
+                                 factors=factors)
             tensors = {}
             with torch.no_grad():
                 for l, delta in res.deltas.items():
@@ -243,4 +274,3 @@ class EMCIDEditor(BaseEditor):
 
 
 __all__ = ["EMCIDEditor", "EMCIDHparams", "closed_form_delta"]
-from editors.emcid.stage2 import closed_form_delta  # noqa: E402

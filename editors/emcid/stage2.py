@@ -30,22 +30,56 @@ from editors.hooks import capture, layer_call, text_layers
 Residual = Literal["fc2_output", "hidden"]
 
 
+def _chol_solve(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹ B`` from A's lower Cholesky factor: two triangular solves (torch.cholesky_solve copies more on CPU)."""
+    y = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    return torch.linalg.solve_triangular(chol.T, y, upper=True)
+
+
+def cov_factor(cov: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of C (float64 compute, float32 storage): a per-model precomputation, like C itself.
+
+    Storing it in float32 perturbs C by ~1e-7 relative, the precision C is stored in anyway. A C that is not
+    positive definite (too small a corpus) gets a jitter of 1e-6 · mean diagonal.
+    """
+    c = cov.double()
+    chol, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:
+        jitter = 1e-6 * float(c.diagonal().mean())
+        chol = torch.linalg.cholesky(c + jitter * torch.eye(c.shape[0], dtype=c.dtype, device=c.device))
+    return chol.float().contiguous()
+
+
 def closed_form_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
-                      alpha: float) -> torch.Tensor:
+                      alpha: float, chol_c: torch.Tensor | None = None) -> torch.Tensor:
     """``ΔW = R Kᵀ (λ(1-α)/α · C + K Kᵀ)⁻¹`` in float64 (``resid``: d×N, ``keys``: d_k×N, ``cov``: d_k×d_k).
 
-    It minimises ``(1-α)·λ·tr(ΔW C ΔWᵀ) + α·||ΔW K - R||²`` (the paper's preserve/edit weighting). Solved
-    by Cholesky of the SPD system; a singular system (λ(1-α) = 0 and N < d_k) falls back to the pseudo-inverse.
+    It minimises ``(1-α)·λ·tr(ΔW C ΔWᵀ) + α·||ΔW K - R||²`` (the paper's preserve/edit weighting).
+
+    - Direct: Cholesky of the SPD d_k×d_k system ``λ'C + K Kᵀ`` (a singular system, λ(1-α) = 0 with
+      N < d_k, falls back to the pseudo-inverse).
+    - With ``chol_c`` (the Cholesky factor of C, see :func:`cov_factor`) and N <= d_k: the push-through
+      identity ``(λ'C + KKᵀ)⁻¹K = C⁻¹K (λ'I + KᵀC⁻¹K)⁻¹`` replaces the d_k³ factorisation per edit by two
+      triangular solves and an N×N system — the same ΔW, far cheaper for few concepts.
     """
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"edit_weight (alpha) must be in (0, 1], got {alpha}")
     resid, keys = resid.double(), keys.double()
     lam_eff = float(lam) * (1.0 - alpha) / alpha
+    n, d_k = keys.shape[1], keys.shape[0]
+    if chol_c is not None and lam_eff > 0 and n <= d_k:
+        y = _chol_solve(chol_c.to(device=keys.device, dtype=torch.float64), keys)  # C⁻¹K
+        m = keys.T @ y
+        m.diagonal().add_(lam_eff)
+        chol_m, info = torch.linalg.cholesky_ex(m)
+        if int(info) == 0:
+            s = _chol_solve(chol_m, resid.T)  # M⁻¹Rᵀ (N×d)
+            return (y @ s).T
     a = cov.to(device=keys.device, dtype=torch.float64) * lam_eff
     a.addmm_(keys, keys.T)
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
-        x = torch.cholesky_solve(keys, chol)  # (d_k, N) = A⁻¹ K
+        x = _chol_solve(chol, keys)  # (d_k, N) = A⁻¹ K
     else:
         x = torch.linalg.pinv(a, hermitian=True) @ keys
     return resid @ x.T
@@ -106,11 +140,12 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
                    positions: Sequence[int], targets: torch.Tensor, layers: Sequence[int],
                    covs: Mapping[int, torch.Tensor], lam: float, alpha: float, *,
                    residual: Residual = "fc2_output", z_layer: int | None = None, diagnostics: bool = False,
-                   progress: bool = False) -> Stage2Output:
+                   progress: bool = False, factors: Mapping[int, torch.Tensor] | None = None) -> Stage2Output:
     """ΔW for every layer in ``layers`` (ascending), writing ``targets[c]`` (the block-``z_layer`` output
     wanted for concept ``c``) for the concepts that own the ``prompts`` at token ``positions``.
 
     The text encoder is not modified; the deltas are returned for the caller to add to the fc2 weights.
+    ``factors`` (layer -> Cholesky factor of C, :func:`cov_factor`) selects the cheaper solve for N <= d_k.
     """
     layers = list(layers)
     if layers != sorted(set(layers)) or not layers:
@@ -162,7 +197,7 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
         cur = cur_sum / counts[:, None]  # (N, d)
         resid = ((targets - cur) / (len(layers) - i)).T  # (d, N)
         t0 = time.perf_counter()
-        delta = closed_form_delta(resid, keys, covs[l], lam, alpha)
+        delta = closed_form_delta(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
         out.solve_seconds += time.perf_counter() - t0
         out.deltas[l] = delta
         if diagnostics:
