@@ -107,6 +107,7 @@ def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
     ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res2 = ed2.edit(pipe, REQS)
     assert ed2.stats_cache.computes == 0 and ed2.stats_cache.loads == 3
+    assert len(list((tmp_path / "emcid" / "cholesky").glob("*.safetensors"))) == 3  # C's factors, reused
     assert res2.info["stage1_cache_hits"] == len(REQS)
     for k in res.tensors:
         assert torch.equal(res.tensors[k], res2.tensors[k])
