@@ -6,6 +6,7 @@
 - :func:`add_at_positions`: add vectors to a module's output at given (batch, token) positions, e.g. EMCID's
   δ at the subject token of block L.
 - :func:`subject_token_positions`: where a concept's BPE tokens sit inside a tokenised prompt.
+- :func:`layer_call`: the exact inputs of one encoder block, to replay blocks one at a time.
 """
 from __future__ import annotations
 
@@ -127,6 +128,46 @@ def stop_after(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+@dataclass
+class LayerCall:
+    """The exact call the encoder makes to one of its blocks: hidden states plus the other args/kwargs."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+    def run(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Run ``block`` on ``hidden`` with the recorded mask and kwargs; returns its hidden-state output."""
+        out = block(hidden, *self.args, **self.kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def layer_call(text_encoder: torch.nn.Module, input_ids: torch.Tensor, layer: int = 0) -> LayerCall:
+    """What the encoder passes to block ``layer`` for ``input_ids`` (the forward stops there).
+
+    Lets a caller replay the blocks one at a time with its own hidden states (EMCID stage II walks the layers
+    once instead of re-running the whole encoder per edited layer). The recorded attention mask belongs to this
+    batch shape; take a new call for another shape.
+    """
+    block = text_layers(text_encoder)[layer]
+    rec: dict = {}
+
+    def pre_hook(_m, args, kwargs):
+        rec["call"] = LayerCall(args[0].detach(), tuple(args[1:]), dict(kwargs))
+        raise StopForward
+
+    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        text_encoder(input_ids)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "call" not in rec:
+        raise RuntimeError(f"text-encoder block {layer} was not called during the forward")
+    return rec["call"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""EMCID (Xiong et al., ECCV 2024): massive concept editing of the text encoder in two stages.
+
+Stage I (:mod:`editors.emcid.stage1`) finds, per concept, the block-L output ``z* = v_src + δ*`` at the last
+source token that makes the frozen UNet denoise the source prompt as it denoises the destination prompt.
+Stage II (:mod:`editors.emcid.stage2`) writes all concepts' ``z*`` into the fc2 weights of ``layers`` with one
+closed-form, preservation-weighted least-squares update per layer. Hyperparameters: ``editors/hparams/emcid/``.
+
+Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``), keyed by the model's weights,
+the stage-I hparams and the request, so an interrupted edit resumes; the second-moment statistics are cached
+by :mod:`editors.stats` (``<cache_dir>/stats``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from editors import register_editor
+from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Timer
+from editors.hooks import fc2_name, subject_last_positions, text_layers
+from editors.hparams import Hparams, HparamsError
+from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
+from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
+
+
+@dataclasses.dataclass(frozen=True)
+class EMCIDHparams(Hparams):
+    """EMCID's hyperparameters; defaults are the ICEB headline configuration on SD-1.4."""
+
+    layers: tuple[int, ...] = tuple(range(11))  # fc2 of these blocks are edited; δ sits at the last one
+    # stage I
+    v_num_grad_steps: int = 200
+    v_lr: float = 0.2
+    clamp_norm_factor: float = 1.5
+    v_weight_decay: float = 5.0e-4
+    text_align_weight: float = 0.01  # 0 switches the text-alignment loss off
+    train_steps: int | None = None  # sampling steps of the training images (None: 50, the pipeline default)
+    train_size: int | None = None  # training-image size in pixels (None: the model's default)
+    train_guidance: float = 7.5
+    random_flip: bool = True
+    concepts_per_batch: int = 0  # 0: fill the device (see stage1.auto_batch_size)
+    # stage II
+    mom2_update_weight: float = 4000.0  # λ
+    edit_weight: float = 0.6  # α: λ_eff = λ(1-α)/α
+    residual: Literal["fc2_output", "hidden"] = "fc2_output"  # official parity, or MEMIT's block-L residual
+    mom2_dataset: str = "ccs"  # a corpus name of editors.corpora (coco, ccs, toy, mini) or a caption file
+    mom2_n_samples: int = 100000
+    stats_batch_size: int = 100
+    model_fingerprint: str | None = None  # None: computed from the weights
+
+    def __post_init__(self) -> None:
+        layers = list(self.layers)
+        if not layers or layers != sorted(set(layers)) or layers[0] < 0:
+            raise HparamsError(f"emcid: key 'layers' must be a non-empty ascending list of block indices, got {layers}")
+        if not 0.0 < self.edit_weight <= 1.0:
+            raise HparamsError(f"emcid: key 'edit_weight' must be in (0, 1], got {self.edit_weight}")
+        if self.v_num_grad_steps < 0 or self.concepts_per_batch < 0 or self.mom2_n_samples < 1:
+            raise HparamsError("emcid: v_num_grad_steps and concepts_per_batch must be >= 0, mom2_n_samples >= 1")
+        if self.mom2_update_weight < 0:
+            raise HparamsError(f"emcid: key 'mom2_update_weight' must be >= 0, got {self.mom2_update_weight}")
+
+    def stage1(self) -> Stage1Settings:
+        return Stage1Settings(layer=self.layers[-1], steps=self.v_num_grad_steps, lr=self.v_lr,
+                              clamp_norm_factor=self.clamp_norm_factor, v_weight_decay=self.v_weight_decay,
+                              text_align_weight=self.text_align_weight, train_steps=self.train_steps,
+                              train_size=self.train_size, train_guidance=self.train_guidance,
+                              random_flip=self.random_flip)
+
+
+# --------------------------------------------------------------------------------------------------
+# fingerprints: cheap, and change whenever a weight changes (a float64 sum plus the first values per tensor)
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def module_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
+    h = hashlib.sha256()
+    for name, p in module.state_dict().items():
+        if any(s in name for s in skip):
+            continue
+        flat = p.detach().reshape(-1)
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(repr(float(flat.sum(dtype=torch.float64)) if flat.is_floating_point() else int(flat.sum())).encode())
+        h.update(flat[:16].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def base_fingerprint(pipe, hp: EMCIDHparams) -> str:
+    """The text encoder without the fc2 weights EMCID writes: keys the statistics, so sequential rounds reuse
+    the base model's statistics as the official code does."""
+    return hp.model_fingerprint or module_fingerprint(pipe.text_encoder, skip=("mlp.fc2.weight",))
+
+
+def full_fingerprint(pipe, hp: EMCIDHparams) -> str:
+    """Everything stage I depends on: text encoder (fc2 included), UNet, VAE, scheduler config."""
+    if hp.model_fingerprint:
+        fc2 = "".join(module_fingerprint(text_layers(pipe.text_encoder)[l].mlp.fc2) for l in hp.layers)
+        return hashlib.sha256((hp.model_fingerprint + fc2).encode()).hexdigest()[:20]
+    parts = [module_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
+    parts.append(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+class Stage1Cache:
+    """``<root>/<key>.safetensors`` with ``delta``, ``v_src``, ``losses`` of one concept; atomic writes."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        self.hits = 0
+
+    @staticmethod
+    def key(fingerprint: str, s: Stage1Settings, r: EditRequest) -> str:
+        payload = json.dumps([fingerprint, dataclasses.asdict(s), r.source, r.destination, list(r.templates),
+                              r.seed, r.kind], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> ConceptTarget | None:
+        if self.root is None or not (self.root / f"{key}.safetensors").is_file():
+            return None
+        from safetensors.torch import load_file
+
+        d = load_file(str(self.root / f"{key}.safetensors"))
+        self.hits += 1
+        return ConceptTarget(d["delta"], d["v_src"], d["losses"])
+
+    def put(self, key: str, t: ConceptTarget, meta: dict[str, str]) -> None:
+        if self.root is None:
+            return
+        from safetensors.torch import save_file
+
+        from iceb.io import atomic_path
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.root / f"{key}.safetensors") as tmp:
+            save_file({"delta": t.delta.contiguous(), "v_src": t.v_src.contiguous(), "losses": t.losses.contiguous()},
+                      str(tmp), metadata=meta)
+
+
+@register_editor("emcid", description="EMCID: dual self-distillation (stage I) + multi-layer closed form on "
+                                      "text-encoder fc2 (stage II)")
+class EMCIDEditor(BaseEditor):
+    """EMCID on any CLIP-text-encoder diffusers pipeline; edits ``text_encoder ... layers.{l}.mlp.fc2.weight``."""
+
+    hparams_class = EMCIDHparams
+    supports = frozenset({"update", "erase", "rectify"})
+
+    def __init__(self, hparams: EMCIDHparams | None = None, *, cache_dir: str | Path | None = None,
+                 progress: bool = True) -> None:
+        super().__init__(hparams, cache_dir=cache_dir, progress=progress)
+        from editors.stats import StatsCache
+
+        self.stats_cache = StatsCache(self.cache_dir / "stats") if self.cache_dir is not None else None
+        self._factors: dict[str, torch.Tensor] = {}  # stats key -> Cholesky factor of C
+        self.stage1_cache = Stage1Cache(self.cache_dir / "emcid" / "stage1" if self.cache_dir is not None else None)
+
+    # -- stage I ------------------------------------------------------------------------------------
+    def compute_targets(self, pipe, requests: Sequence[EditRequest]) -> list[ConceptTarget]:
+        """Stage I for every request: cached ones are loaded, the rest optimised in batches and cached."""
+        hp = self.hparams
+        s = hp.stage1()
+        fp = full_fingerprint(pipe, hp)
+        keys = [Stage1Cache.key(fp, s, r) for r in requests]
+        out: list[ConceptTarget | None] = [self.stage1_cache.get(k) for k in keys]
+        todo = [i for i, t in enumerate(out) if t is None]
+        if not todo:
+            return out  # type: ignore[return-value]
+        per_batch = hp.concepts_per_batch or auto_batch_size(pipe, len(todo))
+        bar = tqdm(total=len(todo), desc="EMCID stage I", unit="concept", disable=not self.progress, leave=False)
+        for start in range(0, len(todo), per_batch):
+            idx = todo[start:start + per_batch]
+            results = optimise_batch(pipe, [requests[i] for i in idx], s, progress=self.progress)
+            for i, res in zip(idx, results):
+                out[i] = res
+                self.stage1_cache.put(keys[i], res, {"source": requests[i].source,
+                                                     "destination": requests[i].destination, "model": fp})
+            bar.update(len(idx))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    # -- statistics -------------------------------------------------------------------------------------
+    def layer_stats(self, pipe) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        """C_l = E[k kᵀ] of each edited fc2's inputs over the hparams' corpus (cached on disk), and their keys."""
+        from editors.corpora import load_corpus
+        from editors.stats import second_moments, stats_key
+
+        hp = self.hparams
+        te = pipe.text_encoder
+        blocks = text_layers(te)
+        modules = {fc2_name(te, l).removesuffix(".weight"): blocks[l].mlp.fc2 for l in hp.layers}
+
+        def loader():
+            try:
+                return load_corpus(hp.mom2_dataset)
+            except (FileNotFoundError, ValueError) as err:
+                raise FileNotFoundError(f"emcid: the statistics corpus of hparam mom2_dataset={hp.mom2_dataset!r} "
+                                        f"is not available: {err}") from None
+
+        fp = base_fingerprint(pipe, hp)
+        moms = second_moments(te, pipe.tokenizer, modules, model_fingerprint=fp,
+                              corpus_name=hp.mom2_dataset, n_samples=hp.mom2_n_samples, cache=self.stats_cache,
+                              batch_size=hp.stats_batch_size, progress=self.progress, corpus_loader=loader)
+        names = {l: fc2_name(te, l).removesuffix(".weight") for l in hp.layers}
+        return ({l: moms[names[l]] for l in hp.layers},
+                {l: stats_key(fp, names[l], hp.mom2_dataset, hp.mom2_n_samples) for l in hp.layers})
+
+    def layer_factors(self, covs: dict[int, torch.Tensor], keys: dict[int, str]) -> dict[int, torch.Tensor]:
+        """Cholesky factors of the C_l (float32), kept in memory and on disk beside the statistics: computed
+        once per model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
+        from safetensors.torch import load_file, save_file
+
+        from iceb.io import atomic_path
+
+        out = {}
+        root = self.cache_dir / "emcid" / "cholesky" if self.cache_dir is not None else None
+        for l, cov in covs.items():
+            key = keys[l]
+            if key not in self._factors:
+                path = root / f"{key}.safetensors" if root is not None else None
+                if path is not None and path.is_file():
+                    self._factors[key] = load_file(str(path))["chol"]
+                else:
+                    self._factors[key] = cov_factor(cov)
+                    if path is not None:
+                        root.mkdir(parents=True, exist_ok=True)
+                        with atomic_path(path) as tmp:
+                            save_file({"chol": self._factors[key].contiguous()}, str(tmp))
+            out[l] = self._factors[key]
+        return out
+
+    # -- the edit ---------------------------------------------------------------------------------------
+    def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
+        self.check_requests(requests)
+        hp = self.hparams
+        te, tok = pipe.text_encoder, pipe.tokenizer
+        n_blocks = len(text_layers(te))
+        if hp.layers[-1] >= n_blocks:
+            raise HparamsError(f"emcid: layers {list(hp.layers)} do not fit the {n_blocks}-block text encoder")
+        prompts, owners, positions = [], [], []
+        for c, r in enumerate(requests):
+            try:
+                positions += subject_last_positions(tok, r.templates, r.source)
+            except ValueError as err:
+                raise RequestError(f"emcid: request {c} ({r.source!r}): {err}") from None
+            prompts += r.source_prompts()
+            owners += [c] * len(r.templates)
+        timer = Timer()
+        hits_before = self.stage1_cache.hits
+        with timer("stage1"):
+            targets = self.compute_targets(pipe, requests)
+        with timer("stats"):
+            covs, stat_keys = self.layer_stats(pipe)
+            factors = self.layer_factors(covs, stat_keys) if len(requests) <= min(c.shape[0] for c in covs.values()) \
+                else None
+        with timer("stage2"):
+            z = torch.stack([t.target for t in targets]).float()
+            res = compute_deltas(te, tok, prompts, owners, positions, z, hp.layers, covs, hp.mom2_update_weight,
+                                 hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1], progress=self.progress,
+                                 factors=factors)
+            tensors = {}
+            with torch.no_grad():
+                for l, delta in res.deltas.items():
+                    w = text_layers(te)[l].mlp.fc2.weight
+                    tensors[fc2_name(te, l)] = (w.double() + delta.to(w.device)).to(w.dtype).detach().clone()
+        losses = {}
+        for c, (r, t) in enumerate(zip(requests, targets)):
+            losses[f"stage1/{r.request_id or f'{c}:{r.source}'}"] = t.losses.sum(1).tolist()
+        info = {"requests": len(requests), "layers": list(hp.layers), "stage1_cache_hits": self.stage1_cache.hits - hits_before,
+                "delta_norm_ratio": [float(t.delta.norm() / t.v_src.norm()) for t in targets],
+                "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens}
+        return EditResult(tensors, timer.timings, losses, info)
+
+
+__all__ = ["EMCIDEditor", "EMCIDHparams", "closed_form_delta"]

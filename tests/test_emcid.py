@@ -1,0 +1,154 @@
+"""EMCID editor: stage I optimisation, batching, caches, the EditResult contract and the CLI (tiny model, CPU)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from editors import get_editor
+from editors.base import EditRequest
+from editors.emcid import EMCIDEditor, EMCIDHparams
+from editors.emcid.stage1 import Stage1Settings, StageBatch, frozen, optimise_batch
+from editors.hooks import fc2_name, tokenize
+
+REPO = Path(__file__).resolve().parents[1]
+REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", seed=12),
+        EditRequest("tree", "", kind="erase", seed=13)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on the shared, loaded CPU are 10-30x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def _settings(**kw) -> Stage1Settings:
+    base = dict(layer=10, steps=8, lr=0.2, train_steps=1, train_size=16)
+    base.update(kw)
+    return Stage1Settings(**base)
+
+
+def test_stage1_lowers_the_objective_and_respects_the_clamp(tiny_pipe):
+    """After optimisation the objective at fixed (x_t, t) draws is lower than at δ = 0; a tight clamp is active
+    and never exceeded."""
+    s = _settings(steps=25, lr=0.05)
+    res = optimise_batch(tiny_pipe, REQS[:2], s)
+    with frozen(tiny_pipe.text_encoder, tiny_pipe.unet, tiny_pipe.vae), torch.no_grad():
+        b = StageBatch(tiny_pipe, REQS[:2], s)
+        draws = [b.draw() for _ in range(6)]
+        delta = torch.stack([r.delta for r in res])
+
+        def objective(d):
+            tot = 0
+            for x_t, t in draws:
+                n, txt, dec = b.losses(tiny_pipe.text_encoder, tiny_pipe.unet, d, x_t, t, s)
+                tot = tot + n + s.text_align_weight * txt + dec
+            return tot
+
+        before, after = objective(torch.zeros_like(delta)), objective(delta)
+    assert (after < before).all(), (before, after)
+    torch.testing.assert_close(torch.stack([r.v_src for r in res]), b.v_src)
+    tight = optimise_batch(tiny_pipe, REQS[:1], _settings(steps=4, clamp_norm_factor=0.01))[0]
+    ratio = float(tight.delta.norm() / tight.v_src.norm())
+    assert ratio <= 0.01 * (1 + 1e-5) and ratio > 0.0099, ratio
+
+
+def test_erase_uses_the_empty_prompt_as_destination(tiny_pipe):
+    s = _settings(steps=0)
+    with frozen(tiny_pipe.text_encoder, tiny_pipe.unet, tiny_pipe.vae), torch.no_grad():
+        b = StageBatch(tiny_pipe, REQS[2:], s)
+        ref = tiny_pipe.text_encoder(tokenize(tiny_pipe.tokenizer, ["", "", ""])[0]).last_hidden_state
+    torch.testing.assert_close(b.dst_emb, ref)
+
+
+def test_batched_equals_one_at_a_time(tiny_pipe):
+    """Summed per-concept losses, elementwise Adam and per-concept generators: a batch of concepts gives each
+    concept the δ it gets alone (to float32 reordering: relative difference < 1e-4)."""
+    s = _settings(steps=10)
+    batched = optimise_batch(tiny_pipe, REQS, s)
+    for r, b in zip(REQS, batched):
+        single = optimise_batch(tiny_pipe, [r], s)[0]
+        err = float((single.delta - b.delta).norm() / single.delta.norm())
+        assert err < 1e-4, (r.source, err)
+        torch.testing.assert_close(single.losses, b.losses, rtol=1e-4, atol=1e-7)
+
+
+def _hp(**kw) -> EMCIDHparams:
+    base = EMCIDEditor.load_hparams("tiny").to_dict()
+    base.update(dict(layers=[2, 4, 6], v_num_grad_steps=3, train_size=16, train_steps=1, mom2_n_samples=120))
+    base.update(kw)
+    return EMCIDHparams.from_dict(base)
+
+
+def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
+    pipe = tiny_pipe
+    before = {c: {k: v.clone() for k, v in getattr(pipe, c).state_dict().items()} for c in ("unet", "vae")}
+    flags = [p.requires_grad for p in pipe.unet.parameters()]
+    ed = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
+    res = ed.edit(pipe, REQS)
+    te = pipe.text_encoder
+    assert set(res.tensors) == {fc2_name(te, l) for l in (2, 4, 6)}
+    for l in (2, 4, 6):
+        assert not torch.equal(res.tensors[fc2_name(te, l)], te.encoder.layers[l].mlp.fc2.weight)
+    assert ed.stats_cache.computes == 3 and ed.stats_cache.loads == 0
+    assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "stage2"}
+    for c in ("unet", "vae"):
+        for k, v in getattr(pipe, c).state_dict().items():
+            assert torch.equal(v, before[c][k]), f"{c}.{k} changed"
+    assert [p.requires_grad for p in pipe.unet.parameters()] == flags
+    assert all(p.grad is None for p in list(te.parameters()) + list(pipe.unet.parameters()))
+    # a second editor on the same cache: statistics loaded, stage I loaded, identical result
+    ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
+    res2 = ed2.edit(pipe, REQS)
+    assert ed2.stats_cache.computes == 0 and ed2.stats_cache.loads == 3
+    assert len(list((tmp_path / "emcid" / "cholesky").glob("*.safetensors"))) == 3  # C's factors, reused
+    assert res2.info["stage1_cache_hits"] == len(REQS)
+    for k in res.tensors:
+        assert torch.equal(res.tensors[k], res2.tensors[k])
+    # other stage-I hparams miss the stage-I cache but keep using the statistics
+    ed3 = EMCIDEditor(_hp(v_lr=0.1), cache_dir=tmp_path, progress=False)
+    res3 = ed3.edit(pipe, REQS[:1])
+    assert res3.info["stage1_cache_hits"] == 0 and ed3.stats_cache.computes == 0
+
+
+def test_missing_corpus_is_a_clear_error(tiny_pipe, tmp_path):
+    ed = EMCIDEditor(_hp(mom2_dataset=str(tmp_path / "nope.txt"), v_num_grad_steps=0), cache_dir=tmp_path,
+                     progress=False)
+    with pytest.raises(FileNotFoundError, match="mom2_dataset"):
+        ed.edit(tiny_pipe, REQS[:1])
+
+
+def test_shipped_hparams_load():
+    E = get_editor("emcid")
+    sd = E.load_hparams("sd-1.4")
+    assert sd.layers == tuple(range(11)) and sd.v_num_grad_steps == 200 and sd.v_lr == 0.2
+    assert (sd.clamp_norm_factor, sd.v_weight_decay, sd.text_align_weight) == (1.5, 5e-4, 0.01)
+    assert (sd.mom2_update_weight, sd.edit_weight, sd.mom2_dataset, sd.mom2_n_samples) == (4000, 0.6, "ccs", 100000)
+    assert E.load_hparams("sd-1.4", preset="rectification").edit_weight == 0.5
+    art = E.load_hparams("sd-1.4", preset="artists")
+    assert art.layers == (7, 8, 9, 10) and art.v_num_grad_steps == 100 and art.edit_weight == 0.5
+    assert E.load_hparams("toy").layers == (0, 1, 2) and E.load_hparams("toy").mom2_dataset == "toy"
+    assert E.supports == frozenset({"update", "erase", "rectify"})
+
+
+def test_cli_evaluate_smoke_end_to_end(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "iceb", "evaluate", "--editor", "emcid", "--model", "tiny", "--task", "smoke",
+           "--edits", "1,2", "--out", str(tmp_path), "--no-progress",
+           "--editor-args", "v_num_grad_steps=2,train_steps=1,mom2_n_samples=100"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = [p for p in tmp_path.iterdir() if p.name.startswith("emcid-smoke-")]
+    assert len(runs) == 1
+    rows = (runs[0] / "results.jsonl").read_text()
+    assert '"n_edits": 1' in rows and '"n_edits": 2' in rows
+    from safetensors.torch import load_file
+
+    delta = load_file(str(runs[0] / "edits" / "n2.safetensors"))
+    assert len(delta) == 11 and all(".mlp.fc2.weight" in k for k in delta)
