@@ -259,3 +259,9 @@ def test_python_api_snippet_in_docs_runs(tmp_path, monkeypatch):
     exec(compile(blocks[0], str(DOCS), "exec"), namespace)  # noqa: S102 - our own documentation
     assert (tmp_path / "cat2dog.safetensors").is_file() and (tmp_path / "cat2dog.safetensors.json").is_file()
     assert namespace["edit"].meta["n_requests"] == 2 and namespace["images"][0].shape[-1] == 3
+
+
+def test_readme_carries_the_tested_python_api_snippet():
+    """The README's Python example is the one the test above runs, character for character."""
+    block = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)[0]
+    assert block in (DOCS.parents[1] / "README.md").read_text()
