@@ -13,9 +13,11 @@ ICEB_REF = SHARED_REF / "emcid" / "data" / "iceb_data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# One thread per xdist worker (CI runs `-n 2` on 2 cores); otherwise honour OMP_NUM_THREADS, default 2.
-_threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else int(os.environ.get("OMP_NUM_THREADS", "2"))
-torch.set_num_threads(max(1, min(_threads, os.cpu_count() or 1)))
+# One torch thread in tests, here and in subprocesses: the models are tiny (more threads only add overhead,
+# 10-30x slower on a loaded 2-core machine, measured), CI runs `-n 2` workers on 2 cores, and multi-process
+# tests compare bitwise with single-process runs, which needs the same kernels' summation order.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,13 +36,6 @@ class NudgeEditor(BaseEditor):
 EDITORS.register("test-nudge", NudgeEditor, overwrite=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a loaded shared CPU, 2 threads made tiny generation ~30x slower (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 REQS = [EditRequest("cat", "dog", seed=3), EditRequest("apple", "orange", ("A photo of {}",), seed=4)]
 
 

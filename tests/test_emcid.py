@@ -20,13 +20,6 @@ REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", s
         EditRequest("tree", "", kind="erase", seed=13)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on the shared, loaded CPU are 10-30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _settings(**kw) -> Stage1Settings:
     base = dict(layer=10, steps=8, lr=0.2, train_steps=1, train_size=16)

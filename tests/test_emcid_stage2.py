@@ -13,13 +13,6 @@ REQS = [EditRequest("cat", "dog", seed=1), EditRequest("red apple", "orange", se
         EditRequest("tree", "", kind="erase", seed=5)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on the shared, loaded CPU are 10-30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _flatten(tok, reqs):
     prompts, owners, positions = [], [], []

@@ -12,13 +12,6 @@ from editors.weights import applied
 ERASE = [EditRequest("cat", kind="erase", seed=3)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny forwards: one thread avoids oversubscription on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _hp(name: str, **overrides):

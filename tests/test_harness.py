@@ -25,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread here and in the subprocesses: fast on a shared CPU, and the same kernels' sums."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,13 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EDITOR = "test_harness:ScaleVEditor"  # defined in tests/test_harness.py
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread here and in the subprocesses: fast on a shared CPU, and the same kernels' sums."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _free_port() -> int:

@@ -34,13 +34,6 @@ class BigNudgeEditor(BaseEditor):
 EDITORS.register("test-nudge-cli", BigNudgeEditor, overwrite=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a loaded shared CPU, 2 threads made tiny generation ~30x slower (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()

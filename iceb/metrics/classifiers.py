@@ -52,3 +52,28 @@ def get_classifier(name: str, **kwargs) -> ImageClassifier:
 
         return TimmClassifier(name[len("timm:"):], **kwargs)
     return CLASSIFIERS.get(name)(**kwargs)
+
+
+def find_local_weights(given, env_var: str, hub_files: Sequence[str], what: str, how_to_get: str):
+    """A local weights file: ``given``, else ``$env_var``, else torch's hub cache; else one clear error.
+
+    Metrics never download: this is the single place where FID's Inception, LPIPS's AlexNet and similar
+    backbones are looked up.
+    """
+    import os
+    from pathlib import Path
+
+    import torch
+
+    given = given or os.environ.get(env_var)
+    if given:
+        p = Path(given)
+        if not p.is_file():
+            raise WeightsNotFoundError(f"{what} weights file {p} does not exist")
+        return p
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in hub_files:
+        if (ckpt / name).is_file():
+            return ckpt / name
+    raise WeightsNotFoundError(f"{what} weights are not here (looked at ${env_var} and {ckpt}/{hub_files[0]}). "
+                               f"{how_to_get}")

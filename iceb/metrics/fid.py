@@ -38,23 +38,13 @@ INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
 # -- the feature extractor ------------------------------------------------------------------------
 def find_inception_weights(weights: str | Path | None = None) -> Path:
     """The local Inception file: ``weights``, ``$ICEB_FID_INCEPTION``, or torch's hub cache; else a clear error."""
-    given = weights or os.environ.get("ICEB_FID_INCEPTION")
-    if given:
-        p = Path(given)
-        if not p.is_file():
-            raise WeightsNotFoundError(f"FID Inception weights file {p} does not exist")
-        return p
-    import torch
+    from iceb.metrics.classifiers import find_local_weights
 
-    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in INCEPTION_FILES:
-        if (ckpt / name).is_file():
-            return ckpt / name
-    raise WeightsNotFoundError(
-        f"FID needs the Inception-v3 FID weights, which are not here (looked for ICEB_FID_INCEPTION and "
-        f"{ckpt}/{INCEPTION_FILES[0]}); torchmetrics/torch-fidelity would try to download them. On a machine "
-        f"with internet fetch {INCEPTION_URL}, copy it here and set ICEB_FID_INCEPTION=/path/to/that.pth "
-        f"(or put it in {ckpt}/). It is read with torch.load(weights_only=True); a .safetensors copy also works.")
+    return find_local_weights(
+        weights, "ICEB_FID_INCEPTION", INCEPTION_FILES, "FID's Inception-v3",
+        f"torchmetrics/torch-fidelity would try to download them. On a machine with internet fetch {INCEPTION_URL}, "
+        f"copy it here and set ICEB_FID_INCEPTION=/path/to/that.pth (or put it in torch's hub checkpoints folder). "
+        f"It is read with torch.load(weights_only=True); a .safetensors copy also works.")
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -32,21 +32,12 @@ _SLICE = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 
 
 def find_alexnet_weights(weights: str | Path | None = None) -> Path:
-    given = weights or os.environ.get("ICEB_LPIPS_ALEXNET")
-    if given:
-        p = Path(given)
-        if not p.is_file():
-            raise WeightsNotFoundError(f"LPIPS AlexNet weights file {p} does not exist")
-        return p
-    import torch
+    from iceb.metrics.classifiers import find_local_weights
 
-    cand = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-    if cand.is_file():
-        return cand
-    raise WeightsNotFoundError(
-        f"LPIPS needs torchvision's AlexNet weights (the lpips package ships only its linear heads): "
-        f"{cand} is missing and ICEB_LPIPS_ALEXNET is not set. On a machine with internet fetch {ALEXNET_URL}, "
-        f"copy it here and set ICEB_LPIPS_ALEXNET=/path/{ALEXNET_FILE} (read with torch.load(weights_only=True)).")
+    return find_local_weights(
+        weights, "ICEB_LPIPS_ALEXNET", [ALEXNET_FILE], "LPIPS's AlexNet backbone",
+        f"The lpips package ships only its linear heads. On a machine with internet fetch {ALEXNET_URL}, copy it "
+        f"here and set ICEB_LPIPS_ALEXNET=/path/{ALEXNET_FILE} (read with torch.load(weights_only=True)).")
 
 
 def build_lpips(weights: str | Path | None = None, device: str = "cpu"):
