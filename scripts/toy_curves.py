@@ -1,0 +1,51 @@
+"""Efficacy curves on the toy world: every editor, 1 edit to the maximum, both tasks; then leaderboard files.
+
+    python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,8,16,32] [--out runs/toy]
+                                 [--leaderboard leaderboard/toy]
+
+Resumable (each run is an `iceb evaluate` run folder). ESD is erase-only: on `ace` it runs with
+`treat_updates_as_erase=true` and only its Forget and Holdout panels are meaningful, as in EMCID's figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ALL = ["noop", "emcid", "uce", "time", "rome", "esd-x", "esd-u"]
+ERASE_ONLY = {"esd-x", "esd-u"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--editors", default=",".join(ALL))
+    ap.add_argument("--tasks", default="ace,rectification")
+    ap.add_argument("--edits", default=None, help="default: the task's own sweep")
+    ap.add_argument("--out", default="runs/toy")
+    ap.add_argument("--leaderboard", default="leaderboard/toy")
+    args = ap.parse_args()
+
+    from iceb.harness import EvalConfig, evaluate
+    from iceb.leaderboard import build_leaderboard
+
+    edits = tuple(int(x) for x in args.edits.split(",")) if args.edits else None
+    runs = []
+    for task in args.tasks.split(","):
+        for editor in args.editors.split(","):
+            if editor in ERASE_ONLY and task == "rectification":
+                continue  # erasing a misunderstood alias is not rectifying it
+            t0 = time.perf_counter()
+            cfg = EvalConfig(editor=editor, task=task, model="toy", edits=edits, out=args.out, device="cpu",
+                             editor_args={"treat_updates_as_erase": True} if editor in ERASE_ONLY else {})
+            runs.append(evaluate(cfg))
+            print(f"[toy-curves] {editor} on {task}: {time.perf_counter() - t0:.0f}s", flush=True)
+    for path in build_leaderboard(runs, args.leaderboard):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
