@@ -397,6 +397,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
         quiet(f"[iceb] model {loaded.spec} ({loaded.model_id}, world: {loaded.world}); task {task.name}; "
               f"editor {cfg.editor}; edits {list(edits)}; mode {cfg.mode}; {dist.world} process(es); "
               f"run folder {run_dir}")
+        if loaded.spec in ("tiny", "toy"):
+            what = ("random weights: its numbers mean nothing" if loaded.spec == "tiny"
+                    else "the trained toy world: made-up concepts, its own classifier")
+            quiet(f"[iceb] built-in model {loaded.spec!r} ({what}); for Stable Diffusion pass "
+                  f"--model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and a GPU")
         if smoke:
             quiet(f"[iceb] WARNING: {SMOKE_WARNING}")
 

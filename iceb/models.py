@@ -192,13 +192,21 @@ def load_model(spec: str = "toy", *, device: str | None = "auto", dtype: str | t
     return loaded
 
 
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    """diffusers >= 0.40 takes ``dtype`` (``torch_dtype`` is deprecated there); older versions only ``torch_dtype``."""
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(diffusers.__version__).release >= (0, 40) else {"torch_dtype": dtype}
+
+
 def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
     if not (folder / "model_index.json").is_file():
         raise ModelNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     pipe = StableDiffusionPipeline.from_pretrained(
-        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+        folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, local_files_only=True)
     info = _read_info(folder)
     family = info.get("family") or _family_from_pipe(pipe)
     gen = GenerationConfig(**info["generation"]) if "generation" in info else ICEB_PROTOCOL
@@ -210,7 +218,7 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
 def _load_hub(spec: str, dtype: torch.dtype, revision: str | None) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, revision=revision)
+    kwargs = dict(**_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, revision=revision)
     try:  # the cache first: no network when the weights are already here
         pipe = StableDiffusionPipeline.from_pretrained(spec, local_files_only=True, **kwargs)
     except Exception as cache_err:  # noqa: BLE001 - diffusers raises several types for a cache miss
