@@ -50,9 +50,22 @@ class LoadedModel:
         return f"{self.model_id}@{self.revision or 'unknown'}"
 
 
+def toy_quality_passed() -> bool:
+    """Whether the shipped toy model met its quality gates (``data/toy/quality.json``, written by
+    ``iceb toy eval``): concept accuracy on its own images >= 0.90, misunderstood aliases < 0.2."""
+    quality = TOY_DIR.parent / "quality.json"
+    if not (TOY_DIR / "model_index.json").is_file() or not quality.is_file():
+        return False
+    try:
+        return bool(json.loads(quality.read_text())["summary"]["gates"]["passed"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
 def default_model_spec() -> str:
-    """The built-in default: the trained toy world when its bundle is present, else ``tiny``."""
-    return "toy" if (TOY_DIR / "model_index.json").is_file() else "tiny"
+    """The built-in default: the trained toy world once it is shipped and meets its quality gates, else
+    ``tiny``. A toy model below the gates stays usable as ``--model toy`` but is never the silent default."""
+    return "toy" if toy_quality_passed() else "tiny"
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -29,7 +29,11 @@ def run(args) -> int:
     lines.append(("iceb cache", str(cache_dir())))
     lines.append(("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface")))
     lines.append(("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")))
-    lines.append(("toy world", "present" if (TOY_DIR / "model_index.json").is_file() else "not trained"))
+    from iceb.models import toy_quality_passed
+
+    toy = ("not trained" if not (TOY_DIR / "model_index.json").is_file()
+           else "present, quality gates passed" if toy_quality_passed() else "present, below its quality gates")
+    lines.append(("toy world", toy))
     lines.append(("default model", default_model_spec()))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
