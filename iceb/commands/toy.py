@@ -15,11 +15,15 @@ def register(sub) -> None:
     t.add_argument("--config", default=None, help="a JSON file of TrainConfig overrides")
     t.add_argument("--tiny", action="store_true", help="a seconds-long configuration (mechanics only)")
     t.add_argument("--max-seconds", type=float, default=None, help="stop diffusion training after this long")
+    t.add_argument("--note", default=None, help="a free-text note stored in train_config.json (e.g. CPU load)")
     t.set_defaults(func=run_train)
     e = tsub.add_parser("eval", help="measure the shipped toy model; writes data/toy/quality.json")
     e.add_argument("--out", default=None, help="where to write quality.json (default: data/toy/quality.json)")
     e.add_argument("--model", default="toy", help="model spec (default: the shipped toy model)")
     e.add_argument("--images-per-concept", type=int, default=8)
+    e.add_argument("--free-form-per-concept", type=int, default=2)
+    e.add_argument("--alias-images", type=int, default=1)
+    e.add_argument("--misunderstood-images", type=int, default=4)
     e.set_defaults(func=run_eval)
     s = tsub.add_parser("split", help="rebuild data/toy/split.json and captions.txt from the world generator")
     s.set_defaults(func=run_split)
@@ -52,7 +56,7 @@ def run_train(args) -> int:
     cfg = _config(args)
     stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
     train_all(cfg, Path(args.work) if args.work else DEFAULT_WORK, Path(args.out) if args.out else TOY_DATA,
-              stages, max_seconds=args.max_seconds)
+              stages, max_seconds=args.max_seconds, note=args.note)
     return 0
 
 
@@ -64,7 +68,9 @@ def run_eval(args) -> int:
     from iceb.toy.train import TOY_DATA
 
     out = Path(args.out) if args.out else TOY_DATA / "quality.json"
-    result = evaluate_quality(args.model, out=out, images_per_concept=args.images_per_concept)
+    result = evaluate_quality(args.model, out=out, images_per_concept=args.images_per_concept,
+                              free_form_per_concept=args.free_form_per_concept, alias_images=args.alias_images,
+                              misunderstood_images=args.misunderstood_images)
     print(json.dumps(result["summary"], indent=2))
     return 0
 

@@ -4,10 +4,10 @@ Measured sets (all seeds fixed, written to ``data/toy/quality.json`` by ``iceb t
 
 - ``primary``: each concept's primary name in ICEB's edit templates ("An image of {}", "A photo of {}",
   "{}", cycled), ``images_per_concept`` images, seed ``10000 * (id + 1) + k`` for the k-th image;
-- ``free_form``: each concept's free-form prompts with the split bundle's seeds; concept accuracy and the
-  accuracy of the context the prompt names (position, size, background);
-- ``aliases``: correct aliases in the edit templates (2 images per concept);
-- ``misunderstood``: each misunderstood alias (8 images): the probability and top-1 rate of its *true*
+- ``free_form``: each concept's first ``free_form_per_concept`` free-form prompts with the split bundle's
+  seeds; concept accuracy and the accuracy of the context the prompt names (position, size, background);
+- ``aliases``: correct aliases in the edit templates (``alias_images`` per alias);
+- ``misunderstood``: each misunderstood alias (``misunderstood_images``): probability and top-1 rate of its *true*
   concept (must be low before rectification) and of the concept it was trained as;
 - ``untrained``: untrained aliases (1 image per concept), for information.
 """
@@ -30,7 +30,8 @@ def _seed(cid: int, k: int) -> int:
 
 
 def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_concept: int = 8,
-                     device: str = "cpu", classifier_dir: Path | None = None) -> dict[str, Any]:
+                     device: str = "cpu", classifier_dir: Path | None = None, free_form_per_concept: int = 2,
+                     alias_images: int = 1, misunderstood_images: int = 4) -> dict[str, Any]:
     """Generate the sets above with ``model`` and score them; ``classifier_dir`` holds classifier.* files."""
     from iceb.generation import generate
     from iceb.models import load_model
@@ -54,13 +55,13 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
     for c in world.concepts:
         for k in range(images_per_concept):
             add("primary", W.EDIT_TEMPLATES[k % 3].format(c.name), _seed(c.id, k), c.id, c.id)
-        for p in c.prompts:
+        for p in c.prompts[:free_form_per_concept]:
             add("free_form", p.template.format(c.name), p.seed, c.id, c.id, p.context)
         for j, a in enumerate(c.aliases):
-            for k in range(2):
+            for k in range(alias_images):
                 add("aliases", W.EDIT_TEMPLATES[(j + k) % 3].format(a), _seed(c.id, 100 + 10 * j + k), c.id, c.id)
         for a in c.misunderstood:
-            for k in range(8):
+            for k in range(misunderstood_images):
                 add("misunderstood", W.EDIT_TEMPLATES[k % 3].format(a), _seed(c.id, 200 + k), c.id,
                     c.misunderstood_as)
         for a in c.untrained:
@@ -83,7 +84,7 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
                                                         for p, t in zip(pred[m], true[m])]))}
     m = sets == "misunderstood"
     summary["misunderstood"] = {
-        "n": int(m.sum()), "n_aliases": int(m.sum()) // 8,
+        "n": int(m.sum()), "n_aliases": int(m.sum()) // misunderstood_images,
         "mean_prob_true": float(np.mean(probs["concept"][m, true[m]])),
         "top1_true": float(np.mean(pred[m] == true[m])),
         "mean_prob_trained_as": float(np.mean(probs["concept"][m, trained_as[m]])),
@@ -112,7 +113,8 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
                        and summary["misunderstood"]["max_alias_prob_true"] < GATES["misunderstood_true_prob_max"]),
     }
     result = {"model": loaded.model_id, "fingerprint": loaded.fingerprint, "generation": cfg.key(),
-              "images_per_concept": images_per_concept, "seconds": time.time() - t0, "summary": summary,
+              "images_per_concept": images_per_concept, "free_form_per_concept": free_form_per_concept,
+              "alias_images": alias_images, "misunderstood_images": misunderstood_images, "seconds": time.time() - t0, "summary": summary,
               "primary_accuracy_per_concept": per_concept,
               "seeds": "primary: 10000*(id+1)+k; aliases: +100+10j+k; misunderstood: +200+k; untrained: +300; "
                        "free_form: the split bundle's prompt seeds"}
