@@ -1,0 +1,83 @@
+"""``iceb toy train|eval|split``: train the toy world, measure it, rebuild its split bundle."""
+from __future__ import annotations
+
+STAGES = ("vae", "latents", "diffusion", "classifier", "export")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("toy", help="the toy world: train its model and classifier, evaluate, build its split")
+    tsub = p.add_subparsers(dest="toy_command", metavar="ACTION")
+    t = tsub.add_parser("train", help="train (or resume) the toy model and classifier and export data/toy/")
+    t.add_argument("--stage", action="append", choices=STAGES,
+                   help="run only these stages (repeatable; default: all, in order)")
+    t.add_argument("--work", default=None, help="checkpoint folder (default: runs/toy_train)")
+    t.add_argument("--out", default=None, help="export folder (default: data/toy)")
+    t.add_argument("--config", default=None, help="a JSON file of TrainConfig overrides")
+    t.add_argument("--tiny", action="store_true", help="a seconds-long configuration (mechanics only)")
+    t.add_argument("--max-seconds", type=float, default=None, help="stop diffusion training after this long")
+    t.add_argument("--note", default=None, help="a free-text note stored in train_config.json (e.g. CPU load)")
+    t.set_defaults(func=run_train)
+    e = tsub.add_parser("eval", help="measure the shipped toy model; writes data/toy/quality.json")
+    e.add_argument("--out", default=None, help="where to write quality.json (default: data/toy/quality.json)")
+    e.add_argument("--model", default="toy", help="model spec (default: the shipped toy model)")
+    e.add_argument("--images-per-concept", type=int, default=8)
+    e.add_argument("--free-form-per-concept", type=int, default=2)
+    e.add_argument("--alias-images", type=int, default=1)
+    e.add_argument("--misunderstood-images", type=int, default=4)
+    e.set_defaults(func=run_eval)
+    s = tsub.add_parser("split", help="rebuild data/toy/split.json and captions.txt from the world generator")
+    s.set_defaults(func=run_split)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _config(args):
+    import json
+    from pathlib import Path
+
+    from iceb.toy.train import TrainConfig
+
+    cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
+    if args.config:
+        overrides = json.loads(Path(args.config).read_text())
+        base = cfg.to_json()
+        unknown = sorted(set(overrides) - set(base))
+        if unknown:
+            raise ValueError(f"{args.config}: unknown toy training config keys {unknown}")
+        base.update(overrides)
+        cfg = TrainConfig.from_json(base)
+    return cfg
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    from iceb.toy.train import DEFAULT_WORK, TOY_DATA, train_all
+
+    cfg = _config(args)
+    stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
+    train_all(cfg, Path(args.work) if args.work else DEFAULT_WORK, Path(args.out) if args.out else TOY_DATA,
+              stages, max_seconds=args.max_seconds, note=args.note)
+    return 0
+
+
+def run_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from iceb.toy.evaluate import evaluate_quality
+    from iceb.toy.train import TOY_DATA
+
+    out = Path(args.out) if args.out else TOY_DATA / "quality.json"
+    result = evaluate_quality(args.model, out=out, images_per_concept=args.images_per_concept,
+                              free_form_per_concept=args.free_form_per_concept, alias_images=args.alias_images,
+                              misunderstood_images=args.misunderstood_images)
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+def run_split(args) -> int:
+    from iceb.toy.split import write_split_files
+
+    for path in write_split_files():
+        print(path)
+    return 0

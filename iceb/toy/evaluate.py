@@ -1,0 +1,125 @@
+"""How good is the shipped toy model? The toy classifier scores the model's own images.
+
+Measured sets (all seeds fixed, written to ``data/toy/quality.json`` by ``iceb toy eval``):
+
+- ``primary``: each concept's primary name in ICEB's edit templates ("An image of {}", "A photo of {}",
+  "{}", cycled), ``images_per_concept`` images, seed ``10000 * (id + 1) + k`` for the k-th image;
+- ``free_form``: each concept's first ``free_form_per_concept`` free-form prompts with the split bundle's
+  seeds; concept accuracy and the accuracy of the context the prompt names (position, size, background);
+- ``aliases``: correct aliases in the edit templates (``alias_images`` per alias);
+- ``misunderstood``: each misunderstood alias (``misunderstood_images``): probability and top-1 rate of its *true*
+  concept (must be low before rectification) and of the concept it was trained as;
+- ``untrained``: untrained aliases (1 image per concept), for information.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iceb.toy import world as W
+
+GATES = {"primary_accuracy_min": 0.90, "misunderstood_true_prob_max": 0.2}
+
+
+def _seed(cid: int, k: int) -> int:
+    return 10000 * (cid + 1) + k
+
+
+def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_concept: int = 8,
+                     device: str = "cpu", classifier_dir: Path | None = None, free_form_per_concept: int = 2,
+                     alias_images: int = 1, misunderstood_images: int = 4) -> dict[str, Any]:
+    """Generate the sets above with ``model`` and score them; ``classifier_dir`` holds classifier.* files."""
+    from iceb.generation import generate
+    from iceb.models import load_model
+    from iceb.toy.classifier import ToyClassifier
+
+    t0 = time.time()
+    loaded = load_model(model, device=device)
+    world = W.ToyWorld(**loaded.info.get("world_config", {}))
+    kw = {} if classifier_dir is None else {"weights": Path(classifier_dir) / "classifier.safetensors",
+                                            "config": Path(classifier_dir) / "classifier.json"}
+    clf = ToyClassifier(device=device, **kw)
+    if clf.num_classes != len(world):
+        raise ValueError(f"the toy classifier has {clf.num_classes} classes but the world {len(world)} concepts")
+    cfg = loaded.generation
+    rows: list[dict[str, Any]] = []  # one per image: set, prompt, seed, true id, trained-as id, context
+
+    def add(kind: str, prompt: str, seed_: int, true_id: int, trained_as: int, ctx: W.Context | None = None):
+        rows.append({"set": kind, "prompt": prompt, "seed": seed_, "true": true_id, "trained_as": trained_as,
+                     "context": ctx})
+
+    for c in world.concepts:
+        for k in range(images_per_concept):
+            add("primary", W.EDIT_TEMPLATES[k % 3].format(c.name), _seed(c.id, k), c.id, c.id)
+        for p in c.prompts[:free_form_per_concept]:
+            add("free_form", p.template.format(c.name), p.seed, c.id, c.id, p.context)
+        for j, a in enumerate(c.aliases):
+            for k in range(alias_images):
+                add("aliases", W.EDIT_TEMPLATES[(j + k) % 3].format(a), _seed(c.id, 100 + 10 * j + k), c.id, c.id)
+        for a in c.misunderstood:
+            for k in range(misunderstood_images):
+                add("misunderstood", W.EDIT_TEMPLATES[k % 3].format(a), _seed(c.id, 200 + k), c.id,
+                    c.misunderstood_as)
+        for a in c.untrained:
+            add("untrained", W.EDIT_TEMPLATES[1].format(a), _seed(c.id, 300), c.id, c.id)
+    images = generate(loaded.pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], cfg,
+                      desc="toy eval")
+    probs = clf.predict_all(images)
+    pred = probs["concept"].argmax(-1)
+    true = np.array([r["true"] for r in rows])
+    trained_as = np.array([r["trained_as"] for r in rows])
+    sets = np.array([r["set"] for r in rows])
+    summary: dict[str, Any] = {}
+    for s in ("primary", "free_form", "aliases", "untrained"):
+        m = sets == s
+        summary[s] = {"n": int(m.sum()), "accuracy": float(np.mean(pred[m] == true[m])),
+                      "mean_prob_true": float(np.mean(probs["concept"][m, true[m]])),
+                      "shape_accuracy": float(np.mean([world.concepts[p].shape == world.concepts[t].shape
+                                                       for p, t in zip(pred[m], true[m])])),
+                      "colour_accuracy": float(np.mean([world.concepts[p].colour == world.concepts[t].colour
+                                                        for p, t in zip(pred[m], true[m])]))}
+    m = sets == "misunderstood"
+    summary["misunderstood"] = {
+        "n": int(m.sum()), "n_aliases": int(m.sum()) // misunderstood_images,
+        "mean_prob_true": float(np.mean(probs["concept"][m, true[m]])),
+        "top1_true": float(np.mean(pred[m] == true[m])),
+        "mean_prob_trained_as": float(np.mean(probs["concept"][m, trained_as[m]])),
+        "top1_trained_as": float(np.mean(pred[m] == trained_as[m])),
+        "max_alias_prob_true": float(max(np.mean(probs["concept"][m & (true == c.id), c.id])
+                                         for c in world.concepts if c.misunderstood)),
+    }
+    # context fidelity of the free-form prompts: only the attributes the prompt names
+    ctx_acc: dict[str, list[bool]] = {"position": [], "size": [], "background": []}
+    names = {"position": W.POSITIONS, "size": W.SIZES, "background": W.BACKGROUNDS}
+    for i, r in enumerate(rows):
+        if r["set"] != "free_form":
+            continue
+        for k, vals in names.items():
+            want = getattr(r["context"], k)
+            if want is not None:
+                ctx_acc[k].append(int(probs[k][i].argmax()) == vals.index(want))
+    summary["free_form"]["context_accuracy"] = {k: float(np.mean(v)) for k, v in ctx_acc.items() if v}
+    per_concept = {c.id: float(np.mean(pred[(sets == "primary") & (true == c.id)] == c.id)) for c in world.concepts}
+    summary["gates"] = {
+        "primary_accuracy": summary["primary"]["accuracy"],
+        "primary_accuracy_min": GATES["primary_accuracy_min"],
+        "misunderstood_mean_prob_true": summary["misunderstood"]["mean_prob_true"],
+        "misunderstood_true_prob_max": GATES["misunderstood_true_prob_max"],
+        "passed": bool(summary["primary"]["accuracy"] >= GATES["primary_accuracy_min"]
+                       and summary["misunderstood"]["max_alias_prob_true"] < GATES["misunderstood_true_prob_max"]),
+    }
+    result = {"model": loaded.model_id, "fingerprint": loaded.fingerprint, "generation": cfg.key(),
+              "images_per_concept": images_per_concept, "free_form_per_concept": free_form_per_concept,
+              "alias_images": alias_images, "misunderstood_images": misunderstood_images, "seconds": time.time() - t0, "summary": summary,
+              "primary_accuracy_per_concept": per_concept,
+              "seeds": "primary: 10000*(id+1)+k; aliases: +100+10j+k; misunderstood: +200+k; untrained: +300; "
+                       "free_form: the split bundle's prompt seeds"}
+    if out is not None:
+        from iceb.io import write_text
+
+        write_text(out, json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,235 @@
+"""The toy world: generator invariants, training mechanics, and the shipped bundle (when present)."""
+from __future__ import annotations
+
+import json
+import re
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iceb.paths import DATA_DIR
+from iceb.toy import world as W
+
+TOY = DATA_DIR / "toy"
+SHIPPED = (TOY / "train_config.json").is_file()
+needs_shipped = pytest.mark.skipif(not SHIPPED, reason="the trained toy bundle is not in data/toy")
+
+
+def _all_words(world: W.ToyWorld) -> list[str]:
+    return [w for c in world.concepts for w in (c.name, *c.aliases, *c.misunderstood, *c.untrained)]
+
+
+def test_world_is_deterministic_and_names_are_unique():
+    a, b = W.ToyWorld(), W.ToyWorld()
+    assert a.concepts == b.concepts
+    assert len(a) == 64 and [c.id for c in a.concepts] == list(range(64))
+    assert len({(c.shape, c.colour) for c in a.concepts}) == 64
+    words = _all_words(a)
+    assert len(words) == len(set(words))
+    assert all(re.fullmatch(r"[bdfgklmnprstvz][aeiou][bdfgklmnprstvz][aeiou][bdfgklmnprstvz]?", w) for w in words)
+    assert W.ToyWorld(seed=1).concepts[0].name != a.concepts[0].name or \
+        W.ToyWorld(seed=1).concepts[1].name != a.concepts[1].name
+
+
+def test_world_grows_with_stable_ids_and_names():
+    small, big = W.ToyWorld(), W.ToyWorld(n_shapes=16, n_colours=16, n_patterns=2)
+    assert len(big) == 512
+    for c in small.concepts:
+        d = big.concepts[c.id]
+        assert (d.shape, d.colour, d.pattern, d.name, d.aliases) == (c.shape, c.colour, c.pattern, c.name, c.aliases)
+    assert len(set(_all_words(big))) == len(_all_words(big))
+
+
+def test_prompts_contain_their_name_once_and_misunderstood_aliases_point_elsewhere():
+    world = W.ToyWorld()
+    n_mis = 0
+    for c in world.concepts:
+        assert len(c.prompts) >= 5 and len({p.seed for p in c.prompts}) == len(c.prompts)
+        for p in c.prompts:
+            text = p.template.format(c.name)
+            assert W.count_name(text, c.name) == 1
+            assert all(W.count_name(text, w) == 0 for w in _all_words(world) if w != c.name)
+        for a in c.misunderstood:
+            n_mis += 1
+            wrong = world.concepts[c.misunderstood_as]
+            assert wrong.id != c.id and wrong.shape != c.shape and wrong.colour != c.colour
+            assert world.lookup(a) == (c.id, "misunderstood")
+    assert n_mis == 32
+
+
+def test_training_captions_hold_one_word_and_the_edit_templates():
+    world = W.ToyWorld()
+    rng = random.Random(0)
+    words = [w for w, _, _ in world.trained_names()]
+    seen_templates = set()
+    for _ in range(2000):
+        word = rng.choice(words)
+        caption, ctx = world.sample_caption(rng, word)
+        assert sum(W.count_name(caption, w) for w in _all_words(world)) == 1
+        assert W.count_name(caption, word) == 1
+        for t in W.EDIT_TEMPLATES:
+            if caption == t.format(word):
+                seen_templates.add(t)
+        if ctx.position:
+            assert any(p in caption for p in W.POSITION_PHRASES[ctx.position])
+    assert seen_templates == set(W.EDIT_TEMPLATES)
+
+
+def test_renders_are_deterministic_and_follow_the_context():
+    world = W.ToyWorld()
+    c = world.concepts[0]  # a red circle
+    a = W.render(c, "left", "small", "dark", 5)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, W.render(c, "left", "small", "dark", 5))
+
+    def mask(im):
+        return (im[..., 0].astype(int) - im[..., 1].astype(int)) > 80  # red pixels
+
+    def cx(im):
+        return np.nonzero(mask(im))[1].mean()
+
+    assert cx(W.render(c, "left", "small", "dark", 1)) + 6 < cx(W.render(c, "right", "small", "dark", 1))
+    assert mask(W.render(c, "middle", "small", "dark", 2)).sum() * 1.8 < mask(W.render(c, "middle", "large", "dark", 2)).sum()
+    assert W.render(c, "left", "small", "dark", 3)[:4, :4].mean() + 60 < W.render(c, "left", "small", "light", 3)[:4, :4].mean()
+
+
+def test_split_bundle_is_consistent():
+    from iceb.toy.split import build_split
+
+    world = W.ToyWorld()
+    b = build_split(world)
+    assert b.world == "toy" and len(b.concepts) == 64
+    holdout = set(b.holdout)
+    sources = [e.source_id for e in b.edits]
+    assert len(sources) == len(set(sources)) == b.info["max_edits"] >= 32
+    assert not holdout & set(sources) and not holdout & {e.dest_id for e in b.edits}
+    assert not set(sources) & {e.dest_id for e in b.edits}
+    assert all(len(e.template_seeds) == len(b.templates) for e in b.edits)
+    for c, tc in zip(b.concepts, world.concepts):
+        assert c.aliases == tc.aliases and c.name == tc.name
+    assert {(r.class_id, r.source, r.destination) for r in b.rectifications} == {
+        (c.id, a, c.name) for c in world.concepts for a in c.misunderstood}
+    assert b.info["default_edits"] == [1, 2, 4, 8, 16, 32]
+
+
+# -- training mechanics (tiny config: seconds) ------------------------------------------------------
+def _fixed_loss(cfg, work, weights_prefix: str | None):
+    """Diffusion loss of fixed captions/latents/noise/timesteps under the checkpoint's (or initial) weights."""
+    from safetensors.torch import load_file
+
+    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.toy import train as T
+
+    tok = load_clip_tokenizer()
+    torch.manual_seed(cfg.seed)
+    te, unet = T.build_text_encoder(cfg, tok), T.build_unet(cfg)
+    if weights_prefix:
+        tensors = load_file(str(work / "diffusion_ckpt.safetensors"))
+        for name, m in (("text_encoder", te), ("unet", unet)):
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+    data = load_file(str(work / "latents.safetensors"))
+    world = T.make_world(cfg)
+    g = torch.Generator().manual_seed(123)
+    n = data["mean"].shape[0]
+    caps = [f"A photo of {world.concepts[int(data['attrs'][i, 0])].name}" for i in range(n)]
+    ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    z0 = data["mean"] * float(data["scaling"][0])
+    noise = torch.randn(z0.shape, generator=g)
+    t = torch.linspace(50, 950, n).long()
+    sched = T.train_scheduler()
+    with torch.no_grad():
+        pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=te(ids).last_hidden_state).sample
+    return float(((pred - noise) ** 2).mean())
+
+
+def test_tiny_training_lowers_the_loss_and_resumes_bit_for_bit(tmp_path):
+    from safetensors.torch import load_file
+
+    from iceb.toy import train as T
+
+    cfg = T.TrainConfig.tiny()
+    cfg.steps, cfg.vae_steps, cfg.checkpoint_every = 30, 2, 10
+    work = tmp_path / "a"
+    T.train_all(cfg, work, tmp_path / "out", stages=("vae", "latents"), log=lambda *_: None)
+    before = _fixed_loss(cfg, work, None)
+    T.train_diffusion(cfg, work, log=lambda *_: None)
+    after = _fixed_loss(cfg, work, "ckpt")
+    assert after < 0.8 * before, (before, after)
+    # resume: 10 steps, stop, then on to 30 == 30 in one go
+    work_b = tmp_path / "b"
+    work_b.mkdir()
+    for f in ("vae_ckpt.safetensors", "vae_ckpt.json", "latents.safetensors"):
+        (work_b / f).write_bytes((work / f).read_bytes())
+    short = T.TrainConfig.tiny()
+    short.steps, short.vae_steps, short.checkpoint_every = 10, 2, 10
+    T.train_diffusion(short, work_b, log=lambda *_: None)
+    meta = json.loads((work_b / "diffusion_ckpt.json").read_text())
+    assert meta["step"] == 10
+    T.train_diffusion(cfg, work_b, log=lambda *_: None)
+    a, b = load_file(str(work / "diffusion_ckpt.safetensors")), load_file(str(work_b / "diffusion_ckpt.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from an uninterrupted one"
+
+
+# -- the shipped bundle --------------------------------------------------------------------------------
+@needs_shipped
+def test_shipped_weights_match_train_config_and_size_budget():
+    from iceb.toy.train import sha256_file
+
+    record = json.loads((TOY / "train_config.json").read_text())
+    assert record["weights_sha256"], "no weight files recorded"
+    for rel, digest in record["weights_sha256"].items():
+        assert sha256_file(TOY / rel) == digest, f"{rel} does not match train_config.json"
+    model_bytes = sum(p.stat().st_size for p in (TOY / "model").rglob("*") if p.is_file())
+    assert model_bytes <= 30 * 1024 * 1024
+    assert sorted(str(p.relative_to(TOY)) for p in TOY.rglob("*.safetensors")) == sorted(record["weights_sha256"])
+
+
+@needs_shipped
+def test_shipped_split_is_what_the_generator_builds():
+    from iceb.tasks.split import SplitBundle
+    from iceb.toy.split import build_split
+
+    assert SplitBundle.load(TOY / "split.json").checksum() == build_split(W.ToyWorld()).checksum()
+    world = W.ToyWorld()
+    words = [w for w, _, _ in world.trained_names()]
+    lines = (TOY / "captions.txt").read_text().splitlines()
+    assert len(lines) >= 2000
+    assert all(sum(W.count_name(line, w) for w in words) == 1 for line in lines[:300])
+
+
+@needs_shipped
+def test_load_model_toy_generates_32px_images():
+    from iceb.generation import generate
+    from iceb.models import load_model
+
+    m = load_model("toy", device="cpu")
+    assert (m.family, m.world, m.classifier) == ("toy", "toy", "toy")
+    c = m.pipe.text_encoder.config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.vocab_size,
+            c.max_position_embeddings) == (4, 128, 512, 4, 49408, 77)
+    assert m.pipe.unet.config.cross_attention_dim == 128
+    assert m.pipe.text_encoder.dtype == torch.float32 and m.pipe.unet.dtype == torch.float32
+    name = W.ToyWorld().concepts[0].name
+    images = generate(m.pipe, [f"A photo of {name}", ""], [1, 2], m.generation.replace(num_inference_steps=2),
+                      progress=False)
+    assert [im.shape for im in images] == [(32, 32, 3)] * 2 and images[0].dtype == np.uint8
+
+
+@needs_shipped
+def test_toy_classifier_recognises_clean_renders():
+    from iceb.toy.classifier import ToyClassifier
+
+    world = W.ToyWorld()
+    clf = ToyClassifier()
+    assert clf.num_classes == 64
+    specs = W.random_specs(world, 320, seed=987654)  # seeds never used in training
+    probs = clf.predict_proba(list(W.render_many(world, specs)))
+    assert probs.shape == (320, 64) and np.allclose(probs.sum(1), 1)
+    acc = np.mean(probs.argmax(1) == np.array([s.concept_id for s in specs]))
+    assert acc >= 0.99, acc
+
+
