@@ -29,16 +29,22 @@ def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, s
     return {(r.subset, r.metric): r.value for r in df.itertuples()}
 
 
-# Measured on the shipped toy model (see leaderboard/toy/ and the values recorded in MEASURED); each
-# threshold is half the measured effect (damage bounds: twice the measured damage plus 0.05).
-MEASURED: dict[str, float] = {}
+# Measured on the shipped toy model (step 4000, data/toy/train_config.json) with exactly these runs, on this
+# project's 2-core CPU (1 thread). Each threshold is half the measured effect; damage bounds allow twice the
+# measured damage plus 0.05. Re-measure when the toy weights change (scripts/toy_curves.py).
+MEASURED: dict[str, float] = {
+    "emcid_source2dest": 0.7903, "emcid_source_forget": 0.8411, "emcid_holdout_delta": 0.0081,
+    "uce_source2dest": 0.9787, "uce_holdout_delta": -0.0977,
+    "esdx_source_forget": 0.9836,
+    "emcid_rectify_gain": 0.323,
+}
 
 
 def test_emcid_moves_sources_to_destinations_and_spares_the_holdout(out):
     v = run(out, "emcid", "ace", 2)
     assert v[("edit", "source2dest")] >= 0.5 * MEASURED["emcid_source2dest"]
     assert v[("edit", "source_forget")] >= 0.5 * MEASURED["emcid_source_forget"]
-    assert v[("holdout", "holdout_delta")] >= 2 * MEASURED["emcid_holdout_delta"] - 0.05
+    assert v[("holdout", "holdout_delta")] >= 2 * min(MEASURED["emcid_holdout_delta"], 0.0) - 0.05
 
 
 def test_uce_moves_sources_to_destinations_and_spares_the_holdout(out):
