@@ -65,11 +65,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    from iceb.download import sha256_file
+
+    return sha256_file(path)[:12]
 
 
 def inception_pool3(weights: str | Path | None = None, device: str = "cpu"):

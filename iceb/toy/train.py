@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from iceb.download import sha256_file
 from iceb.paths import DATA_DIR, REPO_ROOT
 from iceb.toy import world as W
 
@@ -686,12 +687,6 @@ def classifier_accuracy(cfg: TrainConfig, work: Path, n: int = 1024, vae=None) -
 # --------------------------------------------------------------------------------------------------
 # stage 5: export
 # --------------------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print, timings: dict | None = None,
