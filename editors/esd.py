@@ -311,15 +311,10 @@ class ESDRun:
 # the editors
 # --------------------------------------------------------------------------------------------------
 def _pipe_fingerprint(pipe) -> str:
-    """Cheap identity of the UNet and text-encoder weights (names, shapes, dtypes, strided samples)."""
-    h = hashlib.sha256()
-    for comp in ("text_encoder", "unet"):
-        for name, t in getattr(pipe, comp).state_dict().items():
-            flat = t.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
-            h.update(f"{comp}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(sample.numpy().tobytes())
-    return h.hexdigest()
+    """Identity of the UNet and text-encoder weights (the checkpoint key)."""
+    from editors.weights import weights_fingerprint
+
+    return weights_fingerprint(pipe.text_encoder) + weights_fingerprint(pipe.unet)
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import time
 from typing import Any, Literal, Sequence
 
@@ -93,15 +92,10 @@ def synthetic_corpus(n: int = 400) -> list[str]:
 
 
 def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:
-    """Cheap identity of the text encoder's weights (first and last bytes of every tensor), for the stats cache."""
-    h = hashlib.sha256()
-    for name, p in text_encoder.state_dict().items():
-        b = p.detach().cpu().contiguous().view(-1)
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(b[:1024].float().numpy().tobytes())
-        h.update(b[-1024:].float().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Identity of the text encoder's weights, for the stats cache."""
+    from editors.weights import weights_fingerprint
+
+    return weights_fingerprint(text_encoder)
 
 
 @contextlib.contextmanager

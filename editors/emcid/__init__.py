@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
+
+from editors.weights import weights_fingerprint
 from tqdm.auto import tqdm
 
 from editors import register_editor
@@ -75,17 +77,7 @@ class EMCIDHparams(Hparams):
 # --------------------------------------------------------------------------------------------------
 # fingerprints: cheap, and change whenever a weight changes (a float64 sum plus the first values per tensor)
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def module_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
-    h = hashlib.sha256()
-    for name, p in module.state_dict().items():
-        if any(s in name for s in skip):
-            continue
-        flat = p.detach().reshape(-1)
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(repr(float(flat.sum(dtype=torch.float64)) if flat.is_floating_point() else int(flat.sum())).encode())
-        h.update(flat[:16].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:20]
+module_fingerprint = weights_fingerprint  # one cache identity for every editor (editors.weights)
 
 
 def base_fingerprint(pipe, hp: EMCIDHparams) -> str:
