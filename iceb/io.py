@@ -18,6 +18,15 @@ class DiskFullError(OSError):
     pass
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _explain(err: OSError, path: Path) -> OSError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(err.errno, f"no space left while writing {path}; free some space and run the same "
@@ -33,6 +42,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes 0600 files; a written file gets the mode any new file would (or keeps the old one's)
+    os.chmod(tmp_path, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
