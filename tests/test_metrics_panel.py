@@ -166,7 +166,32 @@ def test_errors_and_registry(records):
     m = get_metric("iceb-cls", world="toy")
     assert m.classifier_name == "toy" and "toy" in m.record_key()
     assert get_metric("iceb-cls", world="imagenet").classifier_name == "vit-b16"
-    assert get_metric("iceb-cls", world="imagenet", classifier="efficientnet-lite0").record_key() \
-        != get_metric("iceb-cls", world="imagenet").record_key()
+    assert get_metric("iceb-cls", world="imagenet", classifier="efficientnet-lite0").classifier_name \
+        == "efficientnet-lite0"
+
+
+def test_record_keys_name_the_classifier_and_its_weights():
+    """Retrained or swapped classifier weights must not reuse cached per-image records."""
+    import torch
+
+    from iceb.metrics.classifiers import ImageClassifier
+
+    class Lin(ImageClassifier):
+        name = "lin"
+
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.net = torch.nn.Linear(3, 4)
+
+        num_classes = 4
+
+        def predict_proba(self, images):
+            raise NotImplementedError
+
+    a, a2, b = (ICEBPanel(world="toy", classifier=Lin(s)) for s in (0, 0, 1))
+    assert a.record_key() == a2.record_key()
+    assert a.record_key() != b.record_key()
+    assert "lin" in a.record_key() and "toy" in a.record_key()
     assert group_mean(["a", "a", "b"], [1.0, 0.0, 1.0]) == pytest.approx(.75)
     assert panel_values([], [], []) == []

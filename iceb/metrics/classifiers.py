@@ -44,6 +44,16 @@ class ImageClassifier(abc.ABC):
     @abc.abstractmethod
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
+    def weights_id(self) -> str:
+        """Identity of the loaded weights (``model`` or ``net``), part of the per-image record cache key, so
+        retrained or swapped weights never reuse another classifier's records."""
+        import torch
+
+        from editors.weights import weights_fingerprint
+
+        module = getattr(self, "model", None) or getattr(self, "net", None)
+        return weights_fingerprint(module)[:12] if isinstance(module, torch.nn.Module) else "unknown"
+
 
 def get_classifier(name: str, **kwargs) -> ImageClassifier:
     """A classifier by registry name; ``timm:<model>`` gives any timm model (see imagenet_classifiers)."""

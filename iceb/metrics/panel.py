@@ -92,7 +92,7 @@ class ICEBPanel(Metric):
 
     def record_key(self) -> str:
         safe = str(self.classifier_name).replace("/", "_").replace(":", "_")
-        return f"{self.name}-v{self.version}-{self.world}-{safe}"
+        return f"{self.name}-v{self.version}-{self.world}-{safe}-{self.classifier.weights_id()}"
 
     # -- per image ----------------------------------------------------------------------------
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[EvalPrompt]) -> list[dict[str, Any]]:
