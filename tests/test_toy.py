@@ -174,6 +174,39 @@ def test_tiny_training_lowers_the_loss_and_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from an uninterrupted one"
 
 
+def test_guidance_stage_ships_the_grid_point_with_the_best_accuracy(tmp_path, monkeypatch):
+    import numpy as np
+
+    from iceb.toy import train as T
+    from iceb.toy.classifier import ToyClassifier
+
+    cfg = T.TrainConfig.tiny()
+    cfg.guidance_grid, cfg.guidance_images = (1.0, 3.0, 9.0), 1
+    work = tmp_path / "w"
+    T.train_all(cfg, work, tmp_path / "out", stages=("vae", "latents", "classifier", "diffusion"),
+                log=lambda *_: None)
+    # a classifier that is right only on images made at guidance 3: each grid point renders other pixels
+    import iceb.generation as G
+
+    real_generate = G.generate
+    seen: list[float] = []
+
+    def spy(pipe, prompts, seeds, gen, **kw):
+        seen.append(gen.guidance_scale)
+        return real_generate(pipe, prompts, seeds, gen, **kw)
+
+    monkeypatch.setattr(G, "generate", spy)
+    n = len(T.make_world(cfg))
+    monkeypatch.setattr(ToyClassifier, "predict_proba", lambda self, ims: np.eye(n)[
+        [i % n if seen[-1] == 3.0 else (i + 1) % n for i in range(len(ims))]])
+    res = T.train_all(cfg, work, tmp_path / "out", stages=("guidance", "export"), log=lambda *_: None)
+    assert seen == [1.0, 3.0, 9.0]
+    assert res["guidance"]["chosen"] == 3.0 and res["guidance"]["accuracy"]["3.0"] == 1.0
+    shipped = json.loads((tmp_path / "out" / "model" / "iceb_model.json").read_text())
+    assert shipped["generation"]["guidance_scale"] == 3.0
+    assert json.loads((tmp_path / "out" / "train_config.json").read_text())["stages"]["guidance"]["chosen"] == 3.0
+
+
 # -- the shipped bundle --------------------------------------------------------------------------------
 @needs_shipped
 def test_shipped_weights_match_train_config_and_size_budget():

@@ -1,7 +1,7 @@
 """``iceb toy train|eval|split``: train the toy world, measure it, rebuild its split bundle."""
 from __future__ import annotations
 
-STAGES = ("vae", "latents", "diffusion", "classifier", "export")
+STAGES = ("vae", "latents", "classifier", "diffusion", "guidance", "export")
 
 
 def register(sub) -> None:
