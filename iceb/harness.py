@@ -309,6 +309,16 @@ def _pre_edit(dist: _Dist, pipe, prompts_by_key: dict[str, Any], keys: list[str]
 # ------------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------------
+def model_banner(loaded) -> str:
+    """The first line of a run: which model and world it uses, and how to switch to Stable Diffusion."""
+    what = {"tiny": "random weights: its numbers mean nothing",
+            "toy": "the trained toy world: 64 made-up concepts, scored by its own classifier"}.get(loaded.spec)
+    if what is None:
+        return f"[iceb] model {loaded.spec} ({loaded.model_id}), world: {loaded.world}"
+    return (f"[iceb] model {loaded.spec!r}, built in ({what}), world: {loaded.world}. For Stable Diffusion "
+            f"pass --model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and --device cuda")
+
+
 def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> Path:
     """Run (or resume) an evaluation; returns the run folder.
 
@@ -326,6 +336,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
     quiet = (lambda *_: None) if not dist.main else log
     progress = cfg.progress and dist.main
     editor_cls, hp, loaded, task, edits = _resolve(cfg, model)
+    quiet(model_banner(loaded))
     gen = loaded.generation.replace(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                     batch_size=cfg.batch_size)
     metric_names = _metric_names(cfg, task)
@@ -397,11 +408,6 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
         quiet(f"[iceb] model {loaded.spec} ({loaded.model_id}, world: {loaded.world}); task {task.name}; "
               f"editor {cfg.editor}; edits {list(edits)}; mode {cfg.mode}; {dist.world} process(es); "
               f"run folder {run_dir}")
-        if loaded.spec in ("tiny", "toy"):
-            what = ("random weights: its numbers mean nothing" if loaded.spec == "tiny"
-                    else "the trained toy world: made-up concepts, its own classifier")
-            quiet(f"[iceb] built-in model {loaded.spec!r} ({what}); for Stable Diffusion pass "
-                  f"--model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and a GPU")
         if smoke:
             quiet(f"[iceb] WARNING: {SMOKE_WARNING}")
 

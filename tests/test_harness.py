@@ -261,3 +261,15 @@ def test_sequential_mode_and_smoke_marks(tiny_model, tmp_path):
     for src, _ in PAIRS[:3]:
         factor *= 1.0 + 0.05 * (zlib.crc32(src.encode()) % 7 + 1)
     torch.testing.assert_close(delta, w * factor, rtol=1e-5, atol=0)
+
+
+def test_the_first_line_names_the_built_in_model_and_how_to_switch_to_stable_diffusion():
+    from types import SimpleNamespace
+
+    from iceb.harness import model_banner
+
+    toy = model_banner(SimpleNamespace(spec="toy", model_id="iceb/toy-world", world="toy"))
+    assert "'toy'" in toy and "world: toy" in toy and "--model CompVis/stable-diffusion-v1-4" in toy
+    assert "mean nothing" in model_banner(SimpleNamespace(spec="tiny", model_id="iceb/tiny-random", world="imagenet"))
+    sd = model_banner(SimpleNamespace(spec="/m/sd14", model_id="CompVis/stable-diffusion-v1-4", world="imagenet"))
+    assert "CompVis/stable-diffusion-v1-4" in sd and "pass --model" not in sd
