@@ -543,9 +543,35 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
     return meta
 
 
+def _assemble(tokenizer, text_encoder, unet, vae, scaling: float):
+    """A StableDiffusionPipeline (DDIM, no safety checker) of the given modules, in eval mode."""
+    from diffusers import StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=scaling)
+    for m in (text_encoder, unet, vae):
+        m.eval()
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def _work_classifier(work: Path):
+    from iceb.toy.classifier import ToyClassifier
+
+    return ToyClassifier(weights=work / "classifier.safetensors", config=work / "classifier.json")
+
+
+def _concept_accuracy(cfg: TrainConfig, pipe, clf, prompts: list[str], seeds: list[int], true: list[int],
+                      guidance: float, **gen_kw: Any) -> float:
+    """Top-1 concept accuracy of ``pipe``'s images of ``prompts`` under the toy classifier."""
+    from iceb.generation import GenerationConfig, generate
+
+    images = generate(pipe, prompts, seeds, GenerationConfig(32, 32, cfg.gen_steps, guidance, None, 64), **gen_kw)
+    return float(np.mean(clf.predict_proba(images).argmax(-1) == np.array(true)))
+
+
 def build_pipeline(cfg: TrainConfig, work: Path, ema: bool = True):
     """The StableDiffusionPipeline from the checkpoints (EMA weights by default)."""
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from iceb.tokenizer import load_clip_tokenizer
@@ -557,13 +583,7 @@ def build_pipeline(cfg: TrainConfig, work: Path, ema: bool = True):
     for name, module in (("text_encoder", text_encoder), ("unet", unet)):
         pre = {"text_encoder": "ema_te.", "unet": "ema_unet."}[name] if ema else f"{name}."
         module.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
-    vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    for m in (text_encoder, unet, vae):
-        m.eval()
-    return pipe
+    return _assemble(tokenizer, text_encoder, unet, vae, float(meta["scaling_factor"]))
 
 
 @torch.no_grad()
@@ -571,25 +591,14 @@ def quick_probe(cfg: TrainConfig, work: Path, ema_te: EMA, ema_unet: EMA, tokeni
     """Concept accuracy of 64 images ('A photo of {name}', one per concept) from the EMA weights."""
     if not (work / "classifier.safetensors").is_file():
         return None
-    from diffusers import StableDiffusionPipeline
-
-    from iceb.generation import GenerationConfig, generate
-    from iceb.toy.classifier import ToyClassifier
-
     world = make_world(cfg)
     te, unet, vae = build_text_encoder(cfg, tokenizer), build_unet(cfg), load_vae(cfg, work)
     te.load_state_dict(ema_te.shadow)
     unet.load_state_dict(ema_unet.shadow)
-    vae.register_to_config(scaling_factor=scaling)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te.eval(), tokenizer=tokenizer, unet=unet.eval(),
-                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    prompts = [f"A photo of {c.name}" for c in world.concepts]
-    images = generate(pipe, prompts, [1000 + c.id for c in world.concepts],
-                      GenerationConfig(32, 32, cfg.gen_steps, cfg.guidance, None, 64), progress=False)
-    clf = ToyClassifier(weights=work / "classifier.safetensors", config=work / "classifier.json")
-    pred = clf.predict_proba(images).argmax(-1)
-    return float(np.mean(pred == np.array([c.id for c in world.concepts])))
+    pipe = _assemble(tokenizer, te, unet, vae, scaling)
+    return _concept_accuracy(cfg, pipe, _work_classifier(work), [f"A photo of {c.name}" for c in world.concepts],
+                             [1000 + c.id for c in world.concepts], [c.id for c in world.concepts], cfg.guidance,
+                             progress=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -679,8 +688,6 @@ def train_classifier(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
 @torch.no_grad()
 def classifier_accuracy(cfg: TrainConfig, work: Path, n: int = 1024, vae=None) -> dict[str, float]:
     """Held-out accuracy (seeds never used in training) on clean renders and on VAE reconstructions."""
-    from iceb.toy.classifier import ToyClassifier
-
     world = make_world(cfg)
     vae = vae if vae is not None else load_vae(cfg, work)
     specs = W.random_specs(world, n, seed=hash_seed(cfg, "classifier-test", 0))
@@ -688,7 +695,7 @@ def classifier_accuracy(cfg: TrainConfig, work: Path, n: int = 1024, vae=None) -
     x = _to_unit(images)
     recon = np.concatenate([_from_unit(vae.decode(vae.encode(x[i:i + 256]).latent_dist.mean).sample)
                             for i in range(0, n, 256)])
-    clf = ToyClassifier(weights=work / "classifier.safetensors", config=work / "classifier.json")
+    clf = _work_classifier(work)
     labels = {k: v.numpy() for k, v in _labels(world, specs).items()}
     res: dict[str, float] = {"n": n}
     for tag, ims in (("clean", images), ("vae", recon)):
@@ -707,9 +714,7 @@ GUIDANCE_SEED = 900_000  # seeds 900000 + 100 * concept + k: disjoint from the q
 @torch.no_grad()
 def tune_guidance(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     """Concept accuracy of the EMA model per guidance scale in ``guidance_grid``; the best is shipped."""
-    from iceb.generation import GenerationConfig, generate
     from iceb.io import write_json
-    from iceb.toy.classifier import ToyClassifier
 
     out = work / "guidance.json"
     if out.is_file():
@@ -720,7 +725,7 @@ def tune_guidance(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     t0 = time.time()
     world = make_world(cfg)
     pipe = build_pipeline(cfg, work)
-    clf = ToyClassifier(weights=work / "classifier.safetensors", config=work / "classifier.json")
+    clf = _work_classifier(work)
     prompts, seeds, true = [], [], []
     for c in world.concepts:
         for k in range(cfg.guidance_images):
@@ -729,9 +734,7 @@ def tune_guidance(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
             true.append(c.id)
     acc: dict[str, float] = {}
     for g in cfg.guidance_grid:
-        images = generate(pipe, prompts, seeds, GenerationConfig(32, 32, cfg.gen_steps, g, None, 64),
-                          desc=f"guidance {g}")
-        acc[str(g)] = float(np.mean(clf.predict_proba(images).argmax(-1) == np.array(true)))
+        acc[str(g)] = _concept_accuracy(cfg, pipe, clf, prompts, seeds, true, g, desc=f"guidance {g}")
     chosen = float(max(cfg.guidance_grid, key=lambda g: (acc[str(g)], -abs(g - cfg.guidance))))
     result = {"chosen": chosen, "accuracy": acc, "images": len(prompts), "seconds": time.time() - t0,
               "seeds": f"{GUIDANCE_SEED} + 100 * concept id + k"}
