@@ -174,6 +174,27 @@ def test_tiny_training_lowers_the_loss_and_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from an uninterrupted one"
 
 
+def test_ema_follows_its_formula_and_copies_integer_buffers():
+    from iceb.toy.train import EMA
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(module, max_decay=0.9)
+    ref = {k: v.clone().double() for k, v in module.state_dict().items()}
+    for step in range(6):
+        with torch.no_grad():  # the optimizer updates parameters in place; the EMA must see every update
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+            module[1].num_batches_tracked += 1
+        ema.update(module, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            ref[k] = ref[k] * d + v.double() * (1 - d) if v.dtype.is_floating_point else v.clone().double()
+    for k, v in ema.shadow.items():
+        assert torch.allclose(v.double(), ref[k], atol=1e-6), k
+    assert int(ema.shadow["1.num_batches_tracked"]) == 6
+
+
 def test_guidance_stage_ships_the_grid_point_with_the_best_accuracy(tmp_path, monkeypatch):
     import numpy as np
 

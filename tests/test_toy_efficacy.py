@@ -29,14 +29,14 @@ def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, s
     return {(r.subset, r.metric): r.value for r in df.itertuples()}
 
 
-# Measured on the shipped toy model (3,800 steps, data/toy/train_config.json) with exactly these runs, on this
+# Measured on the shipped toy model (4,600 steps, data/toy/train_config.json) with exactly these runs, on this
 # project's 2-core CPU (2 threads). Each threshold is half the measured effect; damage bounds allow twice the measured
 # damage plus 0.05. Re-measure when the toy weights change (scripts/toy_curves.py).
 MEASURED: dict[str, float] = {
-    "emcid_source2dest": 0.6011, "emcid_source_forget": 0.9939, "emcid_holdout_delta": -0.0092,
-    "uce_source2dest": 0.9821, "uce_holdout_delta": -0.0199,
-    "esdx_source_forget": 0.9900,
-    "emcid_rectify_gain": 0.9798,
+    "emcid_source2dest": 0.4733, "emcid_source_forget": 0.9700, "emcid_holdout_delta": 0.0180,
+    "uce_source2dest": 0.9371, "uce_holdout_delta": -0.0328,
+    "esdx_source_forget": 0.9940,
+    "emcid_rectify_gain": 0.9926,
 }
 
 
