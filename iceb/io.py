@@ -42,10 +42,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes 0600 files; a written file gets the mode any new file would (or keeps the old one's)
-    os.chmod(tmp_path, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
+    # mkstemp makes 0600 files; a written file gets the mode any new file would (or keeps the old one's).
+    # Set after the write: writers such as safetensors' save_file replace the temporary file they are given.
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

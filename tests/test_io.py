@@ -19,3 +19,16 @@ def test_atomic_rewrite_keeps_an_existing_files_mode(tmp_path):
     os.chmod(p, 0o640)
     write_text(p, "new")
     assert p.read_text() == "new" and p.stat().st_mode & 0o777 == 0o640
+
+
+def test_safetensors_written_through_atomic_path_get_the_umask_mode(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from iceb.io import atomic_path
+
+    p = tmp_path / "w.safetensors"
+    with atomic_path(p) as tmp:
+        save_file({"x": torch.arange(3.0)}, str(tmp))
+    assert torch.equal(load_file(p)["x"], torch.arange(3.0))
+    assert p.stat().st_mode & 0o777 == 0o666 & ~_UMASK
