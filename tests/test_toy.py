@@ -243,6 +243,19 @@ def test_shipped_weights_match_train_config_and_size_budget():
 
 
 @needs_shipped
+def test_shipped_quality_was_measured_on_these_weights_and_makes_toy_the_default():
+    from iceb.models import TOY_DIR, _folder_fingerprint, default_model_spec
+
+    quality = json.loads((TOY / "quality.json").read_text())
+    assert quality["fingerprint"] == f"iceb/toy-world@{_folder_fingerprint(TOY_DIR)}", \
+        "quality.json is stale: rerun 'iceb toy eval' after changing the weights"
+    summary = quality["summary"]
+    passed = summary["primary"]["accuracy"] >= 0.90 and summary["misunderstood"]["max_alias_prob_true"] < 0.2
+    assert summary["gates"]["passed"] == passed and summary["primary"]["n"] == 512  # 8 images x 64 concepts
+    assert default_model_spec() == ("toy" if passed else "tiny")
+
+
+@needs_shipped
 def test_shipped_split_is_what_the_generator_builds():
     from iceb.tasks.split import SplitBundle
     from iceb.toy.split import build_split
