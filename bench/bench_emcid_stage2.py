@@ -99,7 +99,7 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str) ->
     from editors.base import EditRequest
     from editors.emcid.stage2 import compute_deltas
     from editors.hooks import subject_last_positions, text_layers
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

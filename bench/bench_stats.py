@@ -35,7 +35,7 @@ def main() -> None:
 
     from editors.hooks import text_layers
     from editors.stats import collect_second_moments
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     te, tok = sd14_text_encoder(), load_clip_tokenizer()
     modules = {f"layers.{i}.mlp.fc2": layer.mlp.fc2 for i, layer in enumerate(text_layers(te))}

@@ -103,7 +103,7 @@ def main() -> None:
     from editors.hooks import last_token_indices, tokenize
     from editors.uce import Encoded, UCEEditor, build_rows, encode_prompts, projection_names, uce_solve
     from editors.weights import get_tensor
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     torch.manual_seed(0)
     tok = load_clip_tokenizer()

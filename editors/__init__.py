@@ -9,7 +9,7 @@ editors arrive through the entry-point group ``iceb.editors`` or as ``package.mo
 """
 from __future__ import annotations
 
-from iceb.registry import Registry
+from iceb.utils.registry import Registry
 
 from editors.base import BaseEditor, EditRequest, EditResult, Editor, RequestError, edit_in_rounds
 

@@ -16,7 +16,7 @@ CCS_URL = "https://storage.googleapis.com/sfr-vision-language-research/BLIP/data
 
 
 def _coco_path() -> Path:
-    from iceb.download import EMCID_RAW, fetch
+    from iceb.utils.download import EMCID_RAW, fetch
 
     if os.environ.get("ICEB_COCO_CSV"):
         return Path(os.environ["ICEB_COCO_CSV"])
@@ -48,7 +48,7 @@ def read_caption_file(path: str | Path) -> list[str]:
 
 def load_corpus(name: str) -> list[str]:
     """Captions of a named corpus or a file. Names: coco, ccs, toy (the toy world's captions), mini."""
-    from iceb.paths import DATA_DIR
+    from iceb.utils.paths import DATA_DIR
 
     shipped = {"toy": DATA_DIR / "toy" / "captions.txt", "mini": DATA_DIR / "captions" / "mini.txt"}
     if name in shipped:
@@ -58,7 +58,7 @@ def load_corpus(name: str) -> list[str]:
     if name == "coco":
         return read_caption_file(_coco_path())
     if name == "ccs":
-        from iceb.download import fetch
+        from iceb.utils.download import fetch
 
         path = fetch(CCS_URL, local_hint="Download ccs_filtered.json elsewhere and pass its path as the corpus.")
         return read_caption_file(path)

@@ -250,7 +250,7 @@ class ESDRun:
         """Trainable tensors, Adam state, RNG state and losses as safetensors (atomic write)."""
         from safetensors.torch import save_file
 
-        from iceb.io import atomic_path
+        from iceb.utils.io import atomic_path
 
         tensors: dict[str, torch.Tensor] = {}
         for n, p in zip(self.names, self.params):

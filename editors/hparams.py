@@ -142,7 +142,7 @@ class Hparams:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            from iceb.registry import closest
+            from iceb.utils.registry import closest
 
             parts = []
             for key in unknown:

@@ -45,7 +45,7 @@ class StatsCache:
         return load_file(str(p))["mom2"]
 
     def put(self, key: str, mom2: torch.Tensor, count: int, meta: dict[str, str]) -> None:
-        from iceb.io import atomic_path
+        from iceb.utils.io import atomic_path
 
         with atomic_path(self.path(key)) as tmp:
             save_file({"mom2": mom2.contiguous().float().cpu(), "count": torch.tensor([count])}, str(tmp),

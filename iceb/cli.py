@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(err: Exception) -> bool:
     from editors.base import RequestError
     from editors.hparams import HparamsError
-    from iceb.registry import RegistryImportError, UnknownNameError
+    from iceb.utils.registry import RegistryImportError, UnknownNameError
 
     user_types: list[type] = [CLIError, UnknownNameError, RegistryImportError, HparamsError, RequestError,
                               FileNotFoundError, FloatingPointError, ValueError]
-    for mod, name in (("iceb.models", "ModelNotFoundError"), ("iceb.results", "RunLockedError"),
-                      ("iceb.download", "DownloadError"), ("iceb.io", "DiskFullError"),
+    for mod, name in (("iceb.models", "ModelNotFoundError"), ("iceb.leaderboard.results", "RunLockedError"),
+                      ("iceb.utils.download", "DownloadError"), ("iceb.utils.io", "DiskFullError"),
                       ("iceb.tasks.base", "TaskError")):
         try:
             user_types.append(getattr(importlib.import_module(mod), name))

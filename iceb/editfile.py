@@ -55,7 +55,7 @@ class EditFile:
     @property
     def requests(self):
         """The recorded requests as :class:`~editors.base.EditRequest` objects."""
-        from iceb.requests_io import requests_from_data
+        from iceb.data.request_files import requests_from_data
 
         return requests_from_data(self.meta.get("requests", []), str(self.path or "<edit>")).requests \
             if self.meta.get("requests") else []
@@ -129,7 +129,7 @@ def build_meta(tensors: Mapping[str, torch.Tensor], *, editor: str, hparams: Any
                mode: str = "batch") -> dict[str, Any]:
     """The sidecar for an edit made now on ``model`` (whose tensors must still hold the base values)."""
     from editors.weights import get_tensor
-    from iceb.requests_io import requests_hash, requests_to_json
+    from iceb.data.request_files import requests_hash, requests_to_json
 
     pipe = _pipe_of(model)
     described = {}
@@ -167,7 +167,7 @@ def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None
     """
     from safetensors.torch import save_file
 
-    from iceb.io import atomic_path, write_text
+    from iceb.utils.io import atomic_path, write_text
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -338,7 +338,7 @@ def merge_edits(edits: Sequence[Any]) -> EditFile:
         for h in f.meta.get("history") or [{"editor": f.editor, "tensors": sorted(f.tensors)}]:
             history.append({**h, "order": len(history), "file": str(f.path) if f.path else h.get("file")})
         requests.extend(f.meta.get("requests") or [])
-    from iceb.requests_io import requests_from_data, requests_hash
+    from iceb.data.request_files import requests_from_data, requests_hash
 
     parsed = requests_from_data(requests, "merged edits").requests if requests else []
     first = files[0].meta

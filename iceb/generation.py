@@ -119,7 +119,7 @@ class ImageCache:
     def put(self, key: str, image: np.ndarray) -> None:
         from PIL import Image
 
-        from iceb.io import atomic_path
+        from iceb.utils.io import atomic_path
 
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)

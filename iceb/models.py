@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from iceb.generation import ICEB_PROTOCOL, GenerationConfig
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 
 DEFAULT_HUB_MODEL = "CompVis/stable-diffusion-v1-4"
 TOY_DIR = DATA_DIR / "toy" / "model"
@@ -98,7 +98,7 @@ def build_tiny_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = load_clip_tokenizer()

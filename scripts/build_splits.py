@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iceb.concepts import IMAGENET_DATA_DIR, imagenet_concepts  # noqa: E402
+from iceb.data.imagenet import IMAGENET_DATA_DIR, imagenet_concepts  # noqa: E402
 
 
 def _read_synset(fh, offset: int) -> tuple[list[str], list[str]]:
@@ -78,11 +78,11 @@ def main() -> int:
     args = ap.parse_args()
     out = IMAGENET_DATA_DIR
     if args.wordnet:
-        from iceb.io import write_text
+        from iceb.utils.io import write_text
 
         write_text(out / "wordnet_1k.json", json.dumps(extract_wordnet(args.wordnet), sort_keys=True) + "\n")
         print(f"wrote {out / 'wordnet_1k.json'}")
-    from iceb.splits1k import VERSION, build_split1k
+    from iceb.data.split_1k import VERSION, build_split1k
 
     bundle = build_split1k()
     text = json.dumps(bundle.to_json(), sort_keys=True, indent=None, separators=(",", ":")) + "\n"
@@ -94,7 +94,7 @@ def main() -> int:
         same = shipped == manifest and (out / "split1k.json").read_text() == text
         print("identical" if same else "DIFFERENT from the shipped files")
         return 0 if same else 1
-    from iceb.io import write_json, write_text
+    from iceb.utils.io import write_json, write_text
 
     write_text(out / "split1k.json", text)
     write_json(out / "MANIFEST.json", manifest)

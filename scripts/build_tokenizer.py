@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iceb.tokenizer import TOKENIZER_DIR, build_clip_tokenizer_files  # noqa: E402
+from iceb.data.tokenizer import TOKENIZER_DIR, build_clip_tokenizer_files  # noqa: E402
 
 if __name__ == "__main__":
     vocab, merges = build_clip_tokenizer_files(TOKENIZER_DIR)

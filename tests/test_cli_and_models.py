@@ -74,7 +74,7 @@ def test_bad_model_spec():
 def test_tokenizer_matches_open_clip_ids():
     import open_clip
 
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     assert len(tok) == 49408 and tok.bos_token_id == 49406 and tok.eos_token_id == 49407

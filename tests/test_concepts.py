@@ -8,7 +8,7 @@ VIT = Path("/work/shared/reference/emcid/data/iceb_data/vit_classifier_config.js
 
 
 def test_timm_concepts():
-    from iceb.concepts import duplicate_primary_names, imagenet_concepts
+    from iceb.data.imagenet import duplicate_primary_names, imagenet_concepts
 
     cs = imagenet_concepts()
     assert len(cs) == 1000 and [c.id for c in cs] == list(range(1000))
@@ -22,7 +22,7 @@ def test_timm_concepts():
 def test_against_vit_id2label():
     if not VIT.is_file():
         pytest.skip("reference vit_classifier_config.json not present")
-    from iceb.concepts import compare_with_vit_labels, load_vit_id2label
+    from iceb.data.imagenet import compare_with_vit_labels, load_vit_id2label
 
     res = compare_with_vit_labels(load_vit_id2label(VIT))
     assert res.identical_after_strip == 1000 and res.differences == []
@@ -32,7 +32,7 @@ def test_against_vit_id2label():
 
 
 def test_comparison_reports_differences():
-    from iceb.concepts import compare_with_vit_labels, imagenet_concepts
+    from iceb.data.imagenet import compare_with_vit_labels, imagenet_concepts
 
     labels = {c.id: ", ".join(c.names) for c in imagenet_concepts()}
     labels[5] = "not a ray"

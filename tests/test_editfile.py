@@ -80,7 +80,7 @@ def test_round_trip_into_a_fresh_pipeline_is_bitwise(tiny_model, tiny_pipe, made
 def test_file_holds_exactly_the_changed_tensors_and_a_complete_sidecar(tiny_model, made_edit):
     from safetensors.torch import load_file
 
-    from iceb.requests_io import requests_hash
+    from iceb.data.request_files import requests_hash
 
     result, path = made_edit
     raw = load_file(str(path))

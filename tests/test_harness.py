@@ -65,7 +65,7 @@ class ScaleFc2Editor(ScaleVEditor):
 
 
 def _cfg(out, editor="test_harness:ScaleVEditor", edits=(1, 3), **kw):
-    from iceb.harness import EvalConfig
+    from iceb.harness.run import EvalConfig
 
     return EvalConfig(editor=editor, task="smoke", model="tiny", edits=edits, out=str(out), device="cpu",
                       progress=False, batch_size=4, **kw)
@@ -73,7 +73,7 @@ def _cfg(out, editor="test_harness:ScaleVEditor", edits=(1, 3), **kw):
 
 def _rows(run_dir):
     """Result rows without timing values (edit_seconds is wall time)."""
-    from iceb.results import read_rows
+    from iceb.leaderboard.results import read_rows
 
     out = []
     for r in read_rows(Path(run_dir) / "results.jsonl"):
@@ -90,7 +90,7 @@ class _Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, tmp_path_factory):
-    from iceb.harness import evaluate
+    from iceb.harness.run import evaluate
 
     run = evaluate(_cfg(tmp_path_factory.mktemp("ref")), log=lambda *_: None, model=tiny_model)
     return run, _rows(run)
@@ -114,7 +114,7 @@ def test_reference_run_is_sane(reference):
                                    "appended:1"])
 def test_resume_after_a_kill_gives_the_rows_of_an_uninterrupted_run(point, reference, tiny_model, tmp_path,
                                                                      monkeypatch):
-    import iceb.harness as harness
+    import iceb.harness.run as harness
 
     def crash(name):
         if name == point:
@@ -150,8 +150,8 @@ def test_kill_9_in_a_subprocess_then_resume(reference, tmp_path):
 
 def test_a_second_process_on_the_same_run_folder_gets_a_clear_error(reference, tiny_model, tmp_path, capsys):
     from iceb.cli import main
-    from iceb.harness import evaluate
-    from iceb.results import RunLockedError
+    from iceb.harness.run import evaluate
+    from iceb.leaderboard.results import RunLockedError
 
     run = evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), log=lambda *_: None, model=tiny_model)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
@@ -172,7 +172,7 @@ def test_a_second_process_on_the_same_run_folder_gets_a_clear_error(reference, t
 
 
 def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_model, tmp_path, monkeypatch):
-    import iceb.harness as harness
+    import iceb.harness.run as harness
     from iceb.metrics.image_change import ImageChange
 
     rendered, scored = [], []
@@ -202,9 +202,9 @@ def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_
 
 
 def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing(reference, tiny_model, tmp_path, monkeypatch):
-    import iceb.io
-    from iceb.harness import evaluate
-    from iceb.io import DiskFullError
+    import iceb.utils.io
+    from iceb.harness.run import evaluate
+    from iceb.utils.io import DiskFullError
 
     real_open = open
     appends = []
@@ -216,7 +216,7 @@ def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing(reference, tin
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *a, **kw)
 
-    monkeypatch.setattr(iceb.io, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(iceb.utils.io, "open", full_disk_open, raising=False)
     with pytest.raises(DiskFullError, match="no space left while writing .*results.jsonl.*run the same command"):
         evaluate(_cfg(tmp_path), log=lambda *_: None, model=tiny_model)
     monkeypatch.undo()
@@ -227,7 +227,7 @@ def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing(reference, tin
 
 
 def test_a_nan_from_the_editor_stops_with_a_clear_message_and_keeps_finished_rows(reference, tiny_model, tmp_path):
-    from iceb.harness import evaluate
+    from iceb.harness.run import evaluate
 
     cfg = _cfg(tmp_path, editor_args={"nan_at": 3})
     with pytest.raises(FloatingPointError, match=r"non-finite values at N=3.*already finished are kept"):
@@ -241,7 +241,7 @@ def test_a_nan_from_the_editor_stops_with_a_clear_message_and_keeps_finished_row
 
 
 def test_sequential_mode_and_smoke_marks(tiny_model, tmp_path):
-    from iceb.harness import evaluate
+    from iceb.harness.run import evaluate
 
     run = evaluate(_cfg(tmp_path, edits=(3,), mode="sequential", rounds=3, limit=2), log=lambda *_: None,
                    model=tiny_model)
@@ -266,7 +266,7 @@ def test_sequential_mode_and_smoke_marks(tiny_model, tmp_path):
 def test_the_first_line_names_the_built_in_model_and_how_to_switch_to_stable_diffusion():
     from types import SimpleNamespace
 
-    from iceb.harness import model_banner
+    from iceb.harness.run import model_banner
 
     toy = model_banner(SimpleNamespace(spec="toy", model_id="iceb/toy-world", world="toy"))
     assert "'toy'" in toy and "world: toy" in toy and "--model CompVis/stable-diffusion-v1-4" in toy

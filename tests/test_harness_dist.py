@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 
 def _rows(run_dir):
-    from iceb.results import read_rows
+    from iceb.leaderboard.results import read_rows
 
     rows = [{**r, "value": None if r["metric"] == "edit_seconds" else r["value"]}
             for r in read_rows(Path(run_dir) / "results.jsonl")]
@@ -41,7 +41,7 @@ def _rows(run_dir):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_give_the_rows_of_one(tiny_model, tmp_path):
-    from iceb.harness import EvalConfig, evaluate
+    from iceb.harness.run import EvalConfig, evaluate
     from iceb.generation import ImageCache
 
     one = evaluate(EvalConfig(editor=EDITOR, task="smoke", model="tiny", edits=(1, 3), out=str(tmp_path / "one"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from iceb.io import _UMASK, write_text
+from iceb.utils.io import _UMASK, write_text
 
 
 def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
@@ -25,7 +25,7 @@ def test_safetensors_written_through_atomic_path_get_the_umask_mode(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     p = tmp_path / "w.safetensors"
     with atomic_path(p) as tmp:

@@ -13,7 +13,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
-    from iceb.harness import EvalConfig, evaluate
+    from iceb.harness.run import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("runs")
     common = dict(task="smoke", model="tiny", edits=(1, 3), out=str(out), device="cpu", progress=False, batch_size=8)
@@ -24,8 +24,8 @@ def runs(tiny_model, tmp_path_factory):
 
 def test_leaderboard_files_and_columns(runs, tmp_path):
     from iceb.cli import main
-    from iceb.leaderboard import LEADERBOARD_COLUMNS
-    from iceb.results import read_rows
+    from iceb.leaderboard.tables import LEADERBOARD_COLUMNS
+    from iceb.leaderboard.results import read_rows
 
     out, full, smoke = runs
     assert main(["leaderboard", str(out), "--out", str(tmp_path)]) == 0
@@ -80,7 +80,7 @@ def test_grid_png_is_before_after_pairs(runs):
 
 
 def test_leaderboard_without_runs_is_a_clear_error(tmp_path):
-    from iceb.leaderboard import build_leaderboard
+    from iceb.leaderboard.tables import build_leaderboard
 
     with pytest.raises(FileNotFoundError, match="no run folders"):
         build_leaderboard([tmp_path], tmp_path / "lb")

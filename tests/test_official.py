@@ -19,13 +19,13 @@ def official_dir(monkeypatch):
 
 @pytest.fixture()
 def bundle(official_dir):
-    from iceb.official import official_bundle
+    from iceb.data.official import official_bundle
 
     return official_bundle()
 
 
 def test_counts(bundle, official_dir):
-    from iceb.official import alias_request_count
+    from iceb.data.official import alias_request_count
 
     assert bundle.world == "imagenet"
     assert len(bundle.concepts) == 666
@@ -51,7 +51,7 @@ def test_order_seeds_and_prompts_match_files(bundle, official_dir):
     assert bundle.edits[0].seed_train == 7316 and bundle.edits[0].template_seeds == (6843, 37720, 39243)
     assert all(isinstance(s, int) for c in bundle.concepts for s in [p.seed for p in c.prompts])
     # holdout prompts come back exactly as released (text and seed)
-    from iceb.official import fill
+    from iceb.data.official import fill
 
     for r in test:
         c = bundle.concept(r["class id"])
@@ -60,7 +60,7 @@ def test_order_seeds_and_prompts_match_files(bundle, official_dir):
 
 
 def test_bundle_roundtrip(bundle, tmp_path):
-    from iceb.tasks.split import SplitBundle
+    from iceb.data.split_bundle import SplitBundle
 
     checksum = bundle.save(tmp_path / "b.json")
     again = SplitBundle.load(tmp_path / "b.json")
@@ -68,7 +68,7 @@ def test_bundle_roundtrip(bundle, tmp_path):
 
 
 def test_csv_quirks(tmp_path):
-    from iceb.official import OfficialDataError, read_request_csv
+    from iceb.data.official import OfficialDataError, read_request_csv
 
     p = tmp_path / "r.csv"
     p.write_text('source,dest,prompts,seed_train,seeds,source id,dest id\n'
@@ -86,8 +86,8 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
     """No network in tests: the URL opener is replaced by one that fails."""
     import urllib.request
 
-    from iceb.download import DownloadError
-    from iceb.official import official_file, official_url
+    from iceb.utils.download import DownloadError
+    from iceb.data.official import official_file, official_url
 
     monkeypatch.delenv("ICEB_OFFICIAL_DATA", raising=False)
     monkeypatch.setenv("ICEB_CACHE", str(tmp_path))
@@ -105,8 +105,8 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
 
 
 def test_derive_reproduces_official_rectifications(official_dir, bundle):
-    from iceb.official import load_class_scores
-    from iceb.rectify_derive import derive_rectifications
+    from iceb.data.official import load_class_scores
+    from iceb.data.misunderstood_names import derive_rectifications
 
     reqs = derive_rectifications(load_class_scores(), [c.id for c in bundle.concepts])
     assert len(reqs) == 143 and len({r.class_id for r in reqs}) == 102

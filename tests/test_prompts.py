@@ -7,21 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from iceb.concepts import IMAGENET_DATA_DIR
+from iceb.data.imagenet import IMAGENET_DATA_DIR
 
 REF = Path("/work/shared/reference/emcid/data/iceb_data")
 
 
 @pytest.fixture(scope="module")
 def split1k():
-    from iceb.tasks.split import SplitBundle
+    from iceb.data.split_bundle import SplitBundle
 
     return SplitBundle.load(IMAGENET_DATA_DIR / "split1k.json")
 
 
 def test_every_prompt_passes_the_checks(split1k):
-    from iceb.prompts import check_prompt
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.prompts import check_prompt
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     texts = []
@@ -39,18 +39,18 @@ def test_every_prompt_passes_the_checks(split1k):
 
 
 def test_checks_catch_failures():
-    from iceb.prompts import check_prompt
+    from iceb.data.prompts import check_prompt
 
     assert check_prompt("A tench near a goldfish.", "tench") == "names another class: 'goldfish'"
     assert check_prompt("A tench and a tench.", "tench") == "class name does not appear exactly once"
     assert check_prompt("A tiger shark in the sea.", "tiger shark") is None  # own name contains "tiger"
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     assert check_prompt("A tench " + "very " * 80, "tench", load_clip_tokenizer()) == "longer than 77 CLIP tokens"
 
 
 def test_official_format_roundtrip(tmp_path, split1k):
-    from iceb.prompts import load_prompt_file, write_prompt_file
+    from iceb.data.prompts import load_prompt_file, write_prompt_file
 
     ps = {c.id: c.prompts for c in split1k.concepts[:20]}
     write_prompt_file(tmp_path / "p.json", ps, {c.id: c.name for c in split1k.concepts})
@@ -60,7 +60,7 @@ def test_official_format_roundtrip(tmp_path, split1k):
 def test_official_prompt_file_loads():
     if not (REF / "imgnet_prompts.json").is_file():
         pytest.skip("EMCID reference data not present")
-    from iceb.prompts import load_prompt_file
+    from iceb.data.prompts import load_prompt_file
 
     ps = load_prompt_file(REF / "imgnet_prompts.json")
     assert len(ps) == 1000 and Counter(len(v) for v in ps.values()) == {5: 1000}
@@ -68,7 +68,7 @@ def test_official_prompt_file_loads():
 
 
 def test_split1k_design(split1k):
-    from iceb.concepts import imagenet_concepts
+    from iceb.data.imagenet import imagenet_concepts
 
     assert split1k.version == json.loads((IMAGENET_DATA_DIR / "MANIFEST.json").read_text())["version"]
     assert len(split1k.concepts) == 1000 and len(split1k.edits) == 1000 and len(split1k.holdout) == 250
@@ -103,7 +103,7 @@ def test_ace1k_task_counts(split1k):
 
 def test_split1k_rebuilds_identically():
     """scripts/build_splits.py is deterministic: rebuilding gives the shipped checksum."""
-    from iceb.splits1k import build_split1k
+    from iceb.data.split_1k import build_split1k
 
     manifest = json.loads((IMAGENET_DATA_DIR / "MANIFEST.json").read_text())
     assert build_split1k().checksum() == manifest["split_checksum"]

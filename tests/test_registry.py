@@ -4,7 +4,7 @@ import pytest
 
 from editors import EDITORS, get_editor
 from editors.noop import NoopEditor
-from iceb.registry import Registry, RegistryImportError, UnknownNameError
+from iceb.utils.registry import Registry, RegistryImportError, UnknownNameError
 
 
 def test_builtin_lookup_is_lazy_then_resolves():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from editors.base import DEFAULT_TEMPLATES, EditRequest
-from iceb.requests_io import (RequestFileError, read_request_file, read_requests, requests_from_data,
+from iceb.data.request_files import (RequestFileError, read_request_file, read_requests, requests_from_data,
                               requests_to_json)
 
 EMCID_EXAMPLES = Path("/work/shared/reference/emcid/test_examples")
@@ -102,7 +102,7 @@ def test_prompt_longer_than_77_clip_tokens_is_refused(tmp_path):
     with pytest.raises(RequestFileError, match=r"row 2: prompt .* CLIP tokens long; the text encoder reads at most 77"):
         read_requests(p)
     # a 77-token prompt is fine: the limit is inclusive of start and end tokens
-    from iceb.requests_io import count_clip_tokens
+    from iceb.data.request_files import count_clip_tokens
 
     ok = " ".join(["a"] * 75)
     assert count_clip_tokens([ok]) == [77]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iceb.tasks.base import TaskError
-from iceb.tasks.split import Concept, EditPair, PromptSeed, Rectification, SplitBundle
+from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 
 from conftest import ICEB_REF as REF
 
@@ -147,7 +147,7 @@ class _StubClassifier:
 
 def test_score_names_end_to_end_on_tiny(tiny_model, tmp_path):
     from iceb.metrics.classifiers import ImageClassifier
-    from iceb.rectify_derive import derive_rectifications, score_names
+    from iceb.data.misunderstood_names import derive_rectifications, score_names
 
     class Stub(ImageClassifier, _StubClassifier):
         num_classes = 10  # type: ignore[assignment]

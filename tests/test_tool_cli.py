@@ -63,7 +63,7 @@ def test_edit_command_writes_the_editors_delta(session_model, tmp_path, capsys):
     assert main(["edit", "--editor", "test-nudge-cli", "--model", "tiny", "--requests", str(csv_file(tmp_path)),
                  "--out", str(out), "--no-progress"]) == 0
     from iceb.editfile import load_edit
-    from iceb.requests_io import read_requests
+    from iceb.data.request_files import read_requests
 
     ef = load_edit(out)
     expected = BigNudgeEditor().edit(session_model.pipe, read_requests(csv_file(tmp_path)))
@@ -169,7 +169,7 @@ edits: [1, 2]
 
 
 def test_user_task_runs_end_to_end_via_evaluate(session_model, tmp_path):
-    from iceb.results import read_rows
+    from iceb.leaderboard.results import read_rows
 
     task = tmp_path / "task.yaml"
     task.write_text(TASK_YAML)
@@ -234,7 +234,7 @@ classes: {my fish: 1}
 ])
 def test_user_task_errors_name_the_entry(tmp_path, body, message):
     from iceb.tasks import TaskError, get_task
-    from iceb.requests_io import RequestFileError
+    from iceb.data.request_files import RequestFileError
 
     p = tmp_path / "t.yaml"
     p.write_text(body + "\n")

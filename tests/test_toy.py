@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 from iceb.toy import world as W
 
 TOY = DATA_DIR / "toy"
@@ -120,7 +120,7 @@ def _fixed_loss(cfg, work, weights_prefix: str | None):
     """Diffusion loss of fixed captions/latents/noise/timesteps under the checkpoint's (or initial) weights."""
     from safetensors.torch import load_file
 
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
     from iceb.toy import train as T
 
     tok = load_clip_tokenizer()
@@ -257,7 +257,7 @@ def test_shipped_quality_was_measured_on_these_weights_and_makes_toy_the_default
 
 @needs_shipped
 def test_shipped_split_is_what_the_generator_builds():
-    from iceb.tasks.split import SplitBundle
+    from iceb.data.split_bundle import SplitBundle
     from iceb.toy.split import build_split
 
     assert SplitBundle.load(TOY / "split.json").checksum() == build_split(W.ToyWorld()).checksum()

@@ -20,7 +20,7 @@ def out(tmp_path_factory):
 
 
 def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, str], float]:
-    from iceb.harness import EvalConfig, evaluate
+    from iceb.harness.run import EvalConfig, evaluate
 
     cfg = EvalConfig(editor=editor, task=task, model="toy", edits=(n,), out=str(out), device="cpu",
                      editor_args=editor_args, progress=False)

@@ -123,7 +123,7 @@ class Stage1Cache:
             return
         from safetensors.torch import save_file
 
-        from iceb.io import atomic_path
+        from iceb.utils.io import atomic_path
 
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.root / f"{key}.safetensors") as tmp:
@@ -203,7 +203,7 @@ class EMCIDEditor(BaseEditor):
         once per model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
         from safetensors.torch import load_file, save_file
 
-        from iceb.io import atomic_path
+        from iceb.utils.io import atomic_path
 
         out = {}
         root = self.cache_dir / "emcid" / "cholesky" if self.cache_dir is not None else None

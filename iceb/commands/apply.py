@@ -34,7 +34,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from iceb.editfile import EditFileError, apply_edit, check_base, load_edit, merge_edits, restore_edit
-    from iceb.io import write_json
+    from iceb.utils.io import write_json
     from iceb.models import ICEB_MODEL_INFO, default_model_spec, load_model
 
     edits = [load_edit(p) for p in args.edits]  # read (and fail) before the model loads

@@ -2,7 +2,7 @@
 
     iceb edit --editor emcid --model CompVis/stable-diffusion-v1-4 --requests my_edits.csv --out edit.safetensors
 
-The request file (CSV, JSON, JSONL, YAML or EMCID's example format; see :mod:`iceb.requests_io`) is read
+The request file (CSV, JSON, JSONL, YAML or EMCID's example format; see :mod:`iceb.data.request_files`) is read
 and validated before the model loads, so a typo costs a second, not a model load.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def run(args) -> int:
     from editors.hparams import parse_overrides
     from iceb.editfile import EditFileError, edit_model, save_edit
     from iceb.models import default_model_spec, load_model
-    from iceb.paths import cache_dir
-    from iceb.requests_io import read_request_file
+    from iceb.utils.paths import cache_dir
+    from iceb.data.request_files import read_request_file
 
     out = Path(args.out)
     if out.suffix != ".safetensors":

@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editors.hparams import parse_overrides
-    from iceb.harness import EvalConfig, evaluate
+    from iceb.harness.run import EvalConfig, evaluate
 
     cfg = EvalConfig(
         editor=args.editor, task=args.task, model=args.model,

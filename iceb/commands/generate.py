@@ -119,7 +119,7 @@ def render(loaded, items: Sequence[tuple[str, int]], out: str | Path, edits: Seq
 
     from iceb.editfile import edited, load_edit, merge_edits
     from iceb.generation import generate
-    from iceb.io import atomic_path, write_json, write_text
+    from iceb.utils.io import atomic_path, write_json, write_text
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from iceb.leaderboard import build_leaderboard
+    from iceb.leaderboard.tables import build_leaderboard
 
     written = build_leaderboard(args.runs, args.out, plots=not args.no_plots, report=not args.no_report)
     for path in written:

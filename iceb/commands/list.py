@@ -9,7 +9,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from iceb.registry import describe_all
+    from iceb.utils.registry import describe_all
 
     if args.what == "editors":
         from editors import EDITORS as reg

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from iceb.metrics.base import Metric, MetricValue
-from iceb.registry import Registry
+from iceb.utils.registry import Registry
 
 METRICS: Registry = Registry("metric", entry_point_group="iceb.metrics")
 

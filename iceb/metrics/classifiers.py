@@ -10,7 +10,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from iceb.registry import Registry
+from iceb.utils.registry import Registry
 
 class WeightsNotFoundError(FileNotFoundError):
     """A model's pretrained weights are not available locally; the message says how to get them."""

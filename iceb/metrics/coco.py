@@ -35,7 +35,7 @@ def coco_csv_path(path: str | Path | None = None) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"COCO caption file {p} does not exist")
         return p
-    from iceb.download import EMCID_RAW, fetch
+    from iceb.utils.download import EMCID_RAW, fetch
 
     return fetch(f"{EMCID_RAW}/data/coco/coco_30k.csv",
                  local_hint="Set ICEB_COCO_CSV to a local copy of EMCID's data/coco/coco_30k.csv.")

@@ -65,7 +65,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 def _file_id(path: Path) -> str:
-    from iceb.download import sha256_file
+    from iceb.utils.download import sha256_file
 
     return sha256_file(path)[:12]
 
@@ -180,7 +180,7 @@ class FeatureFID:
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, n: int, info: dict[str, str]) -> Path:
     from safetensors.numpy import save_file
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def real_stats(extractor: Callable, extractor_id: str, n: int, coco_root: str | 
     from tqdm.auto import tqdm
 
     from iceb.metrics.coco import coco_image_path, load_coco_captions, load_real_image
-    from iceb.paths import cache_dir
+    from iceb.utils.paths import cache_dir
 
     cache = Path(cache) if cache else cache_dir() / "fid"
     path = cache / f"coco-val2014-n{n}-s{size}-{extractor_id}.safetensors"

@@ -1,4 +1,4 @@
-"""Arbitrary concept editing (ICEB's AICE) on a :class:`~iceb.tasks.split.SplitBundle`.
+"""Arbitrary concept editing (ICEB's AICE) on a :class:`~iceb.data.split_bundle.SplitBundle`.
 
 One code path for every world: the bundle is EMCID's official split (``ace``, world ``imagenet``), the
 project's 1000-class split (``ace-1k``, ``data/imagenet/split1k.json``) or the toy world's split
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from editors.base import EditRequest
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
-from iceb.tasks.split import Concept, SplitBundle
+from iceb.data.split_bundle import Concept, SplitBundle
 
 TOY_SPLIT = DATA_DIR / "toy" / "split.json"
 SPLIT_1K = DATA_DIR / "imagenet" / "split1k.json"
@@ -55,7 +55,7 @@ def load_world_bundle(world: str, variant: str = "official", data_dir: str | Pat
         if not SPLIT_1K.is_file():
             raise TaskError(f"{SPLIT_1K} is missing; rebuild it with 'python scripts/build_splits.py'")
         return SplitBundle.load(SPLIT_1K)
-    from iceb.official import official_bundle
+    from iceb.data.official import official_bundle
 
     return official_bundle(data_dir)
 

@@ -14,7 +14,7 @@ gain, and "forget" panels are skipped. Prompt sets for N requests (the first N o
 
 ``rectification`` reads the official split (143 requests, the script edits the first 140) or the toy
 split; ``rectification-1k`` derives its requests over all 1000 classes of the project's split with the
-official rule (:func:`iceb.rectify_derive.derive_rectifications`) from a class-name score file: EMCID's
+official rule (:func:`iceb.data.misunderstood_names.derive_rectifications`) from a class-name score file: EMCID's
 ``imgnet_prompts_cls.json`` by default (downloaded like the official split) or one made by
 ``iceb rectify score``.
 """
@@ -26,7 +26,7 @@ from editors.base import EditRequest
 from iceb.tasks import TASKS
 from iceb.tasks.ace import SplitTask, fill
 from iceb.tasks.base import EvalPrompt, TaskError, TaskInstance
-from iceb.tasks.split import SplitBundle
+from iceb.data.split_bundle import SplitBundle
 
 
 class RectificationTask(SplitTask):
@@ -83,7 +83,7 @@ class Rectification1kTask(RectificationTask):
     @property
     def bundle(self) -> SplitBundle:
         if self._bundle is None:
-            from iceb.rectify_derive import with_rectifications
+            from iceb.data.misunderstood_names import with_rectifications
             from iceb.tasks.ace import load_world_bundle
 
             self._bundle = with_rectifications(load_world_bundle("imagenet", "1k"), self.scores, self.data_dir)

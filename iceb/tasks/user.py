@@ -1,7 +1,7 @@
 """User-defined tasks: benchmark your own edit list with the same metrics and outputs as built-in tasks.
 
 ``iceb evaluate --task my_task.yaml`` (or .json/.jsonl/.csv) reads a file with the requests and, optionally,
-evaluation prompts. A bare request file (any format of :mod:`iceb.requests_io`) is a task whose prompts are
+evaluation prompts. A bare request file (any format of :mod:`iceb.data.request_files`) is a task whose prompts are
 each request's templates filled with the source (subset ``edit``) and with the destination
 (``edit_dest``), seeds ``seed + template index``.
 
@@ -169,7 +169,7 @@ class UserTask(Task):
     @classmethod
     def from_file(cls, path: str | Path, world: str = "imagenet", **kwargs: Any) -> "UserTask":
         """Read a task file (.yaml/.yml/.json/.jsonl/.csv); every problem names the file and entry."""
-        from iceb.requests_io import _load_structured, read_request_file, validate_requests
+        from iceb.data.request_files import _load_structured, read_request_file, validate_requests
 
         path = Path(path)
         rf = read_request_file(path, validate=False)
@@ -222,7 +222,7 @@ class UserTask(Task):
     @staticmethod
     def _prompts(requests: Sequence[EditRequest], entries: Any, names: ClassNames,
                  path: Path) -> list[tuple[int | None, EvalPrompt]]:
-        from iceb.requests_io import count_clip_tokens
+        from iceb.data.request_files import count_clip_tokens
 
         if not isinstance(entries, list):
             raise TaskError(f"{path}: 'eval' must be a list of prompt entries")

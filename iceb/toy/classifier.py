@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from iceb.metrics.classifiers import ImageClassifier
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 
 CLASSIFIER_WEIGHTS = DATA_DIR / "toy" / "classifier.safetensors"
 CLASSIFIER_CONFIG = DATA_DIR / "toy" / "classifier.json"
@@ -62,7 +62,7 @@ def save_classifier(net: ToyNet, config: dict[str, Any], weights: Path = CLASSIF
                     config_path: Path = CLASSIFIER_CONFIG) -> None:
     from safetensors.torch import save_file
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     weights.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(weights) as tmp:

@@ -119,7 +119,7 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
               "seeds": "primary: 10000*(id+1)+k; aliases: +100+10j+k; misunderstood: +200+k; untrained: +300; "
                        "free_form: the split bundle's prompt seeds"}
     if out is not None:
-        from iceb.io import write_text
+        from iceb.utils.io import write_text
 
         write_text(out, json.dumps(result, indent=2) + "\n")
     return result

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from editors.base import DEFAULT_TEMPLATES
-from iceb.tasks.split import Concept, EditPair, PromptSeed, Rectification, SplitBundle
+from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 from iceb.toy.world import ToyWorld
 
 SPLIT_VERSION = "toy-1"
@@ -68,8 +68,8 @@ def build_split(world: ToyWorld, n_holdout: int | None = None, seed: int = 0) ->
 
 def write_split_files(out: Path | None = None, seed: int = 0, n_captions: int = 4000) -> list[Path]:
     """Write split.json and captions.txt for the shipped world (seed 0 by default)."""
-    from iceb.io import write_text
-    from iceb.paths import DATA_DIR
+    from iceb.utils.io import write_text
+    from iceb.utils.paths import DATA_DIR
 
     out = out or DATA_DIR / "toy"
     world = ToyWorld(seed=seed)

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iceb.download import sha256_file
-from iceb.paths import DATA_DIR, REPO_ROOT
+from iceb.utils.download import sha256_file
+from iceb.utils.paths import DATA_DIR, REPO_ROOT
 from iceb.toy import world as W
 
 TOY_DATA = DATA_DIR / "toy"
@@ -160,7 +160,7 @@ def _save_ckpt(path: Path, modules: dict[str, nn.Module], opt: torch.optim.Optim
                meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
@@ -313,7 +313,7 @@ CONTEXT_FIELDS = ("position", "size", "background")
 def encode_latents(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     out = work / "latents.safetensors"
     if out.is_file():
@@ -456,7 +456,7 @@ class _DictModule(nn.Module):
 def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float | None = None) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     torch.set_num_threads(cfg.threads)
     world = make_world(cfg)
@@ -585,7 +585,7 @@ def build_pipeline(cfg: TrainConfig, work: Path, ema: bool = True):
     """The StableDiffusionPipeline from the checkpoints (EMA weights by default)."""
     from safetensors.torch import load_file
 
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     tokenizer = load_clip_tokenizer()
     text_encoder, unet, vae = build_text_encoder(cfg, tokenizer), build_unet(cfg), load_vae(cfg, work)
@@ -725,7 +725,7 @@ GUIDANCE_SEED = 900_000  # seeds 900000 + 100 * concept + k: disjoint from the q
 @torch.no_grad()
 def tune_guidance(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     """Concept accuracy of the EMA model per guidance scale in ``guidance_grid``; the best is shipped."""
-    from iceb.io import write_json
+    from iceb.utils.io import write_json
 
     out = work / "guidance.json"
     if out.is_file():

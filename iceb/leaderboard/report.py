@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from iceb.leaderboard import SMOKE_MARK
+from iceb.leaderboard.tables import SMOKE_MARK
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -74,7 +74,7 @@ def _run_section(run: Path) -> str:
 
 def write_report(path: str | Path, df, markdown_text: str, plot_files: Sequence[Path], runs: Sequence[Path]) -> Path:
     """Write ``report.html``; returns its path."""
-    from iceb.io import write_text
+    from iceb.utils.io import write_text
 
     smoke = bool(df["smoke"].astype(bool).any()) if not df.empty else False
     panels = [p for p in plot_files if p.name.endswith("__panel.png")]

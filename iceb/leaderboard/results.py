@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
-from iceb.io import append_jsonl, read_jsonl
+from iceb.utils.io import append_jsonl, read_jsonl
 
 ROW_COLUMNS = ["editor", "model", "task", "world", "n_edits", "mode", "subset", "metric", "value", "bound", "n",
                "higher_is_better", "smoke", "run_id", "iceb_version"]
@@ -30,7 +30,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def git_revision() -> str | None:
-    from iceb.paths import REPO_ROOT
+    from iceb.utils.paths import REPO_ROOT
 
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
@@ -96,7 +96,7 @@ def rows_to_frame(rows: Iterable[dict[str, Any]]):
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     df = rows_to_frame(rows)
     with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ import gzip
 import json
 from pathlib import Path
 
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
 N_MERGES = 49152 - 256 - 2  # open_clip's SimpleTokenizer takes lines [1 : 49152-256-2+1]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from iceb.paths import DATA_DIR
+from iceb.utils.paths import DATA_DIR
 
 IMAGENET_DATA_DIR = DATA_DIR / "imagenet"
 

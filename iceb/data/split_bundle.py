@@ -99,7 +99,7 @@ class SplitBundle:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
 
     def save(self, path: str | Path) -> str:
-        from iceb.io import write_text
+        from iceb.utils.io import write_text
 
         write_text(path, json.dumps(self.to_json(), sort_keys=True, indent=None, separators=(",", ":")) + "\n")
         return self.checksum()

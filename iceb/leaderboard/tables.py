@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.results import load_run, rows_to_frame
+from iceb.leaderboard.results import load_run, rows_to_frame
 
 #: columns of the leaderboard CSVs, in order (the run rows plus provenance)
 LEADERBOARD_COLUMNS = ["editor", "model", "task", "world", "mode", "n_edits", "subset", "metric", "value", "bound",
@@ -80,7 +80,7 @@ def frame(rows: list[dict]):
 
 
 def _write_frame(df, path: Path) -> Path:
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -117,7 +117,7 @@ def _fmt(v: Any) -> str:
 def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool = True,
                       report: bool = True) -> list[Path]:
     """Write the CSVs, the Markdown table, the plots and the HTML report; returns the files written."""
-    from iceb.io import write_text
+    from iceb.utils.io import write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,12 +131,12 @@ def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool 
     written.append(out / "leaderboard.md")
     plot_files: list[Path] = []
     if plots:
-        from iceb.plots import plot_all
+        from iceb.leaderboard.plots import plot_all
 
         plot_files = plot_all(df, out / "plots")
         written.extend(plot_files)
     if report:
-        from iceb.report import write_report
+        from iceb.leaderboard.report import write_report
 
         runs = sorted({r["run_dir"] for r in rows})
         written.append(write_report(out / "report.html", df, md, plot_files, [Path(r) for r in runs]))

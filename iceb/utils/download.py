@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from iceb.io import atomic_path
-from iceb.paths import cache_dir
+from iceb.utils.io import atomic_path
+from iceb.utils.paths import cache_dir
 
 #: EMCID's official repository, pinned (the ICEB data, COCO-30k captions and hparams live there).
 EMCID_COMMIT = "10a392afb502cc2ed6a781c7c56dc179defaf064"

@@ -74,10 +74,10 @@ def with_rectifications(bundle, scores: str | Path | Mapping | None = None, data
 
     ``scores``: a mapping, a path to a score JSON, or None for EMCID's ``imgnet_prompts_cls.json``
     (downloaded, or from ``$ICEB_OFFICIAL_DATA``). Seeds: the class's first prompt seeds for the templates,
-    and a hash-derived ``seed_train`` (:func:`iceb.official.fallback_seed`).
+    and a hash-derived ``seed_train`` (:func:`iceb.data.official.fallback_seed`).
     """
-    from iceb.official import fallback_seed, load_class_scores
-    from iceb.tasks.split import Rectification
+    from iceb.data.official import fallback_seed, load_class_scores
+    from iceb.data.split_bundle import Rectification
 
     if scores is None:
         table = load_class_scores(data_dir)
@@ -110,7 +110,7 @@ def score_names(pipe, classifier, names: Mapping[int, Sequence[str]], *, images_
     from tqdm.auto import tqdm
 
     from iceb.generation import GenerationConfig, generate
-    from iceb.io import write_json
+    from iceb.utils.io import write_json
 
     config = config or GenerationConfig()
     done: dict[str, dict[str, dict[str, float]]] = {}

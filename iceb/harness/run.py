@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from iceb import __version__
 from iceb.generation import generate as _generate
-from iceb.results import RunLockedError, append_block, completed_keys, config_hash, git_revision, \
+from iceb.leaderboard.results import RunLockedError, append_block, completed_keys, config_hash, git_revision, \
     package_versions, read_rows
 
 SMOKE_WARNING = "--limit is for smoke tests only: its results are not comparable and are marked smoke=true"
@@ -246,7 +246,7 @@ class _RecordCache:
         return None
 
     def put(self, metric_key: str, image_key: str, record) -> None:
-        from iceb.io import write_text
+        from iceb.utils.io import write_text
 
         write_text(self._path(metric_key, image_key), json.dumps(record))
 
@@ -327,7 +327,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
     from filelock import FileLock, Timeout
 
     from iceb.generation import ImageCache, image_key
-    from iceb.io import write_json
+    from iceb.utils.io import write_json
     from iceb.metrics import get_metric
 
     dist = _Dist(cfg.device)
@@ -440,7 +440,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print, model=None) -> 
                             gen, metrics, images, records, run_dir, run_id, task, smoke, progress, quiet)
         bar.close()
         if dist.main:
-            from iceb.results import write_csv
+            from iceb.leaderboard.results import write_csv
 
             if (run_dir / "work").is_dir() and not any((run_dir / "work").iterdir()):
                 (run_dir / "work").rmdir()
@@ -459,7 +459,7 @@ def _run_edit_count(dist: _Dist, cfg: EvalConfig, n: int, inst, plan_n: dict, ch
                     progress: bool, log: Callable) -> None:
     from iceb.generation import image_key
     from editors.weights import applied
-    from iceb.io import write_json
+    from iceb.utils.io import write_json
 
     t0 = time.perf_counter()
     stem = run_dir / "edits" / f"n{n}"
@@ -596,7 +596,7 @@ def _clean_stale(run_dir: Path, done: set[str]) -> None:
 def _save_png(path: Path, image) -> None:
     from PIL import Image
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
@@ -622,7 +622,7 @@ def _save_grid(path: Path, pre: Sequence[Any], post_paths: Sequence[Path]) -> No
     grid = Image.new("RGB", (2 * size, len(pairs) * size))
     for k, t in enumerate(tiles):
         grid.paste(t, ((k % 2) * size, (k // 2) * size))
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")

@@ -298,7 +298,7 @@ _TOKENIZER = None
 def _shared_tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
-        from iceb.tokenizer import load_clip_tokenizer
+        from iceb.data.tokenizer import load_clip_tokenizer
 
         _TOKENIZER = load_clip_tokenizer()
     return _TOKENIZER

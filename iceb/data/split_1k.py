@@ -17,7 +17,7 @@ Design (1000 edits from 1000 classes cannot keep a disjoint holdout of classes, 
   ``wordnet_1k.json``. It is deterministic, needs no model, and like CLIP text similarity it pairs
   semantically related classes (a dog breed with another dog breed); it is *not* CLIP's ranking.
 - Aliases: WordNet lemmas after the first, without names shared with another class.
-- Prompts: :mod:`iceb.prompts` (5 per class, checked). Seeds: ``seed_train`` from ``random.seed(2023)``
+- Prompts: :mod:`iceb.data.prompts` (5 per class, checked). Seeds: ``seed_train`` from ``random.seed(2023)``
   ``random.sample(range(10000), 1000)``; template seeds are the class's first 3 prompt seeds (as ICEB).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from iceb.tasks.split import Concept, EditPair, SplitBundle
+from iceb.data.split_bundle import Concept, EditPair, SplitBundle
 
 VERSION = "1k-v1"
 N_HOLDOUT = 250
@@ -42,8 +42,8 @@ def hypernym_distance(a: dict[str, int], b: dict[str, int]) -> int:
 
 
 def build_split1k(wordnet: dict[str, Any] | None = None) -> SplitBundle:
-    from iceb.concepts import duplicate_primary_names, imagenet_concepts, wordnet_info
-    from iceb.prompts import generate_prompts
+    from iceb.data.imagenet import duplicate_primary_names, imagenet_concepts, wordnet_info
+    from iceb.data.prompts import generate_prompts
 
     wn = wordnet or wordnet_info()
     cs = imagenet_concepts()

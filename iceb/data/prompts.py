@@ -7,7 +7,7 @@ head ("a tench, freshwater dace-like game fish of Europe and western Asia, ...")
 per-class seeded order and the first ``PER_CLASS`` that pass every check are kept:
 
 - the class's primary name appears exactly once (whole word, case-insensitive);
-- the prompt fits CLIP's 77 tokens (with start/end tokens, :func:`iceb.tokenizer.load_clip_tokenizer`);
+- the prompt fits CLIP's 77 tokens (with start/end tokens, :func:`iceb.data.tokenizer.load_clip_tokenizer`);
 - no duplicate prompt in the whole set;
 - no *other class name*: the primary name of another ImageNet class, as a whole word or phrase
   (case-insensitive), after the class's own name is removed (so "tiger shark" may contain "tiger"). Aliases
@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from iceb.tasks.split import PromptSeed
+from iceb.data.split_bundle import PromptSeed
 
 PER_CLASS = 5
 
@@ -109,7 +109,7 @@ def _word_re(name: str) -> re.Pattern:
 
 @functools.lru_cache(maxsize=1)
 def _other_names_re() -> tuple[dict[str, re.Pattern], re.Pattern]:
-    from iceb.concepts import imagenet_concepts
+    from iceb.data.imagenet import imagenet_concepts
 
     names = sorted({c.name.lower() for c in imagenet_concepts()}, key=len, reverse=True)
     return {n: _word_re(n) for n in names}, re.compile(
@@ -159,8 +159,8 @@ def candidates(name: str, wnid: str, cat: str, hyper: str, gloss: str) -> list[s
 def generate_prompts(wordnet: Mapping[str, Any], per_class: int = PER_CLASS, tokenizer=None
                      ) -> dict[int, tuple[PromptSeed, ...]]:
     """``per_class`` checked prompts (as ``{}`` templates) with seeds for every ImageNet-1k class."""
-    from iceb.concepts import imagenet_concepts
-    from iceb.tokenizer import load_clip_tokenizer
+    from iceb.data.imagenet import imagenet_concepts
+    from iceb.data.tokenizer import load_clip_tokenizer
 
     tok = tokenizer or load_clip_tokenizer()
     seen: set[str] = set()
@@ -190,7 +190,7 @@ def _slot(text: str, name: str) -> str:
 
 def load_prompt_file(path: str | Path) -> dict[int, tuple[PromptSeed, ...]]:
     """A prompt file in ICEB's format -> {class id: ``{}`` templates with seeds} (file order kept)."""
-    from iceb.official import read_prompt_records, slot
+    from iceb.data.official import read_prompt_records, slot
 
     out: dict[int, list[PromptSeed]] = {}
     for r in read_prompt_records(path):
@@ -201,7 +201,7 @@ def load_prompt_file(path: str | Path) -> dict[int, tuple[PromptSeed, ...]]:
 
 def write_prompt_file(path: str | Path, prompts: Mapping[int, Sequence[PromptSeed]], names: Mapping[int, str]) -> None:
     """Write prompts in ICEB's ``imgnet_prompts.json`` layout (plain text, int seeds)."""
-    from iceb.io import write_text
+    from iceb.utils.io import write_text
 
     rows, idx = [], 0
     for cid, ps in prompts.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from iceb.leaderboard import SMOKE_MARK
+from iceb.leaderboard.tables import SMOKE_MARK
 
 
 def _safe(text: str) -> str:
@@ -41,7 +41,7 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from iceb.io import atomic_path
+    from iceb.utils.io import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Shipped, versioned data made by the project's scripts (tokenizer files, splits, toy-world bundle).
 DATA_DIR = Path(os.environ.get("ICEB_DATA_DIR", REPO_ROOT / "data"))
 

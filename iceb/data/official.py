@@ -1,5 +1,5 @@
 """EMCID's official ICEB data, downloaded from the pinned repository (or read from a local folder) and
-normalised into typed records and a :class:`~iceb.tasks.split.SplitBundle` (world ``imagenet``).
+normalised into typed records and a :class:`~iceb.data.split_bundle.SplitBundle` (world ``imagenet``).
 
 Where the files come from, first match wins: the ``data_dir`` argument, ``$ICEB_OFFICIAL_DATA``, else the
 user cache, filled on demand from ``EMCID_RAW/data/iceb_data/<file>`` (commit 10a392a, sha256-checked).
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iceb.download import EMCID_COMMIT, EMCID_RAW, fetch
-from iceb.paths import cache_dir
-from iceb.tasks.split import Concept, EditPair, PromptSeed, Rectification, SplitBundle
+from iceb.utils.download import EMCID_COMMIT, EMCID_RAW, fetch
+from iceb.utils.paths import cache_dir
+from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 
 ENV_VAR = "ICEB_OFFICIAL_DATA"
 REMOTE_DIR = "data/iceb_data"

@@ -1,0 +1,2 @@
+"""What a run leaves for people to read: result rows (``results.jsonl``), leaderboard tables, plots and
+the HTML report."""
