@@ -27,7 +27,7 @@ def main() -> None:
 
     import torch
 
-    from editors.base import EditRequest
+    from editors.requests import EditRequest
     from editors.emcid import EMCIDEditor
     from editors.emcid.stage1 import optimise_batch
     from iceb.models import load_model

@@ -96,7 +96,7 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str) ->
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from editors.base import EditRequest
+    from editors.requests import EditRequest
     from editors.emcid.stage2 import compute_deltas
     from editors.hooks import subject_last_positions, text_layers
     from iceb.data.tokenizer import load_clip_tokenizer

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from editors import get_editor
-    from editors.base import EditRequest
+    from editors.requests import EditRequest
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="tiny", help="tiny, toy-shape, or any iceb model spec")

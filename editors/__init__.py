@@ -9,9 +9,10 @@ editors arrive through the entry-point group ``iceb.editors`` or as ``package.mo
 """
 from __future__ import annotations
 
-from iceb.utils.registry import Registry
+from typing import Any
 
-from editors.base import BaseEditor, EditRequest, EditResult, Editor, RequestError, edit_in_rounds
+from editors.requests import EditRequest, RequestError
+from iceb.utils.registry import Registry
 
 EDITORS: Registry = Registry("editor", entry_point_group="iceb.editors")
 
@@ -52,6 +53,19 @@ def get_editor(name: str) -> type:
     if not getattr(cls, "name", ""):
         cls.name = name
     return cls
+
+
+_LAZY = {"BaseEditor": "editors.base", "EditResult": "editors.base", "Editor": "editors.base",
+         "edit_in_rounds": "editors.base"}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-side names load on first use, so ``import editors.requests`` stays torch-free."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'editors' has no attribute {name!r}")
 
 
 __all__ = ["EDITORS", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError", "edit_in_rounds",

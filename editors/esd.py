@@ -312,7 +312,7 @@ class ESDRun:
 # --------------------------------------------------------------------------------------------------
 def _pipe_fingerprint(pipe) -> str:
     """Identity of the UNet and text-encoder weights (the checkpoint key)."""
-    from editors.weights import weights_fingerprint
+    from iceb.utils.fingerprint import weights_fingerprint
 
     return weights_fingerprint(pipe.text_encoder) + weights_fingerprint(pipe.unet)
 

@@ -93,7 +93,7 @@ def synthetic_corpus(n: int = 400) -> list[str]:
 
 def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:
     """Identity of the text encoder's weights, for the stats cache."""
-    from editors.weights import weights_fingerprint
+    from iceb.utils.fingerprint import weights_fingerprint
 
     return weights_fingerprint(text_encoder)
 

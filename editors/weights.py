@@ -104,21 +104,3 @@ def applied(pipe, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
 
 def snapshot(pipe, names) -> dict[str, torch.Tensor]:
     return {n: get_tensor(pipe, n).detach().clone() for n in names}
-
-
-@torch.no_grad()
-def weights_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
-    """Cheap identity of a module's weights for editors' on-disk caches: names, shapes, dtypes, the exact sum
-    (catches any edit) and the first values of every tensor; tensors whose name contains a ``skip`` part
-    are left out."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in module.state_dict().items():
-        if any(s in name for s in skip):
-            continue
-        flat = p.detach().reshape(-1)
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(repr(float(flat.sum(dtype=torch.float64)) if flat.is_floating_point() else int(flat.sum())).encode())
-        h.update(flat[:16].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:20]

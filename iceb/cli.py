@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(err: Exception) -> bool:
-    from editors.base import RequestError
+    from editors.requests import RequestError
     from editors.hparams import HparamsError
     from iceb.utils.registry import RegistryImportError, UnknownNameError
 

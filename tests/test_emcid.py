@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.base import EditRequest
+from editors.requests import EditRequest
 from editors.emcid import EMCIDEditor, EMCIDHparams
 from editors.emcid.stage1 import Stage1Settings, StageBatch, frozen, optimise_batch
 from editors.hooks import fc2_name, tokenize

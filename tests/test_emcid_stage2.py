@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editors.base import EditRequest
+from editors.requests import EditRequest
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 from editors.hooks import capture, fc2_name, layer_call, subject_last_positions, text_layers, tokenize
 

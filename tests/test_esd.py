@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.base import EditRequest, RequestError
+from editors.requests import EditRequest, RequestError
 from editors.esd import ESDRun, ESDUEditor, ESDXEditor, ddim_level_timestep, select_parameters
 from editors.weights import applied
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from editors.base import DEFAULT_TEMPLATES, EditRequest
+from editors.requests import DEFAULT_TEMPLATES, EditRequest
 from iceb.data.request_files import (RequestFileError, read_request_file, read_requests, requests_from_data,
                               requests_to_json)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.base import EditRequest, RequestError
+from editors.requests import EditRequest, RequestError
 from editors.hooks import capture, subject_last_positions, text_layers, tokenize
 from editors.rome import ROMEEditor, ROMEHparams, synthetic_corpus
 from editors.weights import applied, get_tensor

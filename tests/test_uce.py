@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.base import EditRequest, RequestError
+from editors.requests import EditRequest, RequestError
 from editors.hooks import align_tokens_greedy, cross_attention_modules
 from editors.uce import TIMEEditor, UCEEditor, UCEHparams, projection_names
 from editors.weights import get_tensor

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from editors.base import EditRequest, RequestError
+from editors.requests import EditRequest, RequestError
 from editors.weights import applied, get_tensor
 from iceb.generation import GenerationConfig, ImageCache, generate
 

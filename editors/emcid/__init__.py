@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from editors.weights import weights_fingerprint
+from iceb.utils.fingerprint import weights_fingerprint
 from tqdm.auto import tqdm
 
 from editors import register_editor

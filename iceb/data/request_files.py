@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from editors.base import DEFAULT_TEMPLATES, EditRequest, RequestError
+from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError
 
 #: canonical field -> accepted spellings (the first is canonical)
 FIELDS: dict[str, tuple[str, ...]] = {

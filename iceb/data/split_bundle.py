@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from editors.base import DEFAULT_TEMPLATES
+from editors.requests import DEFAULT_TEMPLATES
 
 BUNDLE_FORMAT = 1
 

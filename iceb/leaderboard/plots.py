@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from iceb.leaderboard.tables import SMOKE_MARK
+from iceb.leaderboard.results import SMOKE_MARK
 
 
 def _safe(text: str) -> str:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from iceb.leaderboard.tables import SMOKE_MARK
+from iceb.leaderboard.results import SMOKE_MARK
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}

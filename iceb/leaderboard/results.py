@@ -20,6 +20,9 @@ from iceb.utils.io import append_jsonl, read_jsonl
 ROW_COLUMNS = ["editor", "model", "task", "world", "n_edits", "mode", "subset", "metric", "value", "bound", "n",
                "higher_is_better", "smoke", "run_id", "iceb_version"]
 
+#: how tables, plots and reports mark rows of ``--limit`` runs
+SMOKE_MARK = "SMOKE (--limit): not comparable"
+
 
 class RunLockedError(RuntimeError):
     pass

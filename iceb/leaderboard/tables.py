@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.leaderboard.results import load_run, rows_to_frame
+from iceb.leaderboard.results import SMOKE_MARK, load_run, rows_to_frame
 
 #: columns of the leaderboard CSVs, in order (the run rows plus provenance)
 LEADERBOARD_COLUMNS = ["editor", "model", "task", "world", "mode", "n_edits", "subset", "metric", "value", "bound",
                        "n", "higher_is_better", "smoke", "run_id", "label", "iceb_version", "git_revision",
                        "data_hash", "hparams_hash", "versions"]
-SMOKE_MARK = "SMOKE (--limit): not comparable"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:

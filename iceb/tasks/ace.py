@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from editors.base import EditRequest
+from editors.requests import EditRequest
 from iceb.utils.paths import DATA_DIR
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from editors.base import EditRequest
+from editors.requests import EditRequest
 
 SUBSETS = ("edit", "edit_dest", "general", "alias", "holdout")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editors.base import EditRequest
+from editors.requests import EditRequest
 from iceb.tasks import TASKS
 from iceb.tasks.ace import SplitTask, fill
 from iceb.tasks.base import EvalPrompt, TaskError, TaskInstance

@@ -5,7 +5,7 @@ It has no holdout classifier ids and no free-form prompts; use it with model-ind
 """
 from __future__ import annotations
 
-from editors.base import DEFAULT_TEMPLATES, EditRequest
+from editors.requests import DEFAULT_TEMPLATES, EditRequest
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskInstance
 

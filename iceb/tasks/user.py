@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from editors.base import EditRequest
+from editors.requests import EditRequest
 from iceb.tasks.base import SUBSETS, EvalPrompt, Task, TaskError, TaskInstance
 
 EVAL_KEYS = ("prompt", "seed", "seeds", "subset", "request", "concept", "class", "true_class", "dest_class")

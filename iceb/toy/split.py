@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from editors.base import DEFAULT_TEMPLATES
+from editors.requests import DEFAULT_TEMPLATES
 from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 from iceb.toy.world import ToyWorld
 
