@@ -1,0 +1,61 @@
+"""The one result-row schema (in the manner of lm-evaluation-harness's ``result_schema.py``).
+
+A row is one number: (editor, model, task, N, subset, metric) -> value, with what it rests on (``n``), the
+run it came from (``run_id``, and its ``run_hash`` and ``smoke`` flag as fields of their own, never parsed
+back out of the id) and the ICEB version. ``results.jsonl``, ``results.csv`` and every leaderboard CSV take
+their columns from here: :data:`ROW_COLUMNS` for run files, :data:`LEADERBOARD_COLUMNS` for leaderboards,
+which add the run's provenance.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One tidy result row, as written to ``results.jsonl``."""
+
+    editor: str
+    model: str
+    task: str
+    world: str
+    n_edits: int
+    mode: str  # "batch" or "sequential-<rounds>"
+    subset: str  # prompt subset ("edit", "alias", "holdout", ...) or "-" for per-edit figures
+    metric: str
+    value: float
+    bound: float | None  # the unedited model's value, where the metric has one
+    n: int  # how many samples (prompts or requests) the value rests on
+    higher_is_better: bool
+    smoke: bool  # from a --limit run: not comparable
+    run_id: str
+    run_hash: str  # the hash part of run_id: the run's configuration identity
+    iceb_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ResultRow":
+        """A row from a mapping; unknown keys are ignored, missing ones are an error naming them.
+
+        Args:
+            data: a decoded ``results.jsonl`` line (block bookkeeping keys are ignored).
+
+        Returns:
+            The row.
+        """
+        missing = [f for f in ROW_COLUMNS if f not in data]
+        if missing:
+            raise ValueError(f"a result row lacks {', '.join(missing)}")
+        return cls(**{f: data[f] for f in ROW_COLUMNS})
+
+
+#: columns of results.jsonl / results.csv, in order
+ROW_COLUMNS: list[str] = [f.name for f in dataclasses.fields(ResultRow)]
+#: what a leaderboard adds to every row: where it came from
+PROVENANCE_COLUMNS: list[str] = ["label", "git_revision", "data_hash", "hparams_hash", "versions"]
+#: columns of the leaderboard CSVs, in order
+LEADERBOARD_COLUMNS: list[str] = ROW_COLUMNS + PROVENANCE_COLUMNS
