@@ -311,6 +311,74 @@ def edited(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool = F
         restore_edit(pipe, originals)
 
 
+
+def _digest(paths: Sequence[str | Path]) -> str:
+    """Content hash of the edit files: the edited model's identity."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def save_applied(model: Any, edits: Sequence[Any], out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Write a full edited diffusers folder: the base model with edit files applied, in order.
+
+    Each edit must fit the clean base model (as :func:`apply_edit` checks); the edits are then composed
+    (:func:`merge_edits`: later values win for shared tensors), applied, saved with ``save_pretrained``
+    (safetensors) and restored, so ``model`` is left unchanged. The folder's ``iceb_model.json`` keeps the
+    base model's family, world, classifier and generation settings plus the edit history, so the folder
+    loads with :func:`iceb.models.load_model` like any model spec.
+
+    Args:
+        model: the base model, a :class:`~iceb.models.LoadedModel`.
+        edits: edit files (paths, or :class:`EditFile` loaded from paths), in the order to apply them.
+        out: the folder to write; it must not exist or be empty.
+        force: apply edits even where the recorded base model differs (other names or shapes are always
+            refused).
+
+    Returns:
+        The ``iceb_model.json`` written, whose ``model_id`` is the base id plus the editor and a hash of
+        the edit files.
+
+    Raises:
+        ValueError: ``out`` exists and is not empty.
+        EditFileError: an edit does not fit the base model.
+    """
+    import dataclasses
+
+    from iceb.models import ICEB_MODEL_INFO
+    from iceb.utils.io import write_json
+
+    files = [_as_editfile(e) for e in edits]
+    if any(f.path is None for f in files):
+        raise ValueError("save_applied needs edit files read from disk (their bytes name the edited model)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
+    merged = merge_edits(files)
+    for e in files:  # each edit must fit the clean base model; then they are applied in order
+        hard, soft = check_base(model.pipe, e, model_id=model.model_id)
+        if hard or (soft and not force):
+            raise EditFileError(f"edit {e.path} does not fit {model.spec}: " + "; ".join(hard + soft)
+                                + ("" if hard else "; pass --force to apply it anyway"))
+    originals = apply_edit(model.pipe, merged, force=True)
+    try:
+        model.pipe.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        restore_edit(model.pipe, originals)
+    info = dict(model.info)
+    info.update({"family": model.family, "world": model.world, "classifier": model.classifier,
+                 "generation": dataclasses.asdict(model.generation),
+                 "model_id": f"{model.model_id}+{merged.editor}:{_digest([f.path for f in files])}",
+                 "edits": {"base_model": merged.meta.get("base_model"), "history": merged.meta["history"],
+                           "files": [str(Path(f.path).resolve()) for f in files]}})
+    write_json(out / ICEB_MODEL_INFO, info)
+    return info
+
 def merge_edits(edits: Sequence[Any]) -> EditFile:
     """Two or more edits in sequence as one: later values win for shared tensors; order is recorded.
 

@@ -207,3 +207,19 @@ def test_save_refuses_non_finite_and_wrong_suffix(tmp_path):
         save_edit(tmp_path / "x.safetensors", {TO_V: torch.tensor([float("nan")])}, editor="x")
     with pytest.raises(EditFileError, match=".safetensors"):
         save_edit(tmp_path / "x.pt", {TO_V: torch.zeros(1)}, editor="x")
+
+
+def test_save_applied_writes_the_edited_folder_and_leaves_the_model_clean(tiny_model, made_edit, tmp_path):
+    from iceb.editfile import save_applied
+    from iceb.models import load_model
+
+    result, path = made_edit
+    before = full_state(tiny_model.pipe)
+    info = save_applied(tiny_model, [path], tmp_path / "edited")
+    assert all(torch.equal(v, before[k]) for k, v in full_state(tiny_model.pipe).items())
+    assert info["model_id"].startswith(f"{tiny_model.model_id}+test-nudge:")
+    assert info["edits"]["files"] == [str(path.resolve())]
+    reloaded = load_model(str(tmp_path / "edited"), device="cpu")
+    assert torch.equal(get_tensor(reloaded.pipe, TO_V), result.tensors[TO_V])
+    with pytest.raises(ValueError, match="not empty"):
+        save_applied(tiny_model, [path], tmp_path / "edited")

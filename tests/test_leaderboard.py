@@ -24,7 +24,7 @@ def runs(tiny_model, tmp_path_factory):
 
 def test_leaderboard_files_and_columns(runs, tmp_path):
     from iceb.cli import main
-    from iceb.leaderboard.tables import LEADERBOARD_COLUMNS
+    from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
     from iceb.leaderboard.results import read_rows
 
     out, full, smoke = runs
@@ -84,3 +84,30 @@ def test_leaderboard_without_runs_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no run folders"):
         build_leaderboard([tmp_path], tmp_path / "lb")
+
+
+def _row(**kw):
+    row = dict(editor="noop", model="tiny", task="smoke", world="imagenet", n_edits=1, mode="batch", subset="edit",
+               metric="image_change", value=0.0, bound=None, n=2, higher_is_better=True, smoke=True,
+               run_id="noop-smoke-0123456789ab-smoke", iceb_version="0.1.0")
+    return {**row, **kw}
+
+
+def test_read_rows_derives_the_run_hash_of_older_rows_and_refuses_bad_ones(tmp_path):
+    from iceb.leaderboard.results import append_block, read_rows
+    from iceb.leaderboard.schema import ROW_COLUMNS
+
+    path = tmp_path / "results.jsonl"
+    append_block(path, [_row(), _row(smoke=False, run_id="noop-smoke-ba9876543210")], {"key": "n1", "block": "b1"})
+    rows = read_rows(path)
+    assert [list(r) for r in rows] == [ROW_COLUMNS] * 2
+    assert [r["run_hash"] for r in rows] == ["0123456789ab", "ba9876543210"]
+    append_block(path, [_row(run_hash="given")], {"key": "n2", "block": "b2"})
+    assert read_rows(path)[-1]["run_hash"] == "given"
+    append_block(path, [_row(n_edits="3")], {"key": "n3", "block": "b3"})
+    with pytest.raises(ValueError, match=rf"results.jsonl:6: n_edits is '3' \(str\), expected int"):
+        read_rows(path)
+    bad = tmp_path / "missing.jsonl"
+    append_block(bad, [{k: v for k, v in _row().items() if k != "metric"}], {"key": "n1", "block": "b1"})
+    with pytest.raises(ValueError, match=r"missing.jsonl:1: lacks metric"):
+        read_rows(bad)

@@ -231,7 +231,7 @@ def test_guidance_stage_ships_the_grid_point_with_the_best_accuracy(tmp_path, mo
 # -- the shipped bundle --------------------------------------------------------------------------------
 @needs_shipped
 def test_shipped_weights_match_train_config_and_size_budget():
-    from iceb.toy.train import sha256_file
+    from iceb.utils.download import sha256_file
 
     record = json.loads((TOY / "train_config.json").read_text())
     assert record["weights_sha256"], "no weight files recorded"

@@ -17,49 +17,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _digest(paths) -> str:
-    """Content hash of the edit files: the edited model's identity."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]
-
-
 def run(args) -> int:
-    import dataclasses
     from pathlib import Path
 
-    from iceb.editfile import EditFileError, apply_edit, check_base, load_edit, merge_edits, restore_edit
-    from iceb.utils.io import write_json
-    from iceb.models import ICEB_MODEL_INFO, default_model_spec, load_model
+    from iceb.editfile import load_edit, merge_edits, save_applied
+    from iceb.models import default_model_spec, load_model
 
     edits = [load_edit(p) for p in args.edits]  # read (and fail) before the model loads
-    merged = merge_edits(edits)
+    merged = merge_edits(edits)  # edits of different base models fail here, before the model loads
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()):  # also checked by save_applied; here before the model loads
         raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
     loaded = load_model(args.model or default_model_spec(), device=args.device)
-    for e in edits:  # each edit must fit the clean base model; then they are applied in order
-        hard, soft = check_base(loaded.pipe, e, model_id=loaded.model_id)
-        if hard or (soft and not args.force):
-            raise EditFileError(f"edit {e.path} does not fit {loaded.spec}: " + "; ".join(hard + soft)
-                                + ("" if hard else "; pass --force to apply it anyway"))
-    originals = apply_edit(loaded.pipe, merged, force=True)
-    try:
-        loaded.pipe.save_pretrained(str(out), safe_serialization=True)
-    finally:
-        restore_edit(loaded.pipe, originals)
-    info = dict(loaded.info)
-    info.update({"family": loaded.family, "world": loaded.world, "classifier": loaded.classifier,
-                 "generation": dataclasses.asdict(loaded.generation),
-                 "model_id": f"{loaded.model_id}+{merged.editor}:{_digest(args.edits)}",
-                 "edits": {"base_model": merged.meta.get("base_model"), "history": merged.meta["history"],
-                           "files": [str(Path(p).resolve()) for p in args.edits]}})
-    write_json(out / ICEB_MODEL_INFO, info)
+    save_applied(loaded, edits, out, force=args.force)
     print(f"[iceb] applied {len(edits)} edit file(s) ({len(merged.tensors)} tensor(s)) to {loaded.spec}; "
           f"wrote {out}")
     return 0

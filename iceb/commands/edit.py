@@ -55,8 +55,8 @@ def run(args) -> int:
     overrides = parse_overrides(args.editor_args)
     cls = get_editor(args.editor)  # unknown names fail before the model loads
     loaded = load_model(args.model or default_model_spec(), device=args.device, dtype=args.dtype)
-    hp = cls.load_hparams(loaded.family, args.hparams, overrides, preset=args.preset) \
-        if hasattr(cls, "load_hparams") else None
+    hp = (cls.load_hparams(loaded.family, args.hparams, overrides, preset=args.preset)
+          if hasattr(cls, "load_hparams") else None)
     print(f"[iceb] editing {loaded.spec} ({loaded.model_id}) with {args.editor}: {len(rf.requests)} request(s)"
           f"{'' if args.mode == 'batch' else f' in {args.rounds} rounds'}")
     result, hp = edit_model(args.editor, loaded, rf.requests, hparams=hp, mode=args.mode, rounds=args.rounds,

@@ -12,13 +12,7 @@ or ``evaluation_seed``; other columns are ignored), ``.json``/``.yaml`` (a list 
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
-from typing import Any, Sequence
-
-GRID_ROWS = 32  # rows per grid image; more images give grid_2.png, ...
 
 
 def register(sub) -> None:
@@ -40,153 +34,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _seed(value: Any, where: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ValueError(f"{where}: seed {value!r} is not an integer") from None
-
-
-def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
-    """(prompt, seed or None) pairs from a prompt file; see the module docstring for the formats."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    out: list[tuple[str, int | None]] = []
-    if suffix == ".txt":
-        out = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    elif suffix == ".csv":
-        try:
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), strict=True))
-        except csv.Error as err:
-            raise ValueError(f"{path}: malformed CSV: {err}") from None
-        if rows and "prompt" not in rows[0]:
-            raise ValueError(f"{path}: no 'prompt' column (columns: {', '.join(rows[0])})")
-        for n, row in enumerate(rows, start=1):
-            seed = row.get("seed") or row.get("evaluation_seed")
-            out.append((row["prompt"].strip(), _seed(seed, f"{path} row {n}") if seed not in (None, "") else None))
-    elif suffix in (".json", ".yaml", ".yml"):
-        if suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from None
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-        if isinstance(data, dict):
-            key = next((k for k in ("prompts", "val_prompts") if k in data), None)
-            if key is None:
-                raise ValueError(f"{path}: expected a list of prompts or an object with 'prompts' or 'val_prompts'")
-            data = data[key]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a list of prompts")
-        for n, item in enumerate(data, start=1):
-            if isinstance(item, str):
-                out.append((item, None))
-            elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-                out.append((item["prompt"], _seed(item["seed"], f"{path} row {n}") if "seed" in item else None))
-            else:
-                raise ValueError(f"{path} row {n}: expected a string or an object with 'prompt', got {item!r}")
-    else:
-        raise ValueError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .csv, .json or .yaml")
-    empty = [i + 1 for i, (p, _) in enumerate(out) if not p]
-    if empty:
-        raise ValueError(f"{path} row {empty[0]}: empty prompt")
-    if not out:
-        raise ValueError(f"{path}: no prompts")
-    return out
-
-
-def _grid(images: Sequence[Any], rows: int, cols: int):
-    from diffusers.utils import make_image_grid
-    from PIL import Image
-
-    pil = [Image.fromarray(im) for im in images]
-    w = pil[0].width
-    return make_image_grid(pil, rows=rows, cols=cols, resize=128 if w < 128 else None)
-
-
-def render(loaded, items: Sequence[tuple[str, int]], out: str | Path, edits: Sequence[Any] = (),
-           config=None, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Render (prompt, seed) items before and (with edits) after; write PNGs, grids and a manifest."""
-    from PIL import Image
-
-    from iceb.editfile import edited, load_edit, merge_edits
-    from iceb.generation import generate
-    from iceb.utils.io import atomic_path, write_json, write_text
-
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    cfg = config or loaded.generation
-    files = [e if not isinstance(e, (str, Path)) else load_edit(e) for e in edits]
-    prompts, seeds = [p for p, _ in items], [s for _, s in items]
-    before = generate(loaded.pipe, prompts, seeds, cfg, progress=progress, desc="base model")
-    after = None
-    if files:
-        with edited(loaded, merge_edits(files) if len(files) > 1 else files[0], force=force):
-            after = generate(loaded.pipe, prompts, seeds, cfg, progress=progress, desc="edited model")
-    rows = []
-
-    def save_png(img, name: str) -> str:
-        with atomic_path(out / "images" / name) as tmp:
-            Image.fromarray(img).save(tmp, format="PNG")
-        return f"images/{name}"
-
-    for i, (p, s) in enumerate(items):
-        row = {"index": i, "prompt": p, "seed": s}
-        if after is None:
-            row["file"] = save_png(before[i], f"{i:04d}_s{s}.png")
-        else:
-            row["file_before"] = save_png(before[i], f"{i:04d}_s{s}_before.png")
-            row["file_after"] = save_png(after[i], f"{i:04d}_s{s}_after.png")
-        rows.append(row)
-    grids = []
-    for g, start in enumerate(range(0, len(items), GRID_ROWS)):
-        stop = min(start + GRID_ROWS, len(items))
-        if after is None:
-            cells = before[start:stop]
-            grid = _grid(cells, rows=len(cells), cols=1)
-        else:
-            cells = [im for pair in zip(before[start:stop], after[start:stop]) for im in pair]
-            grid = _grid(cells, rows=stop - start, cols=2)
-        name = "grid.png" if g == 0 else f"grid_{g + 1}.png"
-        with atomic_path(out / name) as tmp:
-            grid.save(tmp, format="PNG")
-        grids.append({"file": name, "rows": [start, stop]})
-    manifest = {
-        "model": {"spec": loaded.spec, "id": loaded.model_id, "revision": loaded.revision},
-        "generation": cfg.key(), "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
-        "edits": [{"file": str(f.path) if f.path else None, "editor": f.editor,
-                   "requests_hash": f.meta.get("requests_hash")} for f in files],
-        "grid_layout": "one row per (prompt, seed); columns: before | after" if files else "one row per (prompt, seed)",
-        "grids": grids, "images": rows,
-    }
-    write_json(out / "images.json", manifest)
-    cols = ["index", "prompt", "seed"] + (["file_before", "file_after"] if files else ["file"])
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(out / "images.csv", buf.getvalue())
-    return manifest
-
-
 def run(args) -> int:
     from iceb.editfile import load_edit
     from iceb.models import default_model_spec, load_model
+    from iceb.rendering import parse_seed, read_prompts, render_prompts
 
     if args.prompts and args.prompt:
         raise ValueError("give prompts either as arguments or with --prompts FILE, not both")
     pairs = read_prompts(args.prompts) if args.prompts else [(p, None) for p in args.prompt]
     if not pairs:
         raise ValueError("no prompts: pass them as arguments or with --prompts FILE")
-    seeds = [_seed(s, "--seeds") for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    seeds = [parse_seed(s, "--seeds") for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     items: list[tuple[str, int]] = []
     for p, s in pairs:
         if seeds is not None:
@@ -197,7 +55,7 @@ def run(args) -> int:
     loaded = load_model(args.model or default_model_spec(), device=args.device, dtype=args.dtype)
     cfg = loaded.generation.replace(num_inference_steps=args.steps, guidance_scale=args.guidance,
                                     batch_size=args.batch_size, height=args.size, width=args.size)
-    manifest = render(loaded, items, args.out, edits, cfg, force=args.force, progress=not args.no_progress)
+    manifest = render_prompts(loaded, items, args.out, edits, cfg, force=args.force, progress=not args.no_progress)
     print(f"[iceb] {len(items)} image(s){' before and after the edit' if edits else ''} in {args.out}/images; "
           f"grid: {Path(args.out) / manifest['grids'][0]['file']}; seeds: {Path(args.out) / 'images.json'}")
     return 0

@@ -254,8 +254,8 @@ class OfficialICEB:
         rects = []
         for r in self.rectification:
             prev = old.get((r.source, r.source_id))
-            seed_train = prev.seed_train if prev is not None and prev.seed_train is not None else \
-                fallback_seed("rectification", r.source, r.source_id)
+            seed_train = (prev.seed_train if prev is not None and prev.seed_train is not None
+                          else fallback_seed("rectification", r.source, r.source_id))
             rects.append(Rectification(r.source_id, r.source, r.dest, int(seed_train),
                                        tuple(r.seeds[:len(templates)])))
         return SplitBundle(

@@ -3,98 +3,86 @@
 Images are embedded as base64 PNG so the file can be mailed or opened anywhere. Grids come from the run
 folders (``grids/n<N>.png``, written by ``iceb evaluate``): one row per edited concept (the first edit
 prompt of each of the first requests), then holdout prompts; left column before the edit, right after.
+The page is ``templates/report.html.j2`` (jinja2, autoescaped); its tables are the same
+:func:`~iceb.leaderboard.pivot.pivot` as ``leaderboard.md``'s.
 """
 from __future__ import annotations
 
 import base64
-import html
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from iceb.leaderboard.results import SMOKE_MARK
+from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-h1,h2,h3{font-weight:600} table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:right} th{background:#f3f3f3}
-td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}
-.smoke{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;margin:1em 0;font-weight:600}
-.plots img{max-width:100%;margin:.3em 0}
-.grids{display:flex;flex-wrap:wrap;gap:1.5em} figure{margin:0} figcaption{font-size:12px;max-width:300px}
-.gridimg{image-rendering:pixelated;border:1px solid #999} ol{font-size:12px;margin:.3em 0 0 1.2em;padding:0}
-code{background:#f3f3f3;padding:0 3px}
-"""
+TEMPLATE = "report.html.j2"
 
 
-def _img(path: Path, cls: str = "", alt: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _b64(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _tables(df) -> str:
-    parts = []
-    for (task, model), d in df.groupby(["task", "model"], sort=True):
-        ns = sorted({int(n) for n in d["n_edits"]})
-        head = "".join(f"<th>N={n}</th>" for n in ns)
-        body = []
-        for (label, subset, metric), g in d.groupby(["label", "subset", "metric"], sort=True):
-            by_n = {int(r.n_edits): r.value for r in g.itertuples()}
-            arrow = "↑" if bool(g["higher_is_better"].iloc[0]) else "↓"
-            cells = "".join(f"<td>{'' if by_n.get(n) is None else f'{by_n[n]:.4g}'}</td>" for n in ns)
-            body.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(subset)}</td>"
-                        f"<td>{html.escape(metric)} {arrow}</td>{cells}</tr>")
-        smoke = f" <small>({SMOKE_MARK})</small>" if d["smoke"].astype(bool).any() else ""
-        parts.append(f"<h3>{html.escape(task)} on {html.escape(model)}{smoke}</h3><table><tr><th>editor</th>"
-                     f"<th>subset</th><th>metric</th>{head}</tr>{''.join(body)}</table>")
-    return "\n".join(parts)
+def _tables(df) -> list[dict[str, Any]]:
+    """The pivot tables as the template shows them (no bound column: the plots draw the bounds)."""
+    out = []
+    for task, model, table in pivot_tables(df):
+        ns = n_columns(table)
+        rows = [{"label": label, "subset": subset, "metric": metric, "arrow": arrow(r["higher_is_better"]),
+                 "cells": [fmt(r[n]) for n in ns]} for (label, subset, metric), r in table.iterrows()]
+        out.append({"task": task, "model": model, "smoke": bool(table["smoke"].any()), "ns": ns, "rows": rows})
+    return out
 
 
-def _run_section(run: Path) -> str:
+def _run_section(run: Path) -> dict[str, Any]:
     cfg_path, man_path = run / "config.json", run / "manifest.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     man = json.loads(man_path.read_text()) if man_path.is_file() else {}
     c = cfg.get("config", {})
-    smoke = cfg.get("smoke") or run.name.endswith("-smoke")
-    title = f"{c.get('editor', '?')} on {c.get('task', '?')} ({(cfg.get('model') or {}).get('spec', '?')})"
-    out = [f"<h3>{html.escape(title)}{' — ' + SMOKE_MARK if smoke else ''}</h3>",
-           f"<p>run <code>{html.escape(run.name)}</code>; mode {html.escape(str(c.get('mode')))}; "
-           f"git {html.escape(str(cfg.get('git_revision')))}; iceb {html.escape(str(cfg.get('iceb_version')))}</p>"]
-    figs = []
     grids = sorted((run / "grids").glob("n*.png"), key=lambda p: int(p.stem[1:])) if (run / "grids").is_dir() else []
-    for g in grids:
-        n = g.stem[1:]
-        prompts = (man.get("edit_counts", {}).get(n) or {}).get("grid_prompts") or []
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
-        figs.append(f"<figure>{_img(g, 'gridimg', f'before/after N={n}')}<figcaption><b>N={n}</b>: left before, "
-                    f"right after the edit; rows:<ol>{items}</ol></figcaption></figure>")
-    out.append(f'<div class="grids">{"".join(figs)}</div>' if figs else "<p>(no grids in this run)</p>")
-    return "\n".join(out)
+    return {"title": f"{c.get('editor', '?')} on {c.get('task', '?')} ({(cfg.get('model') or {}).get('spec', '?')})",
+            "smoke": bool(cfg.get("smoke") or run.name.endswith("-smoke")), "name": run.name,
+            "mode": str(c.get("mode")), "git": str(cfg.get("git_revision")), "iceb": str(cfg.get("iceb_version")),
+            "grids": [{"n": g.stem[1:], "data": _b64(g),
+                       "prompts": (man.get("edit_counts", {}).get(g.stem[1:]) or {}).get("grid_prompts") or []}
+                      for g in grids]}
 
 
-def write_report(path: str | Path, df, markdown_text: str, plot_files: Sequence[Path], runs: Sequence[Path]) -> Path:
-    """Write ``report.html``; returns its path."""
+def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
+    """The report's HTML.
+
+    Args:
+        df: leaderboard rows (:func:`iceb.leaderboard.tables.frame`).
+        plot_files: PNGs from :func:`iceb.leaderboard.plots.plot_all` (``*__panel.png`` shown first).
+        runs: the run folders, for their before/after grids.
+
+    Returns:
+        The page, self-contained.
+    """
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("iceb.leaderboard", "templates"),
+                             autoescape=True, keep_trailing_newline=True)
+    plots = [{"name": p.stem, "data": _b64(p), "panel": p.name.endswith("__panel.png")} for p in plot_files]
+    return env.get_template(TEMPLATE).render(
+        smoke=bool(df["smoke"].astype(bool).any()) if not df.empty else False, smoke_mark=SMOKE_MARK,
+        n_runs=len(runs), n_rows=len(df), tables=_tables(df), panels=[p for p in plots if p["panel"]],
+        singles=[p for p in plots if not p["panel"]], runs=[_run_section(Path(r)) for r in runs])
+
+
+def write_report(path: str | Path, df, plot_files: Sequence[Path], runs: Sequence[Path]) -> Path:
+    """Write ``report.html``.
+
+    Args:
+        path: where to write it.
+        df: leaderboard rows (:func:`iceb.leaderboard.tables.frame`).
+        plot_files: the plot PNGs to embed.
+        runs: the run folders whose grids to embed.
+
+    Returns:
+        ``path``.
+    """
     from iceb.utils.io import write_text
 
-    smoke = bool(df["smoke"].astype(bool).any()) if not df.empty else False
-    panels = [p for p in plot_files if p.name.endswith("__panel.png")]
-    singles = [p for p in plot_files if not p.name.endswith("__panel.png")]
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ICEB report</title>",
-             f"<style>{_CSS}</style></head><body><h1>ICEB report</h1>"]
-    if smoke:
-        parts.append(f'<div class="smoke">{SMOKE_MARK}: rows marked [SMOKE] come from --limit runs.</div>')
-    parts.append(f"<p>{len(runs)} run(s), {len(df)} rows. Columns are explained in leaderboard/README.md.</p>")
-    parts.append("<h2>Results</h2>" + _tables(df))
-    if panels or singles:
-        parts.append('<h2>Metrics vs number of edits</h2><div class="plots">')
-        parts += [_img(p, alt=p.stem) for p in panels]
-        if singles:
-            parts.append("<details><summary>one plot per metric</summary>")
-            parts += [_img(p, alt=p.stem) for p in singles]
-            parts.append("</details>")
-        parts.append("</div>")
-    parts.append("<h2>Before / after</h2>")
-    parts += [_run_section(r) for r in runs]
-    parts.append("</body></html>")
-    write_text(path, "\n".join(parts))
+    write_text(path, render_report(df, plot_files, runs))
     return Path(path)

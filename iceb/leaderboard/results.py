@@ -15,10 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from iceb.leaderboard.schema import ROW_COLUMNS, check_row
 from iceb.utils.io import append_jsonl, read_jsonl
-
-ROW_COLUMNS = ["editor", "model", "task", "world", "n_edits", "mode", "subset", "metric", "value", "bound", "n",
-               "higher_is_better", "smoke", "run_id", "iceb_version"]
 
 #: how tables, plots and reports mark rows of ``--limit`` runs
 SMOKE_MARK = "SMOKE (--limit): not comparable"
@@ -66,22 +64,60 @@ def append_block(path: Path, rows: list[dict[str, Any]], block: dict[str, Any]) 
     append_jsonl(path, tagged + [{**block, "kind": "done"}])
 
 
+def _numbered_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, decoded line) of a JSONL file, as :func:`iceb.utils.io.read_jsonl` reads it."""
+    if not path.is_file():
+        return []
+    out = []
+    lines = path.read_bytes().split(b"\n")
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((i, json.loads(line)))
+        except json.JSONDecodeError:
+            if i >= len(lines) - 1:  # only the last, unterminated line may be torn (a killed writer)
+                break
+            raise ValueError(f"{path}:{i}: not valid JSON") from None
+    return out
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Result rows of completed blocks only (the last completed block wins for a repeated key)."""
-    lines = read_jsonl(path)
-    done = {r["block"]: r for r in lines if r.get("kind") == "done"}
-    by_key: dict[Any, list[dict[str, Any]]] = {}
-    for r in lines:
+    """The result rows of completed blocks only (the last completed block wins for a repeated key).
+
+    Args:
+        path: a run's ``results.jsonl``.
+
+    Returns:
+        The rows as dicts with exactly :data:`~iceb.leaderboard.schema.ROW_COLUMNS`, in file order.
+
+    Raises:
+        ValueError: ``"<file>:<line>: ..."`` for a row with a missing field or a field of the wrong type.
+    """
+    path = Path(path)
+    lines = _numbered_jsonl(path)
+    done = {r["block"]: r for _, r in lines if r.get("kind") == "done"}
+    last_block = {b["key"]: b["block"] for b in done.values()}  # the last completed block per key
+    by_key: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
+    for i, r in lines:
         if r.get("kind") == "result" and r.get("block") in done:
-            by_key.setdefault(done[r["block"]]["key"], []).append(r)
-    # keep the rows of the last completed block per key
-    last_block = {}
-    for b in done.values():
-        last_block[b["key"]] = b["block"]
+            by_key.setdefault(done[r["block"]]["key"], []).append((i, r))
     out = []
     for key, rows in by_key.items():
-        out.extend(r for r in rows if r["block"] == last_block[key])
-    return [{k: v for k, v in r.items() if k not in ("kind", "block")} for r in out]
+        for i, r in rows:
+            if r["block"] != last_block[key]:
+                continue
+            if "run_hash" not in r and isinstance(r.get("run_id"), str):
+                # rows written before the schema had a run_hash field: the hash is the run id's last part
+                # ("<editor>-<task>-<hash>", "-smoke" appended for --limit runs). Derived here, once, so that
+                # nothing downstream parses run ids.
+                rid = r["run_id"].removesuffix("-smoke") if r.get("smoke") is True else r["run_id"]
+                r = {**r, "run_hash": rid.rsplit("-", 1)[-1]}
+            try:
+                out.append(check_row(r).to_dict())
+            except ValueError as err:
+                raise ValueError(f"{path}:{i}: {err}") from None
+    return out
 
 
 def completed_keys(path: str | Path) -> set[str]:

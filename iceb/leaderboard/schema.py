@@ -55,6 +55,36 @@ class ResultRow:
 
 #: columns of results.jsonl / results.csv, in order
 ROW_COLUMNS: list[str] = [f.name for f in dataclasses.fields(ResultRow)]
+#: the JSON types each field accepts (``bool`` is never an ``int`` or ``float`` here)
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                       "float | None": (int, float, type(None))}
+
+
+def check_row(data: Mapping[str, Any]) -> ResultRow:
+    """A row from a decoded ``results.jsonl`` line, refusing missing fields and wrong types.
+
+    Args:
+        data: the decoded line (keys that are no field, such as the block bookkeeping, are ignored).
+
+    Returns:
+        The row.
+
+    Raises:
+        ValueError: naming every missing field and every field of the wrong type (the caller adds where).
+    """
+    missing = [f for f in ROW_COLUMNS if f not in data]
+    problems = [f"lacks {', '.join(missing)}"] if missing else []
+    for f in dataclasses.fields(ResultRow):
+        if f.name not in data:
+            continue
+        v, allowed = data[f.name], _TYPES[str(f.type)]
+        if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+            problems.append(f"{f.name} is {v!r} ({type(v).__name__}), expected {f.type}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return ResultRow(**{f: data[f] for f in ROW_COLUMNS})
+
+
 #: what a leaderboard adds to every row: where it came from
 PROVENANCE_COLUMNS: list[str] = ["label", "git_revision", "data_hash", "hparams_hash", "versions"]
 #: columns of the leaderboard CSVs, in order

@@ -7,16 +7,12 @@ editor) and ``DIR/report.html`` (tables, plots and the runs' before/after grids)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from iceb.leaderboard.results import SMOKE_MARK, load_run, rows_to_frame
-
-#: columns of the leaderboard CSVs, in order (the run rows plus provenance)
-LEADERBOARD_COLUMNS = ["editor", "model", "task", "world", "mode", "n_edits", "subset", "metric", "value", "bound",
-                       "n", "higher_is_better", "smoke", "run_id", "label", "iceb_version", "git_revision",
-                       "data_hash", "hparams_hash", "versions"]
+from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -61,21 +57,23 @@ def _label(rows: list[dict]) -> None:
     for r in rows:
         label = r["editor"] if r["mode"] == "batch" else f"{r['editor']} ({r['mode']})"
         if len(runs_of[(r["task"], r["model"], r["editor"], r["mode"])]) > 1:
-            label += f" [{r['run_id'].rsplit('-', 2)[-2] if r['smoke'] else r['run_id'].rsplit('-', 1)[-1]}]"
+            label += f" [{r['run_hash']}]"
         if r["smoke"]:
             label += " [SMOKE]"
         r["label"] = label
 
 
 def frame(rows: list[dict]):
+    """The leaderboard frame: :data:`~iceb.leaderboard.schema.LEADERBOARD_COLUMNS` first, then any others."""
     import pandas as pd
 
     df = rows_to_frame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     for c in LEADERBOARD_COLUMNS:
         if c not in df.columns:
             df[c] = None
-    return df[LEADERBOARD_COLUMNS + [c for c in df.columns if c not in LEADERBOARD_COLUMNS]] \
-        if not df.empty else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    return df[LEADERBOARD_COLUMNS + [c for c in df.columns if c not in LEADERBOARD_COLUMNS]]
 
 
 def _write_frame(df, path: Path) -> Path:
@@ -91,26 +89,16 @@ def markdown(df) -> str:
     lines = ["# ICEB leaderboard", ""]
     if df["smoke"].astype(bool).any():
         lines += [f"> **{SMOKE_MARK}**: rows marked [SMOKE] come from `--limit` runs.", ""]
-    for (task, model), d in df.groupby(["task", "model"], sort=True):
-        ns = sorted({int(n) for n in d["n_edits"]})
-        lines += [f"## {task} on {model}" + (f" ({SMOKE_MARK})" if d["smoke"].astype(bool).all() else ""), ""]
-        lines.append("| editor | subset | metric | bound | " + " | ".join(f"N={n}" for n in ns) + " |")
+    for task, model, table in pivot_tables(df):
+        ns = n_columns(table)
+        lines += [f"## {task} on {model}" + (f" ({SMOKE_MARK})" if table["smoke"].all() else ""), ""]
+        lines.append("| editor | subset | metric | bound | " + " | ".join(ns) + " |")
         lines.append("|---|---|---|---|" + "---|" * len(ns))
-        for (label, subset, metric), g in d.groupby(["label", "subset", "metric"], sort=True):
-            by_n = {int(r.n_edits): r.value for r in g.itertuples()}
-            bounds = {r.bound for r in g.itertuples() if r.bound is not None and r.bound == r.bound}
-            bound = _fmt(next(iter(bounds))) if len(bounds) == 1 else ("varies" if bounds else "")
-            arrow = "↑" if bool(g["higher_is_better"].iloc[0]) else "↓"
-            lines.append(f"| {label} | {subset} | {metric} {arrow} | {bound} | "
-                         + " | ".join(_fmt(by_n.get(n)) for n in ns) + " |")
+        for (label, subset, metric), r in table.iterrows():
+            lines.append(f"| {label} | {subset} | {metric} {arrow(r['higher_is_better'])} | {fmt(r['bound'])} | "
+                         + " | ".join(fmt(r[n]) for n in ns) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return ""
-    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
 
 
 def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool = True,
@@ -138,13 +126,6 @@ def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool 
         from iceb.leaderboard.report import write_report
 
         runs = sorted({r["run_dir"] for r in rows})
-        written.append(write_report(out / "report.html", df, md, plot_files, [Path(r) for r in runs]))
+        written.append(write_report(out / "report.html", df, plot_files, [Path(r) for r in runs]))
     return written
 
-
-def run_configs(runs: Sequence[Path]) -> list[dict[str, Any]]:
-    out = []
-    for run in runs:
-        p = Path(run) / "config.json"
-        out.append(json.loads(p.read_text()) if p.is_file() else {})
-    return out

@@ -190,8 +190,8 @@ class UserTask(Task):
                                         r.request_id or f"{_slug(path.stem)}-{i}"))
         validate_requests(requests, where=str(path), rows=rf.rows, tokenizer=kwargs.get("tokenizer"))
         entries = data.get("eval")
-        prompts = cls._prompts(requests, entries, names, path) if entries is not None \
-            else cls._default_prompts(requests)
+        prompts = (cls._prompts(requests, entries, names, path) if entries is not None
+                   else cls._default_prompts(requests))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
         name = f"user-{_slug(str(data.get('name') or path.stem))}-{digest}"
         edits, metrics = data.get("edits"), data.get("metrics")

@@ -1,0 +1,74 @@
+"""Stage 6, ``export``: the EMA weights as a diffusers folder (fp16), the classifier, split, captions and
+``train_config.json`` with the sha256 of every weight file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from iceb.toy.train.config import TOY_DATA, TrainConfig, make_world
+from iceb.toy.train.guidance import shipped_guidance
+from iceb.toy.train.models import build_pipeline
+from iceb.utils.download import sha256_file
+
+
+def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print, timings: dict | None = None,
+           note: str | None = None) -> dict:
+    """Write the diffusers folder (fp16 weights), classifier, split, captions and train_config.json."""
+    import shutil
+
+    from iceb.toy.split import build_split
+
+    world = make_world(cfg)
+    pipe = build_pipeline(cfg, work)
+    model_dir = out / "model"
+    tmp_dir = out / ".model.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    pipe.to(dtype=torch.float16)
+    pipe.save_pretrained(tmp_dir, safe_serialization=True)
+    info = {"family": "toy", "world": "toy", "classifier": "toy", "model_id": "iceb/toy-world",
+            "world_config": world.config,
+            "generation": {"height": 32, "width": 32, "num_inference_steps": cfg.gen_steps,
+                           "guidance_scale": shipped_guidance(cfg, work), "scheduler": None, "batch_size": 64},
+            "note": "weights are stored in float16 to keep the folder small; load them as float32 "
+                    "(iceb.models.load_model does) - the stored values are exactly what was evaluated"}
+    (tmp_dir / "iceb_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp_dir.rename(model_dir)
+    for f in ("classifier.safetensors", "classifier.json"):
+        shutil.copyfile(work / f, out / f)
+    split = build_split(world)
+    split.save(out / "split.json")
+    (out / "captions.txt").write_text("\n".join(world.caption_corpus(4000, seed=cfg.seed + 7)) + "\n")
+    weights = sorted(p for p in out.rglob("*.safetensors"))
+    stage_meta = {}
+    for stage in ("vae", "diffusion", "classifier"):
+        p = (work / f"{stage}_ckpt").with_suffix(".json")
+        if p.is_file():
+            m = json.loads(p.read_text())
+            stage_meta[stage] = {k: v for k, v in m.items() if k != "history"}
+            if "history" in m:
+                stage_meta[stage]["history"] = m["history"]
+    if (work / "guidance.json").is_file():
+        stage_meta["guidance"] = json.loads((work / "guidance.json").read_text())
+    record = {
+        "config": cfg.to_json(),
+        "world_config": world.config,
+        "stages": stage_meta,
+        "timings": timings or {},
+        "torch": torch.__version__,
+        "threads": cfg.threads,
+        "cpu_count": os.cpu_count(),
+        "weights_sha256": {str(p.relative_to(out)): sha256_file(p) for p in weights},
+        "weights_bytes": {str(p.relative_to(out)): p.stat().st_size for p in weights},
+        "split_sha256": sha256_file(out / "split.json"),
+        "storage": "model weights in float16 safetensors (cast from the float32 EMA weights); loaded as float32",
+        "note": note,
+    }
+    (out / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    total = sum(record["weights_bytes"].values())
+    log(f"exported to {out}: {total / 1e6:.1f} MB of weights")
+    return record
