@@ -23,7 +23,7 @@ _LAZY = {"EvalConfig": "iceb.harness.config", "SMOKE_WARNING": "iceb.harness.con
          "Run": "iceb.harness.run", "evaluate": "iceb.harness.run", "model_banner": "iceb.harness.run",
          "CRASH_ENV": "iceb.harness.run", "ManifestMismatchError": "iceb.harness.plan"}
 
-__all__ = sorted(_LAZY)
+__all__ = ["CRASH_ENV", "SMOKE_WARNING", "EvalConfig", "ManifestMismatchError", "Run", "evaluate", "model_banner"]
 
 
 def __getattr__(name: str) -> Any:

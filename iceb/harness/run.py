@@ -51,7 +51,7 @@ from iceb.harness.plan import ManifestMismatchError, build_plan, chunks
 from iceb.leaderboard.results import RunLockedError, append_block, completed_keys, config_hash, git_revision, \
     package_versions, read_rows
 
-__all__ = ["CRASH_ENV", "EvalConfig", "ManifestMismatchError", "Run", "SMOKE_WARNING", "evaluate", "model_banner"]
+__all__ = ["CRASH_ENV", "SMOKE_WARNING", "EvalConfig", "ManifestMismatchError", "Run", "evaluate", "model_banner"]
 
 #: Test hook: ``ICEB_CRASH_AT=<point>`` makes the process die (os._exit, like kill -9) at that named point.
 CRASH_ENV = "ICEB_CRASH_AT"
