@@ -56,7 +56,8 @@ def get_editor(name: str) -> type:
 
 
 _LAZY = {"BaseEditor": "editors.base", "EditResult": "editors.base", "Editor": "editors.base",
-         "edit_in_rounds": "editors.base"}
+         "edit_in_rounds": "editors.run", "EditMode": "editors.run", "run_editor": "editors.run",
+         "make_editor": "editors.run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -68,5 +69,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'editors' has no attribute {name!r}")
 
 
-__all__ = ["EDITORS", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError", "edit_in_rounds",
-           "get_editor", "register_editor"]
+__all__ = ["EDITORS", "BaseEditor", "EditMode", "EditRequest", "EditResult", "Editor", "RequestError",
+           "edit_in_rounds", "get_editor", "make_editor", "register_editor", "run_editor"]

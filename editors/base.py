@@ -4,23 +4,24 @@ An editor is a class with a registered ``name``, a frozen :class:`~editors.hpara
 ``hparams_class``, the request kinds it ``supports``, and one method, :meth:`Editor.edit`, that takes a
 diffusers pipeline and a list of :class:`EditRequest` and returns an :class:`EditResult` holding the new
 values of exactly the tensors it changed. Batch editing (all requests in one call) is what ``edit`` does;
-sequential editing is :func:`edit_in_rounds`, an explicit choice of the caller.
+sequential editing is :func:`editors.run.edit_in_rounds`, an explicit choice of the caller. Callers run an
+editor through :func:`editors.run.run_editor`, which checks the requests, applies the edit mode, times
+the edit and refuses non-finite results.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from editors.hparams import HPARAMS_DIR, Hparams, HparamsError
 from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError, RequestKind
-from editors.weights import applied
 
 __all__ = ["DEFAULT_TEMPLATES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
-           "RequestKind", "Timer", "edit_in_rounds"]
+           "RequestKind", "Timer"]
 
 
 @dataclass
@@ -44,13 +45,30 @@ class EditResult:
 
 @runtime_checkable
 class Editor(Protocol):
-    """What the harness relies on. Subclass :class:`BaseEditor` to get the rest for free."""
+    """Everything the harness, :func:`editors.run.run_editor` and ``iceb edit`` rely on.
+
+    Subclass :class:`BaseEditor` to get all but :meth:`edit` for free."""
 
     name: ClassVar[str]
     supports: ClassVar[frozenset[str]]
     hparams: Hparams
 
-    def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult: ...
+    def __init__(self, hparams: Hparams | None = None, *, cache_dir: str | Path | None = None,
+                 progress: bool = True) -> None: ...
+
+    @classmethod
+    def load_hparams(cls, model_family: str = "sd-1.4", path: str | Path | None = None,
+                     overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> Hparams:
+        """Hparams from an explicit file, else the shipped file for ``model_family``, else the defaults."""
+        ...
+
+    def check_requests(self, requests: Sequence[EditRequest]) -> None:
+        """Raise :class:`RequestError`, before any heavy work, for requests this editor cannot serve."""
+        ...
+
+    def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
+        """All ``requests`` in one edit (batch); the pipeline is left unchanged."""
+        ...
 
 
 class BaseEditor:
@@ -133,28 +151,3 @@ class Timer:
                 timer.timings[key] = timer.timings.get(key, 0.0) + time.perf_counter() - self_inner.t0
 
         return _Ctx()
-
-
-def edit_in_rounds(editor: Editor, pipe: Any, requests: Sequence[EditRequest], rounds: int) -> EditResult:
-    """Sequential editing: ``rounds`` consecutive edits of consecutive chunks, each on the model the
-    previous rounds produced. Returns the combined change against the clean pipeline; the pipeline is
-    restored afterwards."""
-    if rounds < 1 or rounds > len(requests):
-        raise RequestError(f"rounds must be between 1 and the number of requests ({len(requests)}), got {rounds}")
-    bounds = [round(i * len(requests) / rounds) for i in range(rounds + 1)]
-    combined: dict[str, torch.Tensor] = {}
-    timings: dict[str, float] = {}
-    losses: dict[str, list[float]] = {}
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        for r in range(rounds):
-            chunk = list(requests[bounds[r]:bounds[r + 1]])
-            res = editor.edit(pipe, chunk)
-            stack.enter_context(applied(pipe, res.tensors))
-            combined.update({k: v.detach().cpu().clone() for k, v in res.tensors.items()})
-            for k, v in res.timings.items():
-                timings[k] = timings.get(k, 0.0) + v
-            for k, v in res.losses.items():
-                losses.setdefault(k, []).extend(v)
-    return EditResult(combined, timings, losses, {"mode": "sequential", "rounds": rounds})

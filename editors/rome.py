@@ -16,8 +16,18 @@ Per request (source -> destination), on the model as the previous requests left 
 
 e(p) is the pooled (EOS) text feature, passed through ``text_projection`` when the encoder has one. SD's
 ``CLIPTextModel`` has none (ReFACT reads the projection of a full CLIPModel), so there the pooled feature
-is used directly: a documented deviation. ``mode: batch`` replaces step 3 by one MEMIT-style solve
-Δ = R K̄ᵀ (λ C + K̄ K̄ᵀ)⁻¹ for all requests on the clean model.
+is used directly: a documented deviation.
+
+Several requests in one edit (the harness's ``--mode batch``: all N requests in one :meth:`ROMEEditor.edit`
+call) are solved as the ``solve`` hparam says:
+
+- ``solve: chained`` (default; ReFACT's own ``multiple_edits.py``): steps 1-3 request after request, each
+  key, value and rank-one update computed on the model the previous updates produced, inside the one edit:
+  W_N = W_0 + Σ_i v_i u_iᵀ, a sum of N rank-one terms where term i depends on terms 1..i-1. This is the
+  method's own multi-request algorithm, so it *is* ReFACT's batch edit; the harness never sees the
+  intermediate models, and ``--mode sequential-R`` (R separate edits) is a different protocol.
+- ``solve: joint``: every key and value computed on the clean model, then one MEMIT-style least-squares
+  solve Δ = R K̄ᵀ (λ C + K̄ K̄ᵀ)⁻¹ for all requests at once (λ = ``mom2_update_weight``).
 """
 from __future__ import annotations
 
@@ -60,8 +70,9 @@ class ROMEHparams(Hparams):
     mom2_corpus: str = "coco"  # ReFACT: WikiText-103 (not available offline); "synthetic" for test models
     mom2_n_samples: int = 100000
     mom2_batch_size: int = 100
-    mode: Literal["sequential", "batch"] = "sequential"
-    mom2_update_weight: float = 15000.0  # λ of the batch (MEMIT-like) solve only
+    # how the requests of one edit combine (see the module docstring); not the harness's --mode
+    solve: Literal["chained", "joint"] = "chained"
+    mom2_update_weight: float = 15000.0  # λ of the joint (MEMIT-like) solve only
 
     def __post_init__(self) -> None:
         for t in self.context_templates:
@@ -259,7 +270,7 @@ class ROMEEditor(BaseEditor):
         W0 = get_tensor(pipe, name).detach()
         W = W0.double().clone()
         bar = tqdm(total=len(requests), desc="ReFACT edits", disable=not self.progress, leave=False)
-        if hp.mode == "sequential":
+        if hp.solve == "chained":
             with contextlib.ExitStack() as stack:
                 for i, r in enumerate(requests):
                     k_bar = self.compute_key(pipe, r)
@@ -295,6 +306,6 @@ class ROMEEditor(BaseEditor):
         timings["edit"] = time.perf_counter() - t1
         new = W.to(W0.dtype)
         delta_w = (W - W0.double())
-        info = {"layer": hp.layer, "tensor": name, "mode": hp.mode, "n_requests": len(requests),
+        info = {"layer": hp.layer, "tensor": name, "solve": hp.solve, "n_requests": len(requests),
                 "steps": [len(v) for v in losses.values()], "delta_norm": float(delta_w.norm())}
         return EditResult({name: new}, timings, losses, info)

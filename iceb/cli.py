@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _console_logging()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"iceb: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _console_logging() -> None:
+    """The ``[iceb] ...`` progress lines of the ``iceb.*`` loggers, printed to stdout as they always were."""
+    from iceb.harness.logs import install_console
+
+    install_console()
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -433,37 +432,25 @@ def _shared(files: Sequence[EditFile]) -> set[str]:
 
 def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparams: Any = None,
                hparams_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-               preset: str | None = None, mode: str = "batch", rounds: int = 1, progress: bool = True,
+               preset: str | None = None, mode: Any = "batch", rounds: int = 1, progress: bool = True,
                cache_dir: str | Path | None = None):
     """Run an editor (a registered name or an instance) on a LoadedModel; returns ``(EditResult, hparams)``.
 
-    The pipeline is left unchanged; save the result with :func:`save_edit`.
+    ``mode`` is an :class:`editors.run.EditMode`, or ``"batch"`` / ``"sequential"`` with ``rounds``. The
+    edit runs through :func:`editors.run.run_editor` (request checks, rounds, ``timings["edit_seconds"]``,
+    NaN refusal). The pipeline is left unchanged; save the result with :func:`save_edit`.
     """
     from editors import get_editor
-    from editors.base import edit_in_rounds
+    from editors.run import EditMode, make_editor, run_editor
 
-    if mode not in ("batch", "sequential"):
-        raise ValueError(f"mode must be 'batch' or 'sequential', got {mode!r}")
-    if mode == "batch" and rounds != 1:
-        raise ValueError("rounds needs mode 'sequential' (batch mode edits all requests at once)")
+    edit_mode = mode if isinstance(mode, EditMode) else EditMode(mode, rounds)
     if isinstance(editor, str):
         cls = get_editor(editor)
-        if hparams is None and hasattr(cls, "load_hparams"):
+        if hparams is None:
             hparams = cls.load_hparams(getattr(model, "family", "sd-1.4"), hparams_file, overrides, preset=preset)
-        try:
-            instance = cls(hparams, cache_dir=cache_dir, progress=progress) if hparams is not None else cls()
-        except TypeError:
-            instance = cls(hparams) if hparams is not None else cls()
+        instance = make_editor(cls, hparams, cache_dir=cache_dir, progress=progress)
     else:
         instance = editor
-        hparams = hparams if hparams is not None else getattr(editor, "hparams", None)
-    if hasattr(instance, "check_requests"):
-        instance.check_requests(list(requests))
-    pipe = _pipe_of(model)
-    t0 = time.perf_counter()
-    if mode == "sequential":
-        result = edit_in_rounds(instance, pipe, list(requests), rounds)
-    else:
-        result = instance.edit(pipe, list(requests))
-    result.timings = {**result.timings, "edit_seconds": round(time.perf_counter() - t0, 4)}
+        hparams = hparams if hparams is not None else editor.hparams
+    result = run_editor(instance, _pipe_of(model), list(requests), edit_mode)
     return result, hparams

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -65,7 +66,7 @@ class ScaleFc2Editor(ScaleVEditor):
 
 
 def _cfg(out, editor="test_harness:ScaleVEditor", edits=(1, 3), **kw):
-    from iceb.harness.run import EvalConfig
+    from iceb.harness import EvalConfig
 
     return EvalConfig(editor=editor, task="smoke", model="tiny", edits=edits, out=str(out), device="cpu",
                       progress=False, batch_size=4, **kw)
@@ -90,9 +91,9 @@ class _Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, tmp_path_factory):
-    from iceb.harness.run import evaluate
+    from iceb.harness import evaluate
 
-    run = evaluate(_cfg(tmp_path_factory.mktemp("ref")), log=lambda *_: None, model=tiny_model)
+    run = evaluate(_cfg(tmp_path_factory.mktemp("ref")), model=tiny_model)
     return run, _rows(run)
 
 
@@ -122,9 +123,9 @@ def test_resume_after_a_kill_gives_the_rows_of_an_uninterrupted_run(point, refer
 
     monkeypatch.setattr(harness, "_crash_point", crash)
     with pytest.raises(_Killed):
-        harness.evaluate(_cfg(tmp_path), log=lambda *_: None, model=tiny_model)
+        harness.evaluate(_cfg(tmp_path), model=tiny_model)
     monkeypatch.undo()
-    run = harness.evaluate(_cfg(tmp_path), log=lambda *_: None, model=tiny_model)
+    run = harness.evaluate(_cfg(tmp_path), model=tiny_model)
     assert _rows(run) == reference[1]
 
 
@@ -150,17 +151,17 @@ def test_kill_9_in_a_subprocess_then_resume(reference, tmp_path):
 
 def test_a_second_process_on_the_same_run_folder_gets_a_clear_error(reference, tiny_model, tmp_path, capsys):
     from iceb.cli import main
-    from iceb.harness.run import evaluate
+    from iceb.harness import evaluate
     from iceb.leaderboard.results import RunLockedError
 
-    run = evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), log=lambda *_: None, model=tiny_model)
+    run = evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), model=tiny_model)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
                                "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)",
                                str(run / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match="another process is running"):
-            evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), log=lambda *_: None, model=tiny_model)
+            evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), model=tiny_model)
         rc = main(["evaluate", "--model", "tiny", "--task", "smoke", "--edits", "1", "--batch-size", "4",
                    "--device", "cpu", "--no-progress", "--out", str(tmp_path)])
         assert rc == 2 and "another process is running" in capsys.readouterr().err
@@ -168,10 +169,11 @@ def test_a_second_process_on_the_same_run_folder_gets_a_clear_error(reference, t
         holder.kill()
         holder.wait()
     # once the other process is gone, the same command runs (and finds everything done)
-    evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), log=lambda *_: None, model=tiny_model)
+    evaluate(_cfg(tmp_path, editor="noop", edits=(1,)), model=tiny_model)
 
 
-def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_model, tmp_path, monkeypatch):
+def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_model, tmp_path, monkeypatch,
+                                                                           caplog):
     import iceb.harness.run as harness
     from iceb.metrics.image_change import ImageChange
 
@@ -188,14 +190,16 @@ def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_
 
     monkeypatch.setattr(harness, "_generate", counting_generate)
     monkeypatch.setattr(ImageChange, "score", counting_score)
-    logs = []
-    noop = harness.evaluate(_cfg(tmp_path, editor="noop"), log=logs.append, model=tiny_model)
+    caplog.set_level(logging.INFO, logger="iceb.harness")
+    noop = harness.evaluate(_cfg(tmp_path, editor="noop"), model=tiny_model)
     # 13 distinct (prompt, seed) pairs over N=1 (7 prompts) and N=3 (13): rendered once (chunks 4+4+4+1);
     # noop's post-edit images are the pre-edit ones (an empty delta changes nothing), so nothing else
     assert len(rendered) == 13 and len(set(rendered)) == 13 and len(scored) == 13
     assert all(r["value"] == 0 for r in _rows(noop) if r["metric"] == "image_change")
     rendered.clear(), scored.clear()
-    harness.evaluate(_cfg(tmp_path), log=logs.append, model=tiny_model)
+    caplog.clear()
+    harness.evaluate(_cfg(tmp_path), model=tiny_model)
+    logs = caplog.messages
     # a second editor: no pre-edit image or record is recomputed; post-edit = 7 + 13 images
     assert len(rendered) == 20 and len(scored) == 20
     assert any("13 cached, 0 generated here" in line for line in logs)
@@ -203,7 +207,7 @@ def test_pre_edit_images_and_records_are_shared_by_editors_and_edit_counts(tiny_
 
 def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing(reference, tiny_model, tmp_path, monkeypatch):
     import iceb.utils.io
-    from iceb.harness.run import evaluate
+    from iceb.harness import evaluate
     from iceb.utils.io import DiskFullError
 
     real_open = open
@@ -218,32 +222,32 @@ def test_a_full_disk_stops_with_a_clear_message_and_loses_nothing(reference, tin
 
     monkeypatch.setattr(iceb.utils.io, "open", full_disk_open, raising=False)
     with pytest.raises(DiskFullError, match="no space left while writing .*results.jsonl.*run the same command"):
-        evaluate(_cfg(tmp_path), log=lambda *_: None, model=tiny_model)
+        evaluate(_cfg(tmp_path), model=tiny_model)
     monkeypatch.undo()
     (run,) = [d for d in tmp_path.iterdir() if d.name != "cache"]
     assert _rows(run) == [r for r in reference[1] if r["n_edits"] == 1]  # N=1 kept intact
-    evaluate(_cfg(tmp_path), log=lambda *_: None, model=tiny_model)
+    evaluate(_cfg(tmp_path), model=tiny_model)
     assert _rows(run) == reference[1]
 
 
 def test_a_nan_from_the_editor_stops_with_a_clear_message_and_keeps_finished_rows(reference, tiny_model, tmp_path):
-    from iceb.harness.run import evaluate
+    from iceb.harness import evaluate
 
     cfg = _cfg(tmp_path, editor_args={"nan_at": 3})
     with pytest.raises(FloatingPointError, match=r"non-finite values at N=3.*already finished are kept"):
-        evaluate(cfg, log=lambda *_: None, model=tiny_model)
+        evaluate(cfg, model=tiny_model)
     (run,) = [d for d in tmp_path.iterdir() if d.name != "cache"]
-    got = [{**r, "run_id": None} for r in _rows(run)]
-    want = [{**r, "run_id": None} for r in reference[1] if r["n_edits"] == 1]
+    got = [{**r, "run_id": None, "run_hash": None} for r in _rows(run)]  # another config: another run id
+    want = [{**r, "run_id": None, "run_hash": None} for r in reference[1] if r["n_edits"] == 1]
     assert got == want
     assert not (run / "edits" / "n3.safetensors").exists()
     assert torch.isfinite(get_tensor(tiny_model.pipe, TO_V)).all()  # the pipeline is clean
 
 
 def test_sequential_mode_and_smoke_marks(tiny_model, tmp_path):
-    from iceb.harness.run import evaluate
+    from iceb.harness import evaluate
 
-    run = evaluate(_cfg(tmp_path, edits=(3,), mode="sequential", rounds=3, limit=2), log=lambda *_: None,
+    run = evaluate(_cfg(tmp_path, edits=(3,), mode="sequential", rounds=3, limit=2),
                    model=tiny_model)
     assert run.name.endswith("-smoke")
     rows = _rows(run)
@@ -266,7 +270,7 @@ def test_sequential_mode_and_smoke_marks(tiny_model, tmp_path):
 def test_the_first_line_names_the_built_in_model_and_how_to_switch_to_stable_diffusion():
     from types import SimpleNamespace
 
-    from iceb.harness.run import model_banner
+    from iceb.harness import model_banner
 
     toy = model_banner(SimpleNamespace(spec="toy", model_id="iceb/toy-world", world="toy"))
     assert "'toy'" in toy and "world: toy" in toy and "--model CompVis/stable-diffusion-v1-4" in toy

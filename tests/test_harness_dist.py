@@ -41,11 +41,11 @@ def _rows(run_dir):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_give_the_rows_of_one(tiny_model, tmp_path):
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb.harness import EvalConfig, evaluate
     from iceb.generation import ImageCache
 
     one = evaluate(EvalConfig(editor=EDITOR, task="smoke", model="tiny", edits=(1, 3), out=str(tmp_path / "one"),
-                              device="cpu", progress=False, batch_size=4), log=lambda *_: None, model=tiny_model)
+                              device="cpu", progress=False, batch_size=4), model=tiny_model)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     # each rank with this process's thread count: CPU kernels may sum in another order with another count
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",

@@ -100,8 +100,8 @@ def test_contrastive_loss_decreases(tiny_pipe):
     assert min(ls[1:]) < ls[0] - 0.05
 
 
-def test_batch_mode_is_the_memit_solve(tiny_pipe):
-    ed = _rome(mode="batch", mom2_update_weight=1e-7)
+def test_joint_solve_is_the_memit_solve(tiny_pipe):
+    ed = _rome(solve="joint", mom2_update_weight=1e-7)
     res = ed.edit(tiny_pipe, REQS[:1])
     (name,) = res.tensors
     W0 = get_tensor(tiny_pipe, name).detach().double()
@@ -110,7 +110,7 @@ def test_batch_mode_is_the_memit_solve(tiny_pipe):
     _, out = _fc2_output(tiny_pipe, 7, "cat", "cat")
     r = e["target"] - out  # residual at the request prompt, written onto the averaged key
     assert torch.allclose(dW @ e["k_bar"], r, rtol=1e-3, atol=1e-4)
-    far = _rome(mode="batch", mom2_update_weight=1e9).edit(tiny_pipe, REQS[:1])
+    far = _rome(solve="joint", mom2_update_weight=1e9).edit(tiny_pipe, REQS[:1])
     assert (far.tensors[name].double() - W0).norm() < 1e-3 * dW.norm()
 
 
@@ -126,6 +126,6 @@ def test_presets_and_registry():
     sd = ROMEEditor.load_hparams("sd-1.4")
     assert (sd.layer, sd.v_lr, sd.v_max_grad_steps, sd.v_prob_threshold, sd.v_weight_decay, sd.clamp_norm_factor) == \
         (7, 0.05, 100, 0.99, 0.1, 4.0)
-    assert len(sd.context_templates) == 9 and sd.mode == "sequential"
+    assert len(sd.context_templates) == 9 and sd.solve == "chained"
     assert ROMEEditor.load_hparams("toy").layer == 2
     assert len(synthetic_corpus()) == 400 and len(set(synthetic_corpus())) > 50

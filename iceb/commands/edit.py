@@ -37,6 +37,7 @@ def run(args) -> int:
 
     from editors import get_editor
     from editors.hparams import parse_overrides
+    from editors.run import EditMode
     from iceb.editfile import EditFileError, edit_model, save_edit
     from iceb.models import default_model_spec, load_model
     from iceb.utils.paths import cache_dir
@@ -52,17 +53,16 @@ def run(args) -> int:
         print(f"iceb: warning: {w}")
     if args.mode == "sequential" and not 1 <= args.rounds <= len(rf.requests):
         raise ValueError(f"--rounds must be between 1 and the number of requests ({len(rf.requests)})")
+    mode = EditMode(args.mode, args.rounds)
     overrides = parse_overrides(args.editor_args)
     cls = get_editor(args.editor)  # unknown names fail before the model loads
     loaded = load_model(args.model or default_model_spec(), device=args.device, dtype=args.dtype)
-    hp = (cls.load_hparams(loaded.family, args.hparams, overrides, preset=args.preset)
-          if hasattr(cls, "load_hparams") else None)
+    hp = cls.load_hparams(loaded.family, args.hparams, overrides, preset=args.preset)
     print(f"[iceb] editing {loaded.spec} ({loaded.model_id}) with {args.editor}: {len(rf.requests)} request(s)"
-          f"{'' if args.mode == 'batch' else f' in {args.rounds} rounds'}")
-    result, hp = edit_model(args.editor, loaded, rf.requests, hparams=hp, mode=args.mode, rounds=args.rounds,
+          f"{'' if mode.kind == 'batch' else f' in {mode.rounds} rounds'}")
+    result, hp = edit_model(args.editor, loaded, rf.requests, hparams=hp, mode=mode,
                             progress=not args.no_progress, cache_dir=cache_dir() / "editors")
-    save_edit(out, result, editor=args.editor, hparams=hp, model=loaded, requests=rf.requests,
-              mode=args.mode if args.mode == "batch" else f"sequential-{args.rounds}",
+    save_edit(out, result, editor=args.editor, hparams=hp, model=loaded, requests=rf.requests, mode=str(mode),
               extra={"requests_file": str(Path(args.requests).resolve())})
     size = out.stat().st_size
     print(f"[iceb] wrote {out} ({len(result.tensors)} tensor(s), {size / 1e6:.2f} MB) and {out.name}.json; "

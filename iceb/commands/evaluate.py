@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--hparams", default=None, help="hparams YAML file (default: the editor's file for the model)")
     p.add_argument("--preset", default=None, help="a named hparams preset of the editor")
     p.add_argument("--mode", choices=["batch", "sequential"], default="batch",
-                   help="batch: all N requests in one edit (default); sequential: --rounds consecutive edits")
+                   help="batch: all N requests in one edit (default); sequential: --rounds consecutive edits "
+                        "(rows say 'sequential-<rounds>')")
     p.add_argument("--rounds", type=int, default=1, help="rounds for --mode sequential")
     p.add_argument("--out", "-o", default="runs", help="output root; the run folder is <out>/<run_id>")
     p.add_argument("--limit", "-L", type=int, default=None,
@@ -49,7 +50,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editors.hparams import parse_overrides
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb.harness import EvalConfig, evaluate
 
     cfg = EvalConfig(
         editor=args.editor, task=args.task, model=args.model,
@@ -59,5 +60,5 @@ def run(args) -> int:
         mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, overwrite=args.overwrite)
-    evaluate(cfg)
+    evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

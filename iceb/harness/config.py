@@ -1,0 +1,99 @@
+"""What defines a run (:class:`EvalConfig`), and its checks: every bad setting fails here, before a model loads."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SMOKE_WARNING = "--limit is for smoke tests only: its results are not comparable and are marked smoke=true"
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines a run (its hash is the run id), plus where and how to run it.
+
+    :meth:`validate` checks the settings that need no model or task; :class:`~iceb.harness.run.Run` calls it
+    first, so a typo costs a second, not a model load."""
+
+    editor: str = "noop"
+    task: str = "smoke"
+    model: str | None = None  # None: the built-in default (toy world when present, else tiny)
+    edits: tuple[int, ...] | None = None  # None: the task's default sweep
+    metrics: tuple[str, ...] | None = None  # None: the task's defaults for the model's world
+    editor_args: dict[str, Any] = field(default_factory=dict)
+    hparams: str | None = None  # a YAML file; default: the editor's file for the model family
+    preset: str | None = None
+    mode: str = "batch"  # "batch" or "sequential"; see edit_mode
+    rounds: int = 1
+    limit: int | None = None
+    steps: int | None = None  # generation overrides
+    guidance: float | None = None
+    batch_size: int | None = None
+    # not part of the run id:
+    out: str = "runs"
+    device: str = "auto"
+    dtype: str | None = None
+    progress: bool = True
+    overwrite: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("out", "device", "progress", "batch_size", "overwrite"):
+            d.pop(k)
+        return d
+
+    @property
+    def edit_mode(self):
+        """The :class:`editors.run.EditMode` of ``mode`` and ``rounds``; ``str()`` of it is the rows' mode."""
+        from editors.run import EditMode
+
+        return EditMode(self.mode, self.rounds)  # type: ignore[arg-type]
+
+    def validate(self) -> "EvalConfig":
+        """Raise a ValueError naming the flag of the first bad setting; returns ``self``.
+
+        Checked: ``--mode``, ``--rounds`` (≥ 1, only with ``--mode sequential``, at most the smallest edit
+        count), ``--limit`` ≥ 1, ``--steps`` ≥ 1, ``--guidance`` finite and > 0, ``--batch-size`` ≥ 1,
+        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check."""
+        if self.mode not in ("batch", "sequential"):
+            raise ValueError(f"--mode must be 'batch' or 'sequential', got {self.mode!r}")
+        if not _is_int(self.rounds) or self.rounds < 1:
+            raise ValueError(f"--rounds must be a positive integer, got {self.rounds!r}")
+        if self.mode == "batch" and self.rounds != 1:
+            raise ValueError("--rounds needs --mode sequential (batch mode edits all requests at once)")
+        _positive_int(self.limit, "--limit", "a positive number of prompts per subset")
+        _positive_int(self.steps, "--steps", "a positive number of sampling steps")
+        _positive_int(self.batch_size, "--batch-size", "a positive number of images per batch")
+        if self.guidance is not None:
+            g = self.guidance
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0:
+                raise ValueError(f"--guidance must be a finite number > 0, got {g!r}")
+        if self.edits is not None:
+            edits = list(self.edits)
+            if not edits:
+                raise ValueError("--edits is empty")
+            bad = [n for n in edits if not _is_int(n) or n < 1]
+            if bad:
+                raise ValueError(f"--edits takes positive edit counts, got {bad}")
+            if len(set(edits)) != len(edits):
+                raise ValueError(f"--edits lists an edit count twice: {edits}")
+            self.check_rounds(edits)
+        self.edit_mode  # noqa: B018 - the value object agrees
+        return self
+
+    def check_rounds(self, edits) -> None:
+        """``--rounds`` may not exceed an edit count (each round edits at least one request)."""
+        if self.mode == "sequential":
+            bad = [n for n in edits if self.rounds > n]
+            if bad:
+                raise ValueError(f"--rounds {self.rounds} exceeds the edit count(s) {bad}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _positive_int(value: Any, flag: str, what: str) -> None:
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"{flag} must be {what}, got {value!r}")
