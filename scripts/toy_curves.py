@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--leaderboard", default="leaderboard/toy")
     args = ap.parse_args()
 
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb import EvalConfig, evaluate
     from iceb.leaderboard.tables import build_leaderboard
 
     edits = tuple(int(x) for x in args.edits.split(",")) if args.edits else None
