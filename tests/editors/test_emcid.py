@@ -15,7 +15,7 @@ from editors.emcid import EMCIDEditor, EMCIDHparams
 from editors.emcid.stage1 import Stage1Settings, StageBatch, frozen, optimise_batch
 from editors.hooks import fc2_name, tokenize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", seed=12),
         EditRequest("tree", "", kind="erase", seed=13)]
 

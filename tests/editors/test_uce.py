@@ -17,7 +17,7 @@ from editors.uce import TIMEEditor, UCEEditor, UCEHparams, projection_names
 from editors.weights import get_tensor
 
 REQS = [EditRequest("cat", "dog"), EditRequest("racing car", "bicycle"), EditRequest("gravel", kind="erase")]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _uce(**kw) -> UCEEditor:

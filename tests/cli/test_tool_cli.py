@@ -16,7 +16,7 @@ from editors.weights import get_tensor
 from iceb.cli import main
 
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "python_api.md"
 
 
 class BigNudgeEditor(BaseEditor):
