@@ -79,10 +79,9 @@ def _hp(**kw) -> EMCIDHparams:
     return EMCIDHparams.from_dict(base)
 
 
-def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
+def test_edit_changes_the_chosen_layers_and_reuses_its_caches(tiny_pipe, tmp_path):
+    """The generic contract (pipeline left bit-identical, keys, determinism) is tests/editors/test_editor_contract.py."""
     pipe = tiny_pipe
-    before = {c: {k: v.clone() for k, v in getattr(pipe, c).state_dict().items()} for c in ("unet", "vae")}
-    flags = [p.requires_grad for p in pipe.unet.parameters()]
     ed = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res = ed.edit(pipe, REQS)
     te = pipe.text_encoder
@@ -91,11 +90,6 @@ def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
         assert not torch.equal(res.tensors[fc2_name(te, l)], te.encoder.layers[l].mlp.fc2.weight)
     assert ed.stats_cache.computes == 3 and ed.stats_cache.loads == 0
     assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "stage2"}
-    for c in ("unet", "vae"):
-        for k, v in getattr(pipe, c).state_dict().items():
-            assert torch.equal(v, before[c][k]), f"{c}.{k} changed"
-    assert [p.requires_grad for p in pipe.unet.parameters()] == flags
-    assert all(p.grad is None for p in list(te.parameters()) + list(pipe.unet.parameters()))
     # a second editor on the same cache: statistics loaded, stage I loaded, identical result
     ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res2 = ed2.edit(pipe, REQS)
