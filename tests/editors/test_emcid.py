@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest
 from editors.emcid import EMCIDEditor, EMCIDHparams
 from editors.emcid.stage1 import Stage1Settings, StageBatch, frozen, optimise_batch
 from editors.hooks import fc2_name, tokenize
+from editors.requests import EditRequest
 
 REPO = Path(__file__).resolve().parents[2]
 REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", seed=12),
@@ -22,7 +22,7 @@ REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", s
 
 
 def _settings(**kw) -> Stage1Settings:
-    base = dict(layer=10, steps=8, lr=0.2, train_steps=1, train_size=16)
+    base = {"layer": 10, "steps": 8, "lr": 0.2, "train_steps": 1, "train_size": 16}
     base.update(kw)
     return Stage1Settings(**base)
 
@@ -74,7 +74,8 @@ def test_batched_equals_one_at_a_time(tiny_pipe):
 
 def _hp(**kw) -> EMCIDHparams:
     base = EMCIDEditor.load_hparams("tiny").to_dict()
-    base.update(dict(layers=[2, 4, 6], v_num_grad_steps=3, train_size=16, train_steps=1, mom2_n_samples=120))
+    base.update({"layers": [2, 4, 6], "v_num_grad_steps": 3, "train_size": 16, "train_steps": 1,
+                 "mom2_n_samples": 120})
     base.update(kw)
     return EMCIDHparams.from_dict(base)
 

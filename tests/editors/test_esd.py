@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest, RequestError
 from editors.esd import ESDRun, ESDUEditor, ESDXEditor, ddim_level_timestep, select_parameters
+from editors.requests import EditRequest, RequestError
 
 ERASE = [EditRequest("cat", kind="erase", seed=3)]
 

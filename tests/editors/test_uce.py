@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest
 from editors.hooks import align_tokens_greedy, cross_attention_modules
+from editors.requests import EditRequest
 from editors.uce import TIMEEditor, UCEEditor, UCEHparams, projection_names
 from editors.weights import get_tensor
 
@@ -68,8 +68,8 @@ def _ridge(W, edit, targets, pres, lamb, s_e, s_p):
 @pytest.mark.parametrize("technique", ["replace", "tensor"])
 @pytest.mark.parametrize("tokens", ["2023", "2025"])
 def test_matches_independent_ridge_lstsq(tiny_pipe, technique, tokens):
-    hp = dict(lamb=0.3, erase_scale=2.0, preserve_scale=0.7, technique=technique, tokens=tokens,
-              preserve=["a tree", "house"], preserve_empty="always")
+    hp = {"lamb": 0.3, "erase_scale": 2.0, "preserve_scale": 0.7, "technique": technique, "tokens": tokens,
+          "preserve": ["a tree", "house"], "preserve_empty": "always"}
     res = _uce(**hp).edit(tiny_pipe, REQS)
     edit, guide, pres = _reference_rows(tiny_pipe, REQS, ["", "a tree", "house"], tokens)
     for name in projection_names(tiny_pipe.unet):

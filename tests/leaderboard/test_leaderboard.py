@@ -6,9 +6,6 @@ import re
 
 import pandas as pd
 import pytest
-import torch
-
-
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +13,8 @@ def runs(tiny_model, tmp_path_factory):
     from iceb.harness.run import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("runs")
-    common = dict(task="smoke", model="tiny", edits=(1, 3), out=str(out), device="cpu", progress=False, batch_size=8)
+    common = {"task": "smoke", "model": "tiny", "edits": (1, 3), "out": str(out), "device": "cpu", "progress": False,
+              "batch_size": 8}
     full = evaluate(EvalConfig(editor="test_harness:ScaleVEditor", **common), log=lambda *_: None, model=tiny_model)
     smoke = evaluate(EvalConfig(editor="noop", limit=2, **common), log=lambda *_: None, model=tiny_model)
     return out, full, smoke
@@ -24,8 +22,8 @@ def runs(tiny_model, tmp_path_factory):
 
 def test_leaderboard_files_and_columns(runs, tmp_path):
     from iceb.cli import main
-    from iceb.leaderboard.tables import LEADERBOARD_COLUMNS
     from iceb.leaderboard.results import read_rows
+    from iceb.leaderboard.tables import LEADERBOARD_COLUMNS
 
     out, full, smoke = runs
     assert main(["leaderboard", str(out), "--out", str(tmp_path)]) == 0
