@@ -1,4 +1,5 @@
-"""EMCID editor: stage I optimisation, batching, caches, the EditResult contract and the CLI (tiny model, CPU)."""
+"""EMCID editor: stage I optimisation, batching, caches and the CLI (tiny model, CPU). The generic editor contract
+(restore, keys, determinism, rounds) is tests/editors/test_editor_contract.py."""
 from __future__ import annotations
 
 import os
