@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from editors.requests import DEFAULT_TEMPLATES, EditRequest
-from iceb.data.request_files import (RequestFileError, read_request_file, read_requests, requests_from_data,
-                              requests_to_json)
+from iceb.data.request_files import (
+    RequestFileError,
+    read_request_file,
+    read_requests,
+    requests_from_data,
+    requests_to_json,
+)
 
 EMCID_EXAMPLES = Path("/work/shared/reference/emcid/test_examples")
 

@@ -36,8 +36,9 @@ def test_backbone_from_file_and_distances(weights):
     model = build_lpips(path)
     torch.testing.assert_close(getattr(model.net.slice3, "6").weight, sd["features.6.weight"])
     torch.testing.assert_close(getattr(model.net.slice5, "10").bias, sd["features.10.bias"])
-    import lpips
     from pathlib import Path
+
+    import lpips
 
     heads = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu",
                        weights_only=True)

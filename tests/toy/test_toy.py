@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import re
 import random
-from pathlib import Path
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from iceb.utils.paths import DATA_DIR
 from iceb.toy import world as W
+from iceb.utils.paths import DATA_DIR
 
 TOY = DATA_DIR / "toy"
 SHIPPED = (TOY / "train_config.json").is_file()

@@ -16,7 +16,7 @@ from editors.weights import get_tensor
 from iceb.cli import main
 
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "python_api.md"
 
 
 class BigNudgeEditor(BaseEditor):
@@ -62,8 +62,8 @@ def test_edit_command_writes_the_editors_delta(session_model, tmp_path, capsys):
     out = tmp_path / "e.safetensors"
     assert main(["edit", "--editor", "test-nudge-cli", "--model", "tiny", "--requests", str(csv_file(tmp_path)),
                  "--out", str(out), "--no-progress"]) == 0
-    from iceb.editfile import load_edit
     from iceb.data.request_files import read_requests
+    from iceb.editfile import load_edit
 
     ef = load_edit(out)
     expected = BigNudgeEditor().edit(session_model.pipe, read_requests(csv_file(tmp_path)))
@@ -233,8 +233,8 @@ classes: {my fish: 1}
     ("requests: [{source: a, destination: b}, {source: a, destination: c}]", "row 2: duplicate source"),
 ])
 def test_user_task_errors_name_the_entry(tmp_path, body, message):
-    from iceb.tasks import TaskError, get_task
     from iceb.data.request_files import RequestFileError
+    from iceb.tasks import TaskError, get_task
 
     p = tmp_path / "t.yaml"
     p.write_text(body + "\n")

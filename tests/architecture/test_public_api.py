@@ -21,7 +21,8 @@ def test_every_public_name_imports_from_iceb(name):
 
 def test_public_names_are_the_defining_modules_objects():
     from iceb.editfile import edit_model
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb.harness.config import EvalConfig
+    from iceb.harness.run import evaluate
 
     assert iceb.edit_model is edit_model and iceb.evaluate is evaluate and iceb.EvalConfig is EvalConfig
 

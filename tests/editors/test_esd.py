@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest, RequestError
 from editors.esd import ESDRun, ESDUEditor, ESDXEditor, ddim_level_timestep, select_parameters
-from editors.weights import applied
+from editors.requests import EditRequest, RequestError
 
 ERASE = [EditRequest("cat", kind="erase", seed=3)]
 
@@ -79,20 +78,15 @@ def test_parameter_sets_by_name(tiny_model):
 
 
 @pytest.mark.parametrize("name", ["esd-x", "esd-u"])
-def test_only_selected_parameters_change_and_pipeline_is_restored(tiny_pipe, name):
+def test_only_selected_parameters_change(tiny_pipe, name):
     before = _unet_state(tiny_pipe)
     res = get_editor(name)(_hp(name, iterations=2), progress=False).edit(tiny_pipe, ERASE)
-    _assert_unet_unchanged(tiny_pipe, before)
     selected = {f"unet.{n}" for n in select_parameters(tiny_pipe.unet, name)}
     assert res.tensors and set(res.tensors) <= selected
     assert len(res.tensors) >= 0.9 * len(selected)  # Adam moves every tensor that gets a gradient
     for k, v in res.tensors.items():
         assert not torch.equal(v, before[k[len("unet."):]]), f"{k} returned but unchanged"
     assert len(res.losses["esd"]) == 2 and all(l == l and l >= 0 for l in res.losses["esd"])
-    with applied(tiny_pipe, res.tensors):
-        assert not torch.equal(tiny_pipe.unet.state_dict()[next(iter(res.tensors))[5:]],
-                               before[next(iter(res.tensors))[5:]])
-    _assert_unet_unchanged(tiny_pipe, before)
 
 
 def test_teacher_never_changes(tiny_pipe):
@@ -120,7 +114,6 @@ def test_teacher_never_changes(tiny_pipe):
         plain = tiny_pipe.unet(z, torch.full((1,), 500), encoder_hidden_states=tiny_pipe.encode_prompt(
             ["cat"], "cpu", 1, False)[0]).sample
     assert torch.allclose(plain, seen["teacher"], atol=1e-6)
-    _assert_unet_unchanged(tiny_pipe, before)
 
 
 @torch.no_grad()
@@ -233,8 +226,6 @@ def test_requests_with_a_destination_are_rejected(tiny_pipe):
                 EditRequest("cat", "dog", kind="rectify")):
         with pytest.raises(RequestError, match="treat_updates_as_erase"):
             editor.edit(tiny_pipe, [req])
-    with pytest.raises(RequestError):
-        editor.edit(tiny_pipe, [])
     ok = ESDXEditor(_hp("esd-x", iterations=1, treat_updates_as_erase=True), progress=False) \
         .edit(tiny_pipe, [EditRequest("cat", "dog")])
     assert ok.tensors and ok.info["ignored_destinations"] == ["dog"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editors.requests import EditRequest
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 from editors.hooks import capture, fc2_name, layer_call, subject_last_positions, text_layers, tokenize
+from editors.requests import EditRequest
 
 REQS = [EditRequest("cat", "dog", seed=1), EditRequest("red apple", "orange", seed=2),
         EditRequest("sports car", "bicycle", seed=3), EditRequest("wooden chair", "table", seed=4),

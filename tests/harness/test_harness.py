@@ -1,7 +1,8 @@
 """The harness at scale: resume after kills, the run lock, the shared pre-edit cache, full disks and NaNs.
 
 Two small test-only editors live here so subprocesses can name them as ``test_harness:ScaleVEditor``
-(with ``tests/`` on PYTHONPATH: a site-packages ``tests`` package shadows ``tests.test_harness``).
+(with ``tests/harness/`` on PYTHONPATH, as ``pythonpath`` in pyproject.toml sets it for pytest: a
+site-packages ``tests`` package shadows ``tests.harness.test_harness``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from editors.base import BaseEditor, EditResult
 from editors.hparams import Hparams
 from editors.weights import get_tensor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
 
 
@@ -135,7 +136,7 @@ def test_kill_9_in_a_subprocess_then_resume(reference, tmp_path):
            "--editor", "test_harness:ScaleVEditor", "--batch-size", "4", "--device", "cpu", "--no-progress",
            "--out", str(tmp_path)]
     # the same thread count as this process: CPU kernels may sum in another order with another count
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'harness'}",
            "OMP_NUM_THREADS": str(torch.get_num_threads()), "ICEB_CRASH_AT": "post-chunk:3"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 86, first.stderr[-2000:]

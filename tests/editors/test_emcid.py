@@ -1,4 +1,5 @@
-"""EMCID editor: stage I optimisation, batching, caches, the EditResult contract and the CLI (tiny model, CPU)."""
+"""EMCID editor: stage I optimisation, batching, caches and the CLI (tiny model, CPU). The generic editor contract
+(restore, keys, determinism, rounds) is tests/editors/test_editor_contract.py."""
 from __future__ import annotations
 
 import os
@@ -10,19 +11,19 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest
 from editors.emcid import EMCIDEditor, EMCIDHparams
 from editors.emcid.stage1 import Stage1Settings, StageBatch, frozen, optimise_batch
 from editors.hooks import fc2_name, tokenize
+from editors.requests import EditRequest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQS = [EditRequest("cat", "dog", seed=11), EditRequest("red apple", "orange", seed=12),
         EditRequest("tree", "", kind="erase", seed=13)]
 
 
 
 def _settings(**kw) -> Stage1Settings:
-    base = dict(layer=10, steps=8, lr=0.2, train_steps=1, train_size=16)
+    base = {"layer": 10, "steps": 8, "lr": 0.2, "train_steps": 1, "train_size": 16}
     base.update(kw)
     return Stage1Settings(**base)
 
@@ -74,15 +75,15 @@ def test_batched_equals_one_at_a_time(tiny_pipe):
 
 def _hp(**kw) -> EMCIDHparams:
     base = EMCIDEditor.load_hparams("tiny").to_dict()
-    base.update(dict(layers=[2, 4, 6], v_num_grad_steps=3, train_size=16, train_steps=1, mom2_n_samples=120))
+    base.update({"layers": [2, 4, 6], "v_num_grad_steps": 3, "train_size": 16, "train_steps": 1,
+                 "mom2_n_samples": 120})
     base.update(kw)
     return EMCIDHparams.from_dict(base)
 
 
-def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
+def test_edit_changes_the_chosen_layers_and_reuses_its_caches(tiny_pipe, tmp_path):
+    """The generic contract (pipeline left bit-identical, keys, determinism) is tests/editors/test_editor_contract.py."""
     pipe = tiny_pipe
-    before = {c: {k: v.clone() for k, v in getattr(pipe, c).state_dict().items()} for c in ("unet", "vae")}
-    flags = [p.requires_grad for p in pipe.unet.parameters()]
     ed = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res = ed.edit(pipe, REQS)
     te = pipe.text_encoder
@@ -91,11 +92,6 @@ def test_edit_contract_caches_and_pipeline_untouched(tiny_pipe, tmp_path):
         assert not torch.equal(res.tensors[fc2_name(te, l)], te.encoder.layers[l].mlp.fc2.weight)
     assert ed.stats_cache.computes == 3 and ed.stats_cache.loads == 0
     assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "stage2"}
-    for c in ("unet", "vae"):
-        for k, v in getattr(pipe, c).state_dict().items():
-            assert torch.equal(v, before[c][k]), f"{c}.{k} changed"
-    assert [p.requires_grad for p in pipe.unet.parameters()] == flags
-    assert all(p.grad is None for p in list(te.parameters()) + list(pipe.unet.parameters()))
     # a second editor on the same cache: statistics loaded, stage I loaded, identical result
     ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res2 = ed2.edit(pipe, REQS)

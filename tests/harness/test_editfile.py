@@ -10,8 +10,18 @@ import torch
 from editors import EDITORS, EditRequest
 from editors.base import BaseEditor, EditResult
 from editors.weights import applied, get_tensor
-from iceb.editfile import (EditFile, EditFileError, apply_edit, edit_model, edited, load_edit, merge_edits,
-                           restore_edit, save_edit, sidecar_path)
+from iceb.editfile import (
+    EditFile,
+    EditFileError,
+    apply_edit,
+    edit_model,
+    edited,
+    load_edit,
+    merge_edits,
+    restore_edit,
+    save_edit,
+    sidecar_path,
+)
 
 TO_V = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
 TO_K = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -86,8 +85,8 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
     """No network in tests: the URL opener is replaced by one that fails."""
     import urllib.request
 
-    from iceb.utils.download import DownloadError
     from iceb.data.official import official_file, official_url
+    from iceb.utils.download import DownloadError
 
     monkeypatch.delenv("ICEB_OFFICIAL_DATA", raising=False)
     monkeypatch.setenv("ICEB_CACHE", str(tmp_path))
@@ -105,8 +104,8 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
 
 
 def test_derive_reproduces_official_rectifications(official_dir, bundle):
-    from iceb.data.official import load_class_scores
     from iceb.data.misunderstood_names import derive_rectifications
+    from iceb.data.official import load_class_scores
 
     reqs = derive_rectifications(load_class_scores(), [c.id for c in bundle.concepts])
     assert len(reqs) == 143 and len({r.class_id for r in reqs}) == 102

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-EDITOR = "test_harness:ScaleVEditor"  # defined in tests/test_harness.py
+ROOT = Path(__file__).resolve().parents[2]
+EDITOR = "test_harness:ScaleVEditor"  # defined in tests/harness/test_harness.py
 
 
 
@@ -48,7 +48,7 @@ def test_two_processes_give_the_rows_of_one(tiny_model, tmp_path):
                               device="cpu", progress=False, batch_size=4), model=tiny_model)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     # each rank with this process's thread count: CPU kernels may sum in another order with another count
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'harness'}",
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),

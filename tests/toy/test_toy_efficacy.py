@@ -20,11 +20,11 @@ def out(tmp_path_factory):
 
 
 def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, str], float]:
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb.harness import EvalConfig, evaluate
 
     cfg = EvalConfig(editor=editor, task=task, model="toy", edits=(n,), out=str(out), device="cpu",
                      editor_args=editor_args, progress=False)
-    run_dir = evaluate(cfg, log=lambda *_: None)
+    run_dir = evaluate(cfg)
     df = pd.read_csv(run_dir / "results.csv")
     return {(r.subset, r.metric): r.value for r in df.itertuples()}
 

@@ -102,8 +102,8 @@ def test_coco_captions(tmp_path):
 def test_fid_metric_with_real_stats_cache(tmp_path):
     root, csv_path = write_coco(tmp_path, 24)
     ext = RandomFeatures()
-    kw = dict(extractor=ext, extractor_id="rand8", coco_root=str(root), coco_csv=str(csv_path), real_size=32,
-              batch_size=8, cache=str(tmp_path / "cache"), progress=False)
+    kw = {"extractor": ext, "extractor_id": "rand8", "coco_root": str(root), "coco_csv": str(csv_path), "real_size": 32,
+          "batch_size": 8, "cache": str(tmp_path / "cache"), "progress": False}
     m = FID(**kw)
     prompts = [EvalPrompt(f"caption {i}", 100 + i, "holdout") for i in range(24)]
     pre = m.score(images(24, seed=1), prompts)

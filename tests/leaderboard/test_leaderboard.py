@@ -6,19 +6,17 @@ import re
 
 import pandas as pd
 import pytest
-import torch
-
-
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
-    from iceb.harness.run import EvalConfig, evaluate
+    from iceb.harness import EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("runs")
-    common = dict(task="smoke", model="tiny", edits=(1, 3), out=str(out), device="cpu", progress=False, batch_size=8)
-    full = evaluate(EvalConfig(editor="test_harness:ScaleVEditor", **common), log=lambda *_: None, model=tiny_model)
-    smoke = evaluate(EvalConfig(editor="noop", limit=2, **common), log=lambda *_: None, model=tiny_model)
+    common = {"task": "smoke", "model": "tiny", "edits": (1, 3), "out": str(out), "device": "cpu", "progress": False,
+              "batch_size": 8}
+    full = evaluate(EvalConfig(editor="test_harness:ScaleVEditor", **common), model=tiny_model)
+    smoke = evaluate(EvalConfig(editor="noop", limit=2, **common), model=tiny_model)
     return out, full, smoke
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from editors import get_editor
-from editors.requests import EditRequest, RequestError
 from editors.hooks import capture, subject_last_positions, text_layers, tokenize
+from editors.requests import EditRequest, RequestError
 from editors.rome import ROMEEditor, ROMEHparams, synthetic_corpus
 from editors.weights import applied, get_tensor
 
@@ -22,7 +22,7 @@ def _stats_dir(tmp_path_factory):
 
 def _rome(**kw) -> ROMEEditor:
     base = ROMEEditor.load_hparams("tiny").to_dict()
-    base.update(dict(v_max_grad_steps=5, v_lr=0.5, mom2_n_samples=200), **kw)
+    base.update({"v_max_grad_steps": 5, "v_lr": 0.5, "mom2_n_samples": 200}, **kw)
     return ROMEEditor(ROMEHparams.from_dict(base), cache_dir=STATS_DIR, progress=False)
 
 

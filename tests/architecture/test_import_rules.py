@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: (importer prefix, forbidden prefix, allowed exceptions, why). Prefixes match whole dotted components.
 RULES: list[tuple[str, str, tuple[str, ...], str]] = [

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from iceb.tasks.base import TaskError
 from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
+from iceb.tasks.base import TaskError
 
 from conftest import ICEB_REF as REF
 
@@ -146,8 +145,8 @@ class _StubClassifier:
 
 
 def test_score_names_end_to_end_on_tiny(tiny_model, tmp_path):
-    from iceb.metrics.classifiers import ImageClassifier
     from iceb.data.misunderstood_names import derive_rectifications, score_names
+    from iceb.metrics.classifiers import ImageClassifier
 
     class Stub(ImageClassifier, _StubClassifier):
         num_classes = 10  # type: ignore[assignment]
