@@ -111,3 +111,26 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
     return rows
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; a file that is not UTF-8 is a ValueError naming it (OSErrors pass through)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                         f"save it as UTF-8") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file; malformed JSON is a ValueError naming the file, line and column."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
