@@ -79,6 +79,28 @@ class ClassNames:
         elif table is not None:
             raise TaskError(f"{where}: 'classes' must map names to ids (or list names by id)")
         self._world: dict[str, set[int]] | None = None
+        self._count: int | None = None
+        for k, v in self.own.items():
+            self.check_id(v, f"{where}: classes[{k!r}]")
+
+    def class_count(self) -> int | None:
+        """How many classes the world has (ids 0..count-1), when known: ImageNet 1000, the toy world its table."""
+        if self._count is None:
+            if self.world == "imagenet":
+                self._count = 1000
+            else:
+                provider = _CLASS_NAME_PROVIDERS.get(self.world)
+                if provider is None:
+                    return None
+                self._count = len(provider())
+        return self._count
+
+    def check_id(self, cid: int, where: str) -> int:
+        count = self.class_count()
+        if cid < 0 or (count is not None and cid >= count):
+            span = f"0..{count - 1}" if count is not None else ">= 0"
+            raise TaskError(f"{where}: class id {cid} is not a class of the {self.world} world ({span})")
+        return cid
 
     def _world_table(self) -> dict[str, set[int]]:
         if self._world is None:
@@ -96,10 +118,10 @@ class ClassNames:
         if isinstance(value, bool):
             raise TaskError(f"{where}: class {value!r} is neither an id nor a name")
         if isinstance(value, int):
-            return value
+            return self.check_id(value, where)
         text = str(value).strip()
         if re.fullmatch(r"-?\d+", text):
-            return int(text)
+            return self.check_id(int(text), where)
         key = text.casefold()
         if key in self.own:
             return self.own[key]
@@ -132,6 +154,8 @@ def _seeds(entry: Mapping[str, Any], where: str) -> list[int]:
     for s in raw:
         if isinstance(s, bool) or not isinstance(s, int):
             raise TaskError(f"{where}: seed {s!r} is not an integer")
+        if not 0 <= s < 2**63:
+            raise TaskError(f"{where}: seed {s} is outside 0 <= seed < 2**63")
         out.append(s)
     return out
 
@@ -184,8 +208,9 @@ class UserTask(Task):
         requests = []
         for i, r in enumerate(rf.requests):
             where = f"{path} {rf.rows[i]}"
-            sid = names.resolve(r.source_id, where) if r.source_id is not None else None
-            did = names.resolve(r.destination_id, where) if r.destination_id is not None else None
+            sid = names.resolve(r.source_id, f"{where} source_class") if r.source_id is not None else None
+            did = names.resolve(r.destination_id, f"{where} destination_class") \
+                if r.destination_id is not None else None
             requests.append(EditRequest(r.source, r.destination, r.templates, r.seed, r.kind, sid, did,
                                         r.request_id or f"{_slug(path.stem)}-{i}"))
         validate_requests(requests, where=str(path), rows=rf.rows, tokenizer=kwargs.get("tokenizer"))
