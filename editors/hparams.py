@@ -283,10 +283,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_overrides(text: str | None) -> dict[str, Any]:
-    """``"lr=0.1,layers=[7,8]"`` -> ``{"lr": 0.1, "layers": [7, 8]}`` (values parsed as YAML)."""
+def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``"lr=0.1,layers=[7,8]"`` -> ``{"lr": 0.1, "layers": [7, 8]}`` (values parsed as YAML); a mapping as is."""
     if not text:
         return {}
+    if isinstance(text, Mapping):
+        return dict(text)
     out: dict[str, Any] = {}
     depth, start = 0, 0
     pieces = []
