@@ -329,8 +329,8 @@ def _check_evaluate(args: argparse.Namespace) -> None:
         raise UnknownNameError(f"--task: unknown task {task!r}." + (f" Did you mean {hint!r}?" if hint else "")
                                + f" Known tasks: {', '.join(known)}, or a task file ({', '.join(TASK_FILE_SUFFIXES)}).")
     edits = [int(x) for x in args.edits.split(",")] if args.edits else None
-    if edits is None and args.mode != "sequential":
-        return
+    if edits is None and args.mode != "sequential" and not is_file:
+        return  # a registered task is built by the run; a task file is read now (cheap, and fails early)
     from iceb.models import default_model_spec, model_world
     from iceb.tasks import get_task
 

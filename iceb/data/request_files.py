@@ -321,7 +321,11 @@ def count_clip_tokens(texts: Sequence[str], tokenizer: Any = None) -> list[int]:
     """CLIP token counts including the start and end tokens (the text encoder sees at most 77)."""
     if tokenizer is None:
         tokenizer = _shared_tokenizer()
-    return [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+    try:  # verbose=False: too-long prompts are reported by the caller, not by a transformers warning
+        ids = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    except TypeError:
+        ids = tokenizer(list(texts), truncation=False)["input_ids"]
+    return [len(x) for x in ids]
 
 
 _TOKENIZER = None

@@ -105,11 +105,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if i >= len(lines) - 2:  # only the last, unterminated line may be torn
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {i + 1} is valid JSON but a {type(row).__name__}, not an object (a row)")
+        rows.append(row)
     return rows
 
 
