@@ -195,6 +195,18 @@ def existing_folder(text: str) -> str:
     return text
 
 
+def json_file(text: str) -> str:
+    """An existing JSON file that parses (the message names the file, line and column)."""
+    existing_file(text)
+    from iceb.utils.io import read_json
+
+    try:
+        read_json(text)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    return text
+
+
 def yaml_file(text: str) -> str:
     existing_file(text)
     if Path(text).suffix.lower() not in (".yaml", ".yml"):
@@ -343,7 +355,7 @@ def _check_evaluate(args: argparse.Namespace) -> None:
                              f"request)")
 
 
-__all__ = ["UsageError", "class_ids_text", "device", "dtype", "existing_file", "existing_folder", "finite_float",
+__all__ = ["UsageError", "class_ids_text", "device", "dtype", "existing_file", "existing_folder", "json_file", "finite_float",
            "finite_non_negative_float", "finite_positive_float", "int_list", "int_list_text", "name_list_text",
            "non_negative_int", "out_file", "out_folder", "overrides_text", "positive_int", "preflight", "seed",
            "yaml_file"]

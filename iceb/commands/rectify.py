@@ -21,7 +21,7 @@ def register(sub) -> None:
     s.add_argument("--out", required=True, type=A.out_file(".json"), help="score JSON to write (resumed when present)")
     s.set_defaults(func=run_score)
     d = rsub.add_parser("derive", help="apply ICEB's rule to a score file")
-    d.add_argument("scores", nargs="?", default=None, type=A.existing_file, help="score JSON (default: EMCID's imgnet_prompts_cls.json)")
+    d.add_argument("scores", nargs="?", default=None, type=A.json_file, help="score JSON (default: EMCID's imgnet_prompts_cls.json)")
     d.add_argument("--pool", choices=["official", "1k"], default="official",
                    help="classes kept: EMCID's 666-class pool or all 1000")
     d.add_argument("--data-dir", default=None, type=A.existing_folder)

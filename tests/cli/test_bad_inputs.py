@@ -344,6 +344,9 @@ for flag, v in [("--images", "0"), ("--images", "-1"), ("--steps", "0"), ("--dev
 case("rectify-score--out-folder", ["rectify", "score", "--out", "{d}"], "--out.*is a folder")
 case("rectify-score--out-txt", ["rectify", "score", "--out", "{d}/s.txt"], "must end in .json")
 case("rectify-derive-missing", ["rectify", "derive", "{d}/nope.json"], "no such file")
+case("rectify-derive-bad-json", ["rectify", "derive", "{d}/s.json"], "s.json: not valid JSON \\(line 1 column 2",
+     {"s.json": "{oops"})
+case("rectify-derive-not-utf8", ["rectify", "derive", "{d}/s.json"], "s.json: not UTF-8", {"s.json": b"\xff\xfe"})
 case("rectify-derive--pool", ["rectify", "derive", "--pool", "all"], "--pool")
 case("rectify-derive--data-dir", ["rectify", "derive", "--data-dir", "{d}/nope"], "--data-dir")
 case("list-unknown", ["list", "nosuch"], "invalid choice")
