@@ -47,9 +47,16 @@ def register_editor(name: str, *, description: str = ""):
 
 def get_editor(name: str) -> type:
     """The editor class for a registered name, an entry point, or ``package.module:Class``."""
+    from iceb.utils.registry import RegistryTypeError
+
     cls = EDITORS.get(name)
     if not (isinstance(cls, type) and callable(getattr(cls, "edit", None))):
-        raise TypeError(f"editor {name!r} resolves to {cls!r}, which has no edit() method")
+        what = f"the class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else \
+            f"a {type(cls).__name__}, not a class"
+        raise RegistryTypeError(
+            f"--editor {name}: resolves to {what}, which is not an editor. An editor is a class with "
+            f"edit(pipe, requests) -> EditResult (subclass editors.base.BaseEditor, and give it an "
+            f"hparams_class for its settings); see 'iceb list editors'")
     if not getattr(cls, "name", ""):
         cls.name = name
     return cls

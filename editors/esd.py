@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Timer
 from editors.hparams import Hparams, HparamsError
+from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 
 CHECKPOINT_FORMAT = "iceb-esd-1"
 
@@ -55,20 +56,20 @@ class ESDHparams(Hparams):
     """Defaults are the original paper's (CompVis code): 1000 iterations of Adam at lr 1e-5, eta 1,
     sampling guidance 3, 50 DDIM steps, 512 px."""
 
-    iterations: int = 1000
-    lr: float = 1.0e-5
+    iterations: int = at_least(1000, 1)
+    lr: float = positive(1.0e-5)
     negative_guidance: float = 1.0  # eta
-    start_guidance: float = 3.0  # CFG scale of the DDIM run that makes x_t
-    ddim_steps: int = 50
-    image_size: int | None = 512  # None: the pipeline's default size (unet sample_size * vae scale factor)
+    start_guidance: float = non_negative(3.0)  # CFG scale of the DDIM run that makes x_t
+    ddim_steps: int = at_least(50, 1)
+    image_size: int | None = at_least(512, 1)  # None: the pipeline's default size (unet sample_size * vae scale factor)
     timestep_sampling: Literal["bin", "exact"] = "bin"  # bin: original code; exact: the DDIM timestep itself
     sample_with: Literal["teacher", "student"] = "teacher"  # who runs the DDIM that makes x_t
     use_templates: bool = False  # False: the bare concept name as prompt (the paper); True: a random template
     treat_updates_as_erase: bool = False  # accept update/rectify requests: erase their source, ignore the dest
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast, on CUDA only
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 100  # iterations between resumable checkpoints (0: none)
-    seed: int = 0
+    checkpoint_every: int = at_least(100, 0)  # iterations between resumable checkpoints (0: none)
+    seed: int = bounded(0, min=0, max=2**63 - 1)
 
     def __post_init__(self) -> None:
         for key in ("iterations", "ddim_steps"):

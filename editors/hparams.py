@@ -9,6 +9,7 @@ so a value that still arrives as a string for a numeric field is an error, never
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -128,17 +129,121 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise HparamsError(f"{where}: cannot check {value!r} against {_type_name(tp)}")
 
 
+# --------------------------------------------------------------------------------------------------
+# ranges: declared on the fields, checked for every value (NaN and infinities are always refused)
+# --------------------------------------------------------------------------------------------------
+def bounded(default: Any, *, min: float | None = None, max: float | None = None, exclusive_min: bool = False,
+            exclusive_max: bool = False) -> Any:
+    """A dataclass field whose value must lie in a range: ``lr: float = bounded(0.1, min=0, exclusive_min=True)``.
+
+    ``None`` values (optional fields) pass; so does every element of a tuple/list field checked one by one.
+    """
+    meta = {"min": min, "max": max, "exclusive_min": exclusive_min, "exclusive_max": exclusive_max}
+    return dataclasses.field(default=default, metadata={"range": meta})
+
+
+def positive(default: Any) -> Any:
+    """A field that must be > 0 (learning rates, step sizes)."""
+    return bounded(default, min=0, exclusive_min=True)
+
+
+def at_least(default: Any, lo: float) -> Any:
+    """A field that must be >= ``lo`` (``at_least(200, 0)`` for step counts, ``at_least(100, 1)`` for sizes)."""
+    return bounded(default, min=lo)
+
+
+def non_negative(default: Any) -> Any:
+    return bounded(default, min=0)
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return (f"in {'(' if meta.get('exclusive_min') else '['}{lo}, {hi}{')' if meta.get('exclusive_max') else ']'}")
+    if lo is not None:
+        return f"{'>' if meta.get('exclusive_min') else '>='} {lo}"
+    return f"{'<' if meta.get('exclusive_max') else '<='} {hi}"
+
+
+def check_value(name: str, value: Any, meta: Mapping[str, Any] | None, where: str) -> None:
+    """Refuse NaN/inf in any float (also inside lists) and values outside the field's declared range."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            check_value(name, v, meta, where)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise HparamsError(f"{where}: {value!r} is not a finite number; give a real value")
+    if not meta:
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    bad = (lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo)) or \
+          (hi is not None and (value >= hi if meta.get("exclusive_max") else value > hi))
+    if bad:
+        raise HparamsError(f"{where}: must be {_range_text(meta)}, got {value!r}")
+
+
+def check_fields(obj: Any, source: str) -> None:
+    """Every field of an Hparams instance against its declared range (and finiteness)."""
+    for f in dataclasses.fields(obj):
+        check_value(f.name, getattr(obj, f.name), f.metadata.get("range"), f"{source}: key {f.name!r}")
+
+
 def _parse_override(text: str) -> Any:
     return yaml.load(text, Loader=_Loader) if text != "" else ""  # noqa: S506
 
 
 @dataclasses.dataclass(frozen=True)
 class Hparams:
-    """Base class of every editor's hyperparameters (frozen; validated on construction)."""
+    """Base class of every editor's hyperparameters (frozen; validated on construction).
+
+    Every float must be finite, and a field declared with :func:`bounded` / :func:`positive` /
+    :func:`at_least` must lie in its range; both are checked on construction (before the subclass's own
+    ``__post_init__``) and by :meth:`from_dict`, whose messages name the key and the source.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_fields", False):
+            def __post_init__(self, _own=own) -> None:
+                check_fields(self, type(self).__name__)
+                _own(self)
+
+            __post_init__._checks_fields = True  # type: ignore[attr-defined]
+            cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
+
+    @classmethod
+    def check_values(cls, data: Mapping[str, Any], source: str, editor: str | None = None) -> dict[str, Any]:
+        """Keys, types, finiteness and ranges of (part of) a mapping of values; the checked values.
+
+        Used for ``--editor-args`` (source ``"--editor-args"``) before any model loads.
+        """
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            from iceb.utils.registry import closest
+
+            whom = f"editor {editor}" if editor else cls.__name__
+            key = unknown[0]
+            hint = closest(str(key), list(fields))
+            more = f" (and {', '.join(repr(k) for k in unknown[1:])})" if unknown[1:] else ""
+            raise HparamsError(f"{source}: unknown key {key!r}{more} for {whom}"
+                               + (f"; did you mean {hint!r}?" if hint else "") + f" Known keys: {', '.join(fields)}")
+        values = {}
+        for name, value in data.items():
+            where = f"{source}: key {name!r}"
+            values[name] = _coerce(value, hints[name], where)
+            check_value(name, values[name], fields[name].metadata.get("range"), where)
+        return values
 
     @classmethod
     def from_dict(cls: type[H], data: Mapping[str, Any], source: str = "<dict>") -> H:
-        hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -151,9 +256,7 @@ class Hparams:
             raise HparamsError(
                 f"{source}: unknown key(s) {', '.join(parts)} for {cls.__name__}; known keys: {', '.join(fields)}"
             )
-        values = {}
-        for name, value in data.items():
-            values[name] = _coerce(value, hints[name], f"{source}: key {name!r}")
+        values = cls.check_values(data, source)
         missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
         if missing:
@@ -180,10 +283,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_overrides(text: str | None) -> dict[str, Any]:
-    """``"lr=0.1,layers=[7,8]"`` -> ``{"lr": 0.1, "layers": [7, 8]}`` (values parsed as YAML)."""
+def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``"lr=0.1,layers=[7,8]"`` -> ``{"lr": 0.1, "layers": [7, 8]}`` (values parsed as YAML); a mapping as is."""
     if not text:
         return {}
+    if isinstance(text, Mapping):
+        return dict(text)
     out: dict[str, Any] = {}
     depth, start = 0, 0
     pieces = []
@@ -200,10 +305,38 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
         if not piece.strip():
             continue
         if "=" not in piece:
-            raise HparamsError(f"override {piece!r} is not of the form key=value")
+            raise HparamsError(f"--editor-args: {piece.strip()!r} is not of the form key=value")
         key, _, raw = piece.partition("=")
+        key = key.strip()
+        if not key:
+            raise HparamsError(f"--editor-args: {piece.strip()!r} has no key before '='")
+        if key in out:
+            raise HparamsError(f"--editor-args: key {key!r} is given twice")
         try:
-            out[key.strip()] = _parse_override(raw.strip())
+            out[key] = _parse_override(raw.strip())
         except yaml.YAMLError as err:
-            raise HparamsError(f"override {piece!r}: {err}") from err
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise HparamsError(f"--editor-args: {piece.strip()!r} is not a valid value ({first})") from None
+    if depth != 0:
+        raise HparamsError(f"--editor-args: unbalanced brackets in {text!r}")
     return out
+
+
+def presets(editor: str) -> list[str]:
+    """The shipped hparams files of an editor (their stems: model families and named presets)."""
+    folder = HPARAMS_DIR / editor
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_preset(editor: str, preset: str | None) -> None:
+    """``--preset NAME`` must name a shipped file of the editor (never a silent fall-back to the family file)."""
+    if preset is None:
+        return
+    known = presets(editor)
+    if preset not in known:
+        from iceb.utils.registry import closest
+
+        hint = closest(preset, known) if known else None
+        raise HparamsError(f"--preset: no preset {preset!r} for editor {editor}"
+                           + (f"; did you mean {hint!r}?" if hint else "")
+                           + f" (presets: {', '.join(known) or 'none'})")

@@ -11,6 +11,8 @@ from typing import Literal
 
 RequestKind = Literal["update", "erase", "rectify"]
 DEFAULT_TEMPLATES: tuple[str, ...] = ("An image of {}", "A photo of {}", "{}")
+#: seeds are 0 <= seed < 2**63: what ``torch.Generator.manual_seed`` accepts without wrapping or failing
+MAX_SEED = 2**63
 
 
 class RequestError(ValueError):
@@ -43,13 +45,25 @@ class EditRequest:
         if not self.templates:
             raise RequestError(f"request {self.source!r} has no templates")
         for t in self.templates:
+            if not isinstance(t, str):
+                raise RequestError(f"template {t!r} of request {self.source!r} is not a string")
             if t.count("{}") != 1:
                 raise RequestError(f"template {t!r} of request {self.source!r} must hold exactly one '{{}}' slot")
         if self.kind not in ("update", "erase", "rectify"):
             raise RequestError(f"request kind {self.kind!r} is not one of update, erase, rectify")
         if self.kind in ("update", "rectify") and not self.destination.strip():
             raise RequestError(f"request {self.source!r} of kind {self.kind!r} needs a destination")
-        object.__setattr__(self, "seed", int(self.seed))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            try:
+                seed = int(self.seed)
+            except (TypeError, ValueError):
+                raise RequestError(f"request {self.source!r}: seed {self.seed!r} is not an integer") from None
+            if seed != self.seed:
+                raise RequestError(f"request {self.source!r}: seed {self.seed!r} is not an integer")
+            object.__setattr__(self, "seed", seed)
+        if not 0 <= self.seed < MAX_SEED:
+            raise RequestError(f"request {self.source!r}: seed {self.seed} is outside 0 <= seed < 2**63 (what "
+                               f"torch.Generator.manual_seed takes); choose a smaller seed")
 
     def source_prompts(self) -> list[str]:
         return [t.format(self.source) for t in self.templates]
@@ -58,4 +72,4 @@ class EditRequest:
         return [t.format(self.destination) if self.destination else "" for t in self.templates]
 
 
-__all__ = ["DEFAULT_TEMPLATES", "EditRequest", "RequestError", "RequestKind"]
+__all__ = ["DEFAULT_TEMPLATES", "MAX_SEED", "EditRequest", "RequestError", "RequestKind"]

@@ -44,6 +44,7 @@ from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import (StopForward, add_at_positions, capture, fc2_name, stop_after, subject_last_positions,
                            text_layers, tokenize)
 from editors.hparams import Hparams, HparamsError
+from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 from editors.weights import applied, get_tensor
 
 REFACT_TEMPLATES = (
@@ -59,20 +60,20 @@ CLIP_LOGIT_SCALE = 100.0
 class ROMEHparams(Hparams):
     """ReFACT's defaults (README best RoAD command + its JSON hparams)."""
 
-    layer: int = 7
+    layer: int = at_least(7, 0)
     context_templates: tuple[str, ...] = REFACT_TEMPLATES
-    v_lr: float = 0.05
-    v_max_grad_steps: int = 100
-    v_prob_threshold: float = 0.99
-    v_weight_decay: float = 0.1  # the JSON's value: the README's 0.01 flag is never read by compute_v
-    clamp_norm_factor: float = 4.0
+    v_lr: float = positive(0.05)
+    v_max_grad_steps: int = at_least(100, 0)
+    v_prob_threshold: float = bounded(0.99, min=0, max=1)
+    v_weight_decay: float = non_negative(0.1)  # the JSON's value: the README's 0.01 flag is never read by compute_v
+    clamp_norm_factor: float = positive(4.0)
     similarity: Literal["l2", "cosine"] = "l2"
     mom2_corpus: str = "coco"  # ReFACT: WikiText-103 (not available offline); "synthetic" for test models
-    mom2_n_samples: int = 100000
-    mom2_batch_size: int = 100
+    mom2_n_samples: int = at_least(100000, 1)
+    mom2_batch_size: int = at_least(100, 1)
     # how the requests of one edit combine (see the module docstring); not the harness's --mode
     solve: Literal["chained", "joint"] = "chained"
-    mom2_update_weight: float = 15000.0  # λ of the joint (MEMIT-like) solve only
+    mom2_update_weight: float = non_negative(15000.0)  # λ of the joint (MEMIT-like) solve only
 
     def __post_init__(self) -> None:
         for t in self.context_templates:

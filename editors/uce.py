@@ -36,6 +36,7 @@ from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import align_tokens_greedy, cross_attention_modules, last_token_indices, tokenize
 from editors.hparams import Hparams, HparamsError
+from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 
 UCE_TEMPLATES_OBJECT = ("{}", "image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
@@ -45,9 +46,9 @@ TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
 class UCEHparams(Hparams):
     """UCE's knobs. Defaults are the 2023 erase script's (λ 0.5, s_e 1, s_p max(0.1, 1/|P|), replace)."""
 
-    lamb: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float | None = None  # None: max(0.1, 1/|preserve prompts|), as UCE's 2023 script
+    lamb: float = non_negative(0.5)
+    erase_scale: float = non_negative(1.0)
+    preserve_scale: float | None = non_negative(None)  # None: max(0.1, 1/|preserve prompts|), as UCE's 2023 script
     technique: Literal["replace", "tensor"] = "replace"
     tokens: Literal["2023", "2025", "all"] = "2023"
     with_to_k: bool = True
@@ -58,11 +59,11 @@ class UCEHparams(Hparams):
     # preserve set: fixed prompts, plus optionally the requests' destinations (EMCID's UCE baseline)
     preserve: tuple[str, ...] = ()
     preserve_destinations: bool = False
-    preserve_max_destinations: int = 200
+    preserve_max_destinations: int = at_least(200, 0)
     # "" in the preserve set: always (2023 erase script), only when nothing else is preserved (EMCID's port
     # of the 2023 edit function), never (2025 code, TIME)
     preserve_empty: Literal["always", "if_none", "never"] = "always"
-    encode_batch_size: int = 64
+    encode_batch_size: int = at_least(64, 1)
 
     def __post_init__(self) -> None:
         if self.lamb < 0 or self.erase_scale < 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
@@ -82,9 +83,9 @@ class UCEHparams(Hparams):
 class TIMEHparams(UCEHparams):
     """TIME: UCE's closed form with s_e 1, no preserve term, λ 0.1, all 77 tokens, TIME's 3 augmentations."""
 
-    lamb: float = 0.1
-    erase_scale: float = 1.0
-    preserve_scale: float | None = 0.0
+    lamb: float = non_negative(0.1)
+    erase_scale: float = non_negative(1.0)
+    preserve_scale: float | None = non_negative(0.0)
     tokens: Literal["2023", "2025", "all"] = "all"
     templates: tuple[str, ...] = TIME_TEMPLATES
     preserve_empty: Literal["always", "if_none", "never"] = "never"

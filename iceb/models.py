@@ -68,10 +68,37 @@ def default_model_spec() -> str:
     return "toy" if toy_quality_passed() else "tiny"
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str | None) -> str:
+    """``name`` if this machine has that device (``auto``/None: always); else a ValueError saying what to pass.
+
+    Cheap, and called while the command line is parsed, so a wrong ``--device`` fails before any model loads.
+    """
+    if name in (None, "auto"):
+        return "auto"
+    text = str(name).strip()
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_TYPES or (index and not index.isdigit()) or (kind == "cpu" and index not in ("", "0")):
+        raise ValueError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
+                             f"or auto")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise ValueError(f"device {text!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {text!r}: MPS is not available on this machine; use --device cpu or auto")
+    return text
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(check_device(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -147,9 +174,160 @@ def _folder_fingerprint(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: keys of ``iceb_model.json`` (anything else is a typo, refused with the file named)
+INFO_KEYS = ("family", "world", "classifier", "generation", "model_id", "world_config", "note", "edits")
+WORLDS = ("imagenet", "toy")
+#: the components a Stable Diffusion folder needs; those with weights must hold safetensors files
+_COMPONENTS = {"unet": True, "vae": True, "text_encoder": True, "tokenizer": False, "scheduler": False}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def _read_info(folder: Path) -> dict[str, Any]:
+    from iceb.utils.io import read_json
+
     f = folder / ICEB_MODEL_INFO
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    info = read_json(f)
+    if not isinstance(info, dict):
+        raise ModelNotFoundError(f"{f}: expected a JSON object with {', '.join(INFO_KEYS)}; got "
+                                 f"{type(info).__name__}")
+    unknown = sorted(set(info) - set(INFO_KEYS))
+    if unknown:
+        from iceb.utils.registry import closest
+
+        parts = [f"{k!r}" + (f" (did you mean {closest(k, list(INFO_KEYS))!r}?)" if closest(k, list(INFO_KEYS))
+                             else "") for k in unknown]
+        raise ModelNotFoundError(f"{f}: unknown key(s) {', '.join(parts)}; known keys: {', '.join(INFO_KEYS)}")
+    if "world" in info and info["world"] not in WORLDS:
+        raise ModelNotFoundError(f"{f}: 'world' must be one of {', '.join(WORLDS)}, got {info['world']!r}")
+    for key in ("family", "classifier", "model_id"):
+        if key in info and info[key] is not None and not isinstance(info[key], str):
+            raise ModelNotFoundError(f"{f}: {key!r} must be a string, got {info[key]!r}")
+    if "generation" in info:
+        import dataclasses as _dc
+
+        gen = info["generation"]
+        known = [x.name for x in _dc.fields(GenerationConfig)]
+        if not isinstance(gen, dict) or set(gen) - set(known):
+            raise ModelNotFoundError(f"{f}: 'generation' must be an object with keys among {', '.join(known)}; "
+                                     f"got {gen!r}")
+        for key in ("num_inference_steps", "batch_size", "height", "width"):
+            v = gen.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ModelNotFoundError(f"{f}: generation.{key} must be a positive integer, got {v!r}")
+        g = gen.get("guidance_scale")
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g == g
+                              or g in (float("inf"), float("-inf")) or g < 0):
+            raise ModelNotFoundError(f"{f}: generation.guidance_scale must be a finite number >= 0, got {g!r}")
+    return info
+
+
+def _check_safetensors(f: Path) -> str | None:
+    """Why ``f`` is not a complete safetensors file (header read only), or None when it looks whole."""
+    import struct
+
+    size = f.stat().st_size
+    if size < 8:
+        return f"{f.name} is {size} bytes long (truncated)"
+    with open(f, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > min(size - 8, 100_000_000):
+            return f"{f.name} has a broken header (truncated or not safetensors)"
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return f"{f.name} has a broken header (truncated or not safetensors)"
+    if not isinstance(header, dict):
+        return f"{f.name} has a broken header"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if 8 + n + end > size:
+        return f"{f.name} is truncated ({size} bytes; its header needs {8 + n + end})"
+    return None
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """Refuse, before diffusers sees it, a folder that cannot be a complete Stable Diffusion pipeline.
+
+    Checks ``model_index.json``, every component folder and its ``config.json``, and the weights: ICEB loads
+    safetensors only, so a folder whose weights are pickles (``.bin``, ``.ckpt``) is refused, never unpickled.
+    """
+    from iceb.utils.io import read_json
+
+    folder = Path(folder)
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ModelNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json); pass the "
+                                 f"folder that 'save_pretrained' or 'huggingface-cli download' wrote")
+    index = read_json(index_file)
+    if not isinstance(index, dict):
+        raise ModelNotFoundError(f"{index_file}: expected a JSON object, got {type(index).__name__}")
+    missing = [c for c in _COMPONENTS if c not in index]
+    if missing:
+        raise ModelNotFoundError(f"{index_file} lists no {', '.join(missing)}: not a Stable Diffusion pipeline")
+    for comp, has_weights in _COMPONENTS.items():
+        sub = folder / comp
+        if not sub.is_dir():
+            raise ModelNotFoundError(f"{folder}: the component folder {comp}/ is missing; download the model "
+                                     f"again (or copy the whole folder)")
+        if comp == "tokenizer":
+            continue
+        config = sub / ("scheduler_config.json" if comp == "scheduler" else "config.json")
+        if not config.is_file():
+            raise ModelNotFoundError(f"{folder}: {comp}/{config.name} is missing; download the model again")
+        if not isinstance(read_json(config), dict):
+            raise ModelNotFoundError(f"{config}: expected a JSON object")
+        if not has_weights:
+            continue
+        files = [p for p in sub.iterdir() if p.is_file()]
+        st = [p for p in files if p.name.endswith(".safetensors")]
+        pickles = [p for p in files if p.suffix in _PICKLE_SUFFIXES]
+        if not st:
+            if pickles:
+                raise ModelNotFoundError(
+                    f"{sub}: holds only pickle weights ({', '.join(sorted(p.name for p in pickles))}); ICEB loads "
+                    f"safetensors only and never unpickles a file. Convert the model to safetensors (load it with "
+                    f"diffusers where you trust it and save_pretrained(..., safe_serialization=True)) and pass "
+                    f"that folder")
+            raise ModelNotFoundError(f"{sub}: no weights (*.safetensors); download the model again")
+        if any(p.name.endswith(".index.json") for p in files):
+            continue  # sharded: diffusers checks the shards it lists
+        for p in st:
+            why = _check_safetensors(p)
+            if why:
+                raise ModelNotFoundError(f"{sub}: {why}; download or copy the model again")
+    _read_info(folder)
+
+
+def check_model_spec(spec: str | None) -> None:
+    """Cheap checks of a model spec before anything loads (a folder's layout and iceb_model.json)."""
+    if spec in (None, "tiny", "toy"):
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        check_model_folder(path)
+    elif path.exists():
+        raise ModelNotFoundError(f"--model {spec}: is a file, not a model folder; pass a diffusers folder, a hub "
+                                 f"id, 'toy' or 'tiny'")
+    elif not _looks_like_hub_id(spec):
+        raise ModelNotFoundError(
+            f"model spec {spec!r} is neither a built-in name (toy, tiny), an existing local folder, nor a hub id "
+            f"of the form 'owner/name' (e.g. {DEFAULT_HUB_MODEL})")
+
+
+def model_world(spec: str | None) -> str | None:
+    """The world a spec speaks, when known without loading it (None: unknown)."""
+    if spec in (None,):
+        return None
+    if spec == "tiny":
+        return "imagenet"
+    if spec == "toy":
+        return "toy"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _read_info(path).get("world", "imagenet")
+    return "imagenet" if _looks_like_hub_id(spec) else None
 
 
 def _family_from_pipe(pipe) -> str:
@@ -216,10 +394,10 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
-    if not (folder / "model_index.json").is_file():
-        raise ModelNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    check_model_folder(folder)
     pipe = StableDiffusionPipeline.from_pretrained(
-        folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, local_files_only=True)
+        folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, local_files_only=True,
+        use_safetensors=True)
     info = _read_info(folder)
     family = info.get("family") or _family_from_pipe(pipe)
     gen = GenerationConfig(**info["generation"]) if "generation" in info else ICEB_PROTOCOL

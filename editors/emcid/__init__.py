@@ -26,6 +26,7 @@ from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Timer
 from editors.hooks import fc2_name, subject_last_positions, text_layers
 from editors.hparams import Hparams, HparamsError
+from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 
@@ -34,25 +35,25 @@ from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 class EMCIDHparams(Hparams):
     """EMCID's hyperparameters; defaults are the ICEB headline configuration on SD-1.4."""
 
-    layers: tuple[int, ...] = tuple(range(11))  # fc2 of these blocks are edited; δ sits at the last one
+    layers: tuple[int, ...] = at_least(tuple(range(11)), 0)  # fc2 of these blocks are edited; δ sits at the last one
     # stage I
-    v_num_grad_steps: int = 200
-    v_lr: float = 0.2
-    clamp_norm_factor: float = 1.5
-    v_weight_decay: float = 5.0e-4
-    text_align_weight: float = 0.01  # 0 switches the text-alignment loss off
-    train_steps: int | None = None  # sampling steps of the training images (None: 50, the pipeline default)
-    train_size: int | None = None  # training-image size in pixels (None: the model's default)
-    train_guidance: float = 7.5
+    v_num_grad_steps: int = at_least(200, 0)
+    v_lr: float = positive(0.2)
+    clamp_norm_factor: float = positive(1.5)
+    v_weight_decay: float = non_negative(5.0e-4)
+    text_align_weight: float = non_negative(0.01)  # 0 switches the text-alignment loss off
+    train_steps: int | None = at_least(None, 1)  # sampling steps of the training images (None: 50, the pipeline default)
+    train_size: int | None = at_least(None, 1)  # training-image size in pixels (None: the model's default)
+    train_guidance: float = non_negative(7.5)
     random_flip: bool = True
-    concepts_per_batch: int = 0  # 0: fill the device (see stage1.auto_batch_size)
+    concepts_per_batch: int = at_least(0, 0)  # 0: fill the device (see stage1.auto_batch_size)
     # stage II
-    mom2_update_weight: float = 4000.0  # λ
-    edit_weight: float = 0.6  # α: λ_eff = λ(1-α)/α
+    mom2_update_weight: float = non_negative(4000.0)  # λ
+    edit_weight: float = bounded(0.6, min=0, exclusive_min=True, max=1)  # α: λ_eff = λ(1-α)/α
     residual: Literal["fc2_output", "hidden"] = "fc2_output"  # official parity, or MEMIT's block-L residual
     mom2_dataset: str = "ccs"  # a corpus name of editors.corpora (coco, ccs, toy, mini) or a caption file
-    mom2_n_samples: int = 100000
-    stats_batch_size: int = 100
+    mom2_n_samples: int = at_least(100000, 1)
+    stats_batch_size: int = at_least(100, 1)
     model_fingerprint: str | None = None  # None: computed from the weights
 
     def __post_init__(self) -> None:

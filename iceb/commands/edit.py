@@ -9,6 +9,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from iceb.commands import _args as A
+
     p = sub.add_parser("edit", help="edit a model with your own requests; write an edit file",
                        description="Run an editor on the requests of a file and write the changed tensors as "
                                    "<out> (safetensors) with a JSON sidecar <out>.json. Apply it with "
@@ -16,18 +18,22 @@ def register(sub) -> None:
     p.add_argument("--editor", "-e", required=True, help="registered name, entry point, or package.module:Class")
     p.add_argument("--model", "-m", default=None, help="hub id, local diffusers folder, 'toy' or 'tiny' "
                                                        "(default: the toy world when present, else tiny)")
-    p.add_argument("--requests", "-r", required=True,
+    p.add_argument("--requests", "-r", required=True, type=A.existing_file,
                    help="request file: .csv (source,destination[,templates][,seed]), .json/.jsonl/.yaml, "
                         "or EMCID's example JSON")
-    p.add_argument("--out", "-o", default="edit.safetensors", help="edit file to write (.safetensors)")
-    p.add_argument("--hparams", default=None, help="hparams YAML file (default: the editor's file for the model)")
+    p.add_argument("--out", "-o", default="edit.safetensors", type=A.out_file(".safetensors"),
+                   help="edit file to write (.safetensors)")
+    p.add_argument("--hparams", default=None, type=A.yaml_file,
+                   help="hparams YAML file, layered over the editor's shipped file for the model (or --preset): "
+                        "the keys it sets win, the others keep the shipped values; --editor-args win over both")
     p.add_argument("--preset", default=None, help="a named hparams preset of the editor")
-    p.add_argument("--editor-args", "-a", default=None, help="hparam overrides: key=value,key=value")
+    p.add_argument("--editor-args", "-a", default=None, type=A.overrides_text,
+                   help="hparam overrides: key=value,key=value")
     p.add_argument("--mode", choices=["batch", "sequential"], default="batch",
                    help="batch: all requests in one edit (default); sequential: --rounds consecutive edits")
-    p.add_argument("--rounds", type=int, default=1, help="rounds for --mode sequential")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--dtype", default=None, help="model dtype while editing (default float32)")
+    p.add_argument("--rounds", type=A.positive_int, default=1, help="rounds for --mode sequential")
+    p.add_argument("--device", default="auto", type=A.device, help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--dtype", default=None, type=A.dtype, help="model dtype while editing (default float32)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 

@@ -13,6 +13,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
+    from iceb.commands import _args as A
+
     p = sub.add_parser("evaluate", help="evaluate an editor on a task (1..1000 edits)",
                        description="Edit the model for each edit count, generate before/after images, score them "
                                    "and append tidy rows to <out>/<run_id>/results.jsonl. Re-running the same "
@@ -24,23 +26,26 @@ def register(sub) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="hub id (CompVis/stable-diffusion-v1-4), local diffusers folder, 'toy' or 'tiny' "
                         "(default: the toy world when present, else tiny)")
-    p.add_argument("--edits", "-n", default=None, help="comma-separated edit counts, e.g. 1,5,10 (default: the task's)")
-    p.add_argument("--metrics", default=None, help="comma-separated metric names (default: the task's)")
-    p.add_argument("--editor-args", "-a", default=None, help="hparam overrides: key=value,key=value")
-    p.add_argument("--hparams", default=None, help="hparams YAML file (default: the editor's file for the model)")
+    p.add_argument("--edits", "-n", default=None, type=A.int_list_text, help="comma-separated edit counts, e.g. 1,5,10 (default: the task's)")
+    p.add_argument("--metrics", default=None, type=A.name_list_text, help="comma-separated metric names (default: the task's)")
+    p.add_argument("--editor-args", "-a", default=None, type=A.overrides_text,
+                   help="hparam overrides: key=value,key=value")
+    p.add_argument("--hparams", default=None, type=A.yaml_file,
+                   help="hparams YAML file, layered over the editor's shipped file for the model (or --preset): "
+                        "the keys it sets win, the others keep the shipped values; --editor-args win over both")
     p.add_argument("--preset", default=None, help="a named hparams preset of the editor")
     p.add_argument("--mode", choices=["batch", "sequential"], default="batch",
                    help="batch: all N requests in one edit (default); sequential: --rounds consecutive edits "
                         "(rows say 'sequential-<rounds>')")
-    p.add_argument("--rounds", type=int, default=1, help="rounds for --mode sequential")
-    p.add_argument("--out", "-o", default="runs", help="output root; the run folder is <out>/<run_id>")
-    p.add_argument("--limit", "-L", type=int, default=None,
+    p.add_argument("--rounds", type=A.positive_int, default=1, help="rounds for --mode sequential")
+    p.add_argument("--out", "-o", default="runs", type=A.out_folder, help="output root; the run folder is <out>/<run_id>")
+    p.add_argument("--limit", "-L", type=A.positive_int, default=None,
                    help="at most this many prompts per subset (SMOKE TESTS ONLY; results are marked smoke)")
-    p.add_argument("--steps", type=int, default=None, help="override the number of sampling steps")
-    p.add_argument("--guidance", type=float, default=None, help="override the guidance scale")
-    p.add_argument("--batch-size", type=int, default=None, help="images per generation batch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16 for generation")
+    p.add_argument("--steps", type=A.positive_int, default=None, help="override the number of sampling steps")
+    p.add_argument("--guidance", type=A.finite_non_negative_float, default=None, help="override the guidance scale")
+    p.add_argument("--batch-size", type=A.positive_int, default=None, help="images per generation batch")
+    p.add_argument("--device", default="auto", type=A.device, help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--dtype", default=None, type=A.dtype, help="float32 (default), float16 or bfloat16 for generation")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="start this run again from scratch (by default an existing run folder is resumed; the "

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from iceb.commands import _args as A
+
     p = sub.add_parser("rectify", help="score class names and derive rectification requests")
     rsub = p.add_subparsers(dest="rectify_command", metavar="ACTION", required=True)
     s = rsub.add_parser("score", help="score every name of every class with a model and a classifier")
     s.add_argument("--model", default="tiny")
     s.add_argument("--classifier", default=None, help="classifier name (default: the model's / the world's)")
-    s.add_argument("--classes", default=None, help="comma-separated class ids (default: all 1000)")
-    s.add_argument("--images", type=int, default=8, help="images per name (ICEB: 8)")
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True, help="score JSON to write (resumed when present)")
+    s.add_argument("--classes", default=None, type=A.class_ids_text, help="comma-separated class ids (default: all 1000)")
+    s.add_argument("--images", type=A.positive_int, default=8, help="images per name (ICEB: 8)")
+    s.add_argument("--steps", type=A.positive_int, default=None)
+    s.add_argument("--device", default="auto", type=A.device)
+    s.add_argument("--out", required=True, type=A.out_file(".json"), help="score JSON to write (resumed when present)")
     s.set_defaults(func=run_score)
     d = rsub.add_parser("derive", help="apply ICEB's rule to a score file")
-    d.add_argument("scores", nargs="?", default=None, help="score JSON (default: EMCID's imgnet_prompts_cls.json)")
+    d.add_argument("scores", nargs="?", default=None, type=A.json_file, help="score JSON (default: EMCID's imgnet_prompts_cls.json)")
     d.add_argument("--pool", choices=["official", "1k"], default="official",
                    help="classes kept: EMCID's 666-class pool or all 1000")
-    d.add_argument("--data-dir", default=None)
+    d.add_argument("--data-dir", default=None, type=A.existing_folder)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_derive)
 

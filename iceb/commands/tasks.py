@@ -3,13 +3,15 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from iceb.commands import _args as A
+
     p = sub.add_parser("tasks", help="inspect tasks")
     tsub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
     s = tsub.add_parser("show", help="prompt counts per subset for N edits")
     s.add_argument("name")
-    s.add_argument("--edits", type=int, default=None, help="number of edits (default: the task's largest default)")
+    s.add_argument("--edits", type=A.positive_int, default=None, help="number of edits (default: the task's largest default)")
     s.add_argument("--world", choices=["imagenet", "toy"], default="imagenet")
-    s.add_argument("--data-dir", default=None, help="local folder with EMCID's data/iceb_data files")
+    s.add_argument("--data-dir", default=None, type=A.existing_folder, help="local folder with EMCID's data/iceb_data files")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=run_show)
 

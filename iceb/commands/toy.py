@@ -31,14 +31,16 @@ def register(sub) -> None:
 
 
 def _config(args):
-    import json
-    from pathlib import Path
-
     from iceb.toy.train import TrainConfig
 
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
     if args.config:
-        overrides = json.loads(Path(args.config).read_text())
+        from iceb.utils.io import read_json
+
+        overrides = read_json(args.config)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of TrainConfig overrides, got "
+                             f"{type(overrides).__name__}")
         base = cfg.to_json()
         unknown = sorted(set(overrides) - set(base))
         if unknown:

@@ -51,6 +51,11 @@ EMCID_TOP_KEYS = ("hparams", "model_ckpt", "mom2_weight", "mom2_weight_2", "edit
 #: top-level keys of a user task file (read by iceb.tasks.user)
 TASK_TOP_KEYS = ("name", "description", "eval", "classes", "edits", "metrics", "world")
 MAX_CLIP_TOKENS = 77
+#: a templates cell longer than this is refused before it is parsed
+MAX_TEMPLATES_CELL = 10_000
+#: a request file with more requests than this gets a warning with its size and cost before validation
+LARGE_REQUEST_FILE = 10_000
+_VALIDATE_SECONDS_PER_REQUEST = 4.5e-4  # measured: 200,000 requests validate in about 90 s
 
 
 class RequestFileError(RequestError):
@@ -82,13 +87,22 @@ def parse_templates(value: Any, where: str) -> tuple[str, ...]:
         if not text:
             return DEFAULT_TEMPLATES
         if text.startswith("["):
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            if len(text) > MAX_TEMPLATES_CELL:
+                raise RequestFileError(f"{where}: templates cell is {len(text)} characters long (at most "
+                                       f"{MAX_TEMPLATES_CELL}): {shown!r}")
             try:
                 items = json.loads(text)
+            except RecursionError:
+                raise RequestFileError(f"{where}: templates {shown!r} is nested too deeply to be a list of "
+                                       f"strings") from None
             except json.JSONDecodeError:
                 try:
                     items = ast.literal_eval(text)  # literals only: safe on untrusted text
-                except (ValueError, SyntaxError) as err:
-                    raise RequestFileError(f"{where}: templates {text!r} is not a valid list literal ({err})") from None
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+                    why = "nested too deeply" if isinstance(err, (RecursionError, MemoryError)) else str(err)
+                    raise RequestFileError(f"{where}: templates {shown!r} is not a valid list literal "
+                                           f"({why})") from None
             if not isinstance(items, list):
                 raise RequestFileError(f"{where}: templates {text!r} is not a list")
         else:
@@ -209,7 +223,9 @@ def _load_structured(path: Path, text: str) -> Any:
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise RequestFileError(f"{path}: malformed YAML: {err}") from None
+            raise RequestFileError(f"{path}: malformed YAML: {' '.join(str(err).split())}") from None
+        except RecursionError:
+            raise RequestFileError(f"{path}: malformed YAML: nested too deeply") from None
     if suffix == ".jsonl":
         items = []
         for i, line in enumerate(text.splitlines(), start=1):
@@ -219,9 +235,13 @@ def _load_structured(path: Path, text: str) -> Any:
                 items.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise RequestFileError(f"{path}: line {i} is not valid JSON: {err.msg} (column {err.colno})") from None
+            except RecursionError:
+                raise RequestFileError(f"{path}: line {i} is nested too deeply") from None
         return items
     try:
         return json.loads(text)
+    except RecursionError:
+        raise RequestFileError(f"{path}: malformed JSON: nested too deeply") from None
     except json.JSONDecodeError as err:
         raise RequestFileError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
@@ -262,9 +282,13 @@ def read_request_file(path: str | Path, *, validate: bool = True, tokenizer: Any
     if not path.is_file():
         raise FileNotFoundError(f"request file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RequestFileError(f"cannot read request file {path}: {err}") from None
+        from iceb.utils.io import read_text
+
+        text = read_text(path)
+    except OSError as err:
+        raise RequestFileError(f"cannot read request file {path}: {err.strerror or err}") from None
+    except ValueError as err:  # not UTF-8
+        raise RequestFileError(str(err)) from None
     suffix = path.suffix.lower()
     if suffix == ".csv":
         rf = _read_csv(path, text)
@@ -272,6 +296,14 @@ def read_request_file(path: str | Path, *, validate: bool = True, tokenizer: Any
         rf = requests_from_data(_load_structured(path, text), str(path), allowed_top)
     else:
         raise RequestFileError(f"{path}: unknown request file type {suffix!r}; use .csv, .json, .jsonl or .yaml")
+    if len(rf.requests) > LARGE_REQUEST_FILE:
+        import logging
+
+        n = len(rf.requests)
+        msg = (f"{path}: {n} requests (more than {LARGE_REQUEST_FILE}); validating them takes about "
+               f"{n * _VALIDATE_SECONDS_PER_REQUEST:.0f} s and one edit of them is a long job (EMCID's statistics "
+               f"and solves grow with the request count); split the file to start with fewer")
+        logging.getLogger("iceb").warning("iceb: warning: %s", msg)
     if validate:
         validate_requests(rf.requests, where=str(path), rows=rf.rows, tokenizer=tokenizer)
     return rf
@@ -289,7 +321,11 @@ def count_clip_tokens(texts: Sequence[str], tokenizer: Any = None) -> list[int]:
     """CLIP token counts including the start and end tokens (the text encoder sees at most 77)."""
     if tokenizer is None:
         tokenizer = _shared_tokenizer()
-    return [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+    try:  # verbose=False: too-long prompts are reported by the caller, not by a transformers warning
+        ids = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    except TypeError:
+        ids = tokenizer(list(texts), truncation=False)["input_ids"]
+    return [len(x) for x in ids]
 
 
 _TOKENIZER = None

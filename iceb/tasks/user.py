@@ -51,7 +51,20 @@ def register_class_names(world: str, provider: Callable[[], Mapping[int, Sequenc
 
 
 def _imagenet_names() -> dict[int, list[str]]:
-    """The 1000 ImageNet-1k class names and synonyms, shipped with timm (no download)."""
+    """The 1000 ImageNet-1k class names and synonyms, shipped with timm (no download).
+
+    Read from timm's data files without importing timm (which costs 10-20 s on a loaded machine)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")
+    info_dir = Path(spec.submodule_search_locations[0]) / "data" / "_info" if spec and \
+        spec.submodule_search_locations else None
+    if info_dir is not None and (info_dir / "imagenet_synsets.txt").is_file():
+        synsets = (info_dir / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
+        lemmas = dict(line.split("\t", 1) for line in
+                      (info_dir / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines() if "\t" in line)
+        if len(synsets) == 1000:
+            return {i: [x.strip() for x in lemmas[s].split(",") if x.strip()] for i, s in enumerate(synsets)}
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
@@ -79,6 +92,28 @@ class ClassNames:
         elif table is not None:
             raise TaskError(f"{where}: 'classes' must map names to ids (or list names by id)")
         self._world: dict[str, set[int]] | None = None
+        self._count: int | None = None
+        for k, v in self.own.items():
+            self.check_id(v, f"{where}: classes[{k!r}]")
+
+    def class_count(self) -> int | None:
+        """How many classes the world has (ids 0..count-1), when known: ImageNet 1000, the toy world its table."""
+        if self._count is None:
+            if self.world == "imagenet":
+                self._count = 1000
+            else:
+                provider = _CLASS_NAME_PROVIDERS.get(self.world)
+                if provider is None:
+                    return None
+                self._count = len(provider())
+        return self._count
+
+    def check_id(self, cid: int, where: str) -> int:
+        count = self.class_count()
+        if cid < 0 or (count is not None and cid >= count):
+            span = f"0..{count - 1}" if count is not None else ">= 0"
+            raise TaskError(f"{where}: class id {cid} is not a class of the {self.world} world ({span})")
+        return cid
 
     def _world_table(self) -> dict[str, set[int]]:
         if self._world is None:
@@ -96,10 +131,10 @@ class ClassNames:
         if isinstance(value, bool):
             raise TaskError(f"{where}: class {value!r} is neither an id nor a name")
         if isinstance(value, int):
-            return value
+            return self.check_id(value, where)
         text = str(value).strip()
         if re.fullmatch(r"-?\d+", text):
-            return int(text)
+            return self.check_id(int(text), where)
         key = text.casefold()
         if key in self.own:
             return self.own[key]
@@ -132,6 +167,8 @@ def _seeds(entry: Mapping[str, Any], where: str) -> list[int]:
     for s in raw:
         if isinstance(s, bool) or not isinstance(s, int):
             raise TaskError(f"{where}: seed {s!r} is not an integer")
+        if not 0 <= s < 2**63:
+            raise TaskError(f"{where}: seed {s} is outside 0 <= seed < 2**63")
         out.append(s)
     return out
 
@@ -184,8 +221,9 @@ class UserTask(Task):
         requests = []
         for i, r in enumerate(rf.requests):
             where = f"{path} {rf.rows[i]}"
-            sid = names.resolve(r.source_id, where) if r.source_id is not None else None
-            did = names.resolve(r.destination_id, where) if r.destination_id is not None else None
+            sid = names.resolve(r.source_id, f"{where} source_class") if r.source_id is not None else None
+            did = names.resolve(r.destination_id, f"{where} destination_class") \
+                if r.destination_id is not None else None
             requests.append(EditRequest(r.source, r.destination, r.templates, r.seed, r.kind, sid, did,
                                         r.request_id or f"{_slug(path.stem)}-{i}"))
         validate_requests(requests, where=str(path), rows=rf.rows, tokenizer=kwargs.get("tokenizer"))

@@ -105,9 +105,35 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if i >= len(lines) - 2:  # only the last, unterminated line may be torn
                 break
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {i + 1} is valid JSON but a {type(row).__name__}, not an object (a row)")
+        rows.append(row)
     return rows
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; a file that is not UTF-8 is a ValueError naming it (OSErrors pass through)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                         f"save it as UTF-8") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file; malformed JSON is a ValueError naming the file, line and column."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None

@@ -28,6 +28,10 @@ class RegistryImportError(ImportError):
     """A lazy entry could not be imported."""
 
 
+class RegistryTypeError(TypeError, ValueError):
+    """A name resolves to an object of the wrong kind (e.g. ``json:JSONDecoder`` as an editor); a user error."""
+
+
 @dataclass(frozen=True)
 class _Lazy:
     target: str  # "package.module:Attr"
@@ -155,7 +159,8 @@ class Registry(Generic[T]):
 
     def _check(self, name: str, obj: Any) -> None:
         if self.base_cls is not None and isinstance(obj, type) and not issubclass(obj, self.base_cls):
-            raise TypeError(f"{self.kind} {name!r} resolves to {obj!r}, not a subclass of {self.base_cls.__name__}")
+            raise RegistryTypeError(f"{self.kind} {name!r} resolves to {obj!r}, not a subclass of "
+                                    f"{self.base_cls.__name__}")
 
     def description(self, name: str) -> str:
         """One-line description without importing lazy entries."""
