@@ -78,7 +78,12 @@ def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
         else:
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark is not None else ""
+                raise ValueError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', None) or err}") from None
         if isinstance(data, dict):
             key = next((k for k in ("prompts", "val_prompts") if k in data), None)
             if key is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iceb.commands import _args as A
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="render prompts with a model and optional edit files (before/after)")
@@ -23,13 +25,13 @@ def register(sub) -> None:
     p.add_argument("--edit", action="append", default=[], help="edit file to apply (repeat for several, in order)")
     p.add_argument("--force", action="store_true", help="apply edits even where the recorded base model differs")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, each prompt rendered with each (default 0)")
-    p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's protocol)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale")
-    p.add_argument("--size", type=int, default=None, help="image height and width in pixels")
-    p.add_argument("--batch-size", type=int, default=None, help="images per generation batch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
+    p.add_argument("--out", "-o", required=True, type=A.out_folder, help="output folder")
+    p.add_argument("--steps", type=A.positive_int, default=None, help="sampling steps (default: the model's protocol)")
+    p.add_argument("--guidance", type=A.finite_positive_float, default=None, help="guidance scale")
+    p.add_argument("--size", type=A.positive_int, default=None, help="image height and width in pixels")
+    p.add_argument("--batch-size", type=A.positive_int, default=None, help="images per generation batch")
+    p.add_argument("--device", default="auto", type=A.device, help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--dtype", default=None, type=A.dtype, help="float32 (default), float16 or bfloat16")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 

@@ -5,14 +5,9 @@ Bounds, where a metric gives one, are dashed lines in the editor's colour. Smoke
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from iceb.leaderboard.results import SMOKE_MARK
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 def _draw(ax, d, colors) -> None:
@@ -42,6 +37,7 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from iceb.utils.io import atomic_path
+    from iceb.utils.paths import inside, safe_filename
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +49,7 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
     colors = {lab: cmap(i % 10) for i, lab in enumerate(labels)}
 
     def save(fig, path: Path) -> None:
-        with atomic_path(path) as tmp:
+        with atomic_path(inside(out_dir, path)) as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
@@ -70,7 +66,7 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
             ax.set_xlabel("number of edited concepts (log)")
             ax.set_ylabel(metric)
             ax.legend(fontsize=7)
-            save(fig, out_dir / f"{_safe(task)}__{_safe(model)}__{_safe(subset)}__{_safe(metric)}.png")
+            save(fig, out_dir / f"{safe_filename(task)}__{safe_filename(model)}__{safe_filename(subset)}__{safe_filename(metric)}.png")
         cols = min(3, len(panels))
         rows = -(-len(panels) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -92,5 +88,5 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
         # the axis label sits above the legend rows, never under them
         fig.supxlabel("number of edited concepts (log)", fontsize=9, y=0.035 + 0.035 * rows)
         fig.tight_layout(rect=(0, 0.07 + 0.035 * rows, 1, 1))
-        save(fig, out_dir / f"{_safe(task)}__{_safe(model)}__panel.png")
+        save(fig, out_dir / f"{safe_filename(task)}__{safe_filename(model)}__panel.png")
     return written

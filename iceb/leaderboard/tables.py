@@ -105,14 +105,16 @@ def build_leaderboard(paths: Sequence[str | Path], out: str | Path, plots: bool 
                       report: bool = True) -> list[Path]:
     """Write the CSVs, the Markdown table, the plots and the HTML report; returns the files written."""
     from iceb.utils.io import write_text
+    from iceb.utils.paths import inside, safe_filename
 
+    rows = collect_rows(paths)  # every row is read and checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect_rows(paths)
     df = frame(rows).drop(columns=["run_dir"], errors="ignore")
     written = [_write_frame(df, out / "combined.csv")]
     for task in sorted(df["task"].unique()):
-        written.append(_write_frame(df[df["task"] == task], out / f"{task}.csv"))
+        # the name comes from the rows (maybe someone else's run folder): sanitised, and kept inside --out
+        written.append(_write_frame(df[df["task"] == task], inside(out, out / f"{safe_filename(task)}.csv")))
     md = markdown(df)
     write_text(out / "leaderboard.md", md)
     written.append(out / "leaderboard.md")

@@ -15,3 +15,21 @@ def cache_dir() -> Path:
         return Path(os.environ["ICEB_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "iceb"
+
+
+def safe_filename(text: object) -> str:
+    """A file-name part made from content (a task, model or metric name read from a row): letters, digits,
+    ``_ . -`` only, no leading dots, never empty, so a name from someone else's run folder can never
+    become a path (``/abs/x`` and ``../../x`` come out as ``abs_x`` and ``x``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.-") or "x"
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` if it lies inside ``root`` (after resolving ``..`` and links), else a ValueError: the last
+    guard before writing a file whose name came from content."""
+    root_r, path_r = Path(root).resolve(), Path(path).resolve()
+    if path_r != root_r and root_r not in path_r.parents:
+        raise ValueError(f"refusing to write {path}: it lies outside {root}")
+    return Path(path)

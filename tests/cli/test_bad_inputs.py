@@ -36,7 +36,6 @@ os.environ.setdefault("ICEB_OFFICIAL_DATA", str(Path(__file__).resolve().parents
 PARSE_ERROR = re.compile(r"^iceb( [\w-]+)*: error: ")
 RUN_ERROR = "iceb: error: "
 WARNING = re.compile(r"warning", re.I)  # 'iceb: warning: ...' or a Python warning (its next line is indented)
-XFAIL_MERGE = pytest.mark.xfail(strict=True, reason="needs validation outside this branch's scope (merge)")
 
 # --------------------------------------------------------------------------------------------------------
 # files a case can ask for: name -> content (str, bytes, or a callable of the case folder)
@@ -362,25 +361,21 @@ for cid, content, pat in [
          pat, {"c.json": content})
 case("toy-train--config-missing", ["toy", "train", "--config", "{d}/nope.json", "--work", "{d}/w", "--out", "{d}/o"],
      "no such file or folder: .*nope.json")
-# the message is right (iceb.utils.io.read_jsonl), but the leaderboard makes --out before it reads the rows
-LB_XFAIL = pytest.mark.xfail(strict=True, reason="iceb/leaderboard creates --out before reading rows (merge)")
 case("leaderboard-row-not-object", ["leaderboard", "{d}/run", "--out", "{d}/lb"],
-     "results.jsonl: line 1 is valid JSON but a list", {"run/results.jsonl": "[1, 2]\n{}\n"}, marks=LB_XFAIL)
+     "results.jsonl: line 1 is valid JSON but a list", {"run/results.jsonl": "[1, 2]\n{}\n"})
 case("leaderboard-row-number", ["leaderboard", "{d}/run", "--out", "{d}/lb"],
-     "results.jsonl: line 1 is valid JSON but a int", {"run/results.jsonl": "3\n{}\n"}, marks=LB_XFAIL)
+     "results.jsonl: line 1 is valid JSON but a int", {"run/results.jsonl": "3\n{}\n"})
 case("leaderboard-row-not-object-no-out", ["leaderboard", "{d}/run", "--out", "{d}/run/lb"],
      "results.jsonl: line 1 is valid JSON but a list", {"run/results.jsonl": "[1, 2]\n{}\n", "run/lb/x": "x"})
 case("generate-prompts-yaml-syntax", ["generate", "--model", "tiny", "--prompts", "{d}/p.yaml", "--out", "{d}/o"],
-     "mapping values are not allowed|while scanning|expected", {"p.yaml": "prompts: [a: b: c\n"})
+     "p.yaml: malformed YAML", {"p.yaml": "prompts: [a: b: c\n"})
 case("generate-no-prompts", ["generate", "--model", "tiny", "--out", "{d}/o"], "no prompts")
 case("generate-missing-out", ["generate", "--model", "tiny", "a cat"], "--out")
-# generate's numeric flags are another engineer's (iceb/commands/generate.py): they switch to _args at merge
-case("generate--steps=0", ["generate", "--model", "tiny", "a cat", "--steps", "0", "--out", "{d}/o"], "--steps",
-     marks=XFAIL_MERGE)
+case("generate--steps=0", ["generate", "--model", "tiny", "a cat", "--steps", "0", "--out", "{d}/o"], "--steps")
 case("generate--guidance=nan", ["generate", "--model", "tiny", "a cat", "--guidance", "nan", "--out", "{d}/o"],
-     "--guidance", marks=XFAIL_MERGE)
+     "--guidance")
 case("generate--batch-size=0", ["generate", "--model", "tiny", "a cat", "--batch-size", "0", "--out", "{d}/o"],
-     "--batch-size", marks=XFAIL_MERGE)
+     "--batch-size")
 
 
 # --------------------------------------------------------------------------------------------------------
