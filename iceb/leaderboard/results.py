@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from iceb.leaderboard.schema import ROW_COLUMNS, check_row
-from iceb.utils.io import append_jsonl, read_jsonl
+from iceb.utils.io import append_jsonl, iter_jsonl, read_jsonl
 
 #: how tables, plots and reports mark rows of ``--limit`` runs
 SMOKE_MARK = "SMOKE (--limit): not comparable"
@@ -64,24 +64,6 @@ def append_block(path: Path, rows: list[dict[str, Any]], block: dict[str, Any]) 
     append_jsonl(path, tagged + [{**block, "kind": "done"}])
 
 
-def _numbered_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, decoded line) of a JSONL file, as :func:`iceb.utils.io.read_jsonl` reads it."""
-    if not path.is_file():
-        return []
-    out = []
-    lines = path.read_bytes().split(b"\n")
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((i, json.loads(line)))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 1:  # only the last, unterminated line may be torn (a killed writer)
-                break
-            raise ValueError(f"{path}:{i}: not valid JSON") from None
-    return out
-
-
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The result rows of completed blocks only (the last completed block wins for a repeated key).
 
@@ -95,7 +77,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         ValueError: ``"<file>:<line>: ..."`` for a row with a missing field or a field of the wrong type.
     """
     path = Path(path)
-    lines = _numbered_jsonl(path)
+    lines = list(iter_jsonl(path))
     done = {r["block"]: r for _, r in lines if r.get("kind") == "done"}
     last_block = {b["key"]: b["block"] for b in done.values()}  # the last completed block per key
     by_key: dict[Any, list[tuple[int, dict[str, Any]]]] = {}

@@ -94,12 +94,12 @@ def _drop_torn_tail(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a killed writer) is ignored."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSONL file of objects; a torn last line (a killed writer) is ignored, any
+    other line that is not a JSON object is a ValueError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        return []
-    rows = []
+        return
     lines = path.read_bytes().split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
@@ -108,12 +108,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if i >= len(lines) - 2:  # only the last, unterminated line may be torn
-                break
+                return
             raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}: line {i + 1} is valid JSON but a {type(row).__name__}, not an object (a row)")
-        rows.append(row)
-    return rows
+        yield i + 1, row
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (see :func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def read_text(path: str | Path) -> str:

@@ -180,7 +180,8 @@ for editor, kv, pat in [
     ("rome", "v_lr=0", "--editor-args: key 'v_lr': must be > 0"),
     ("rome", "layer=-1", "--editor-args: key 'layer': must be >= 0"),
     ("rome", "v_prob_threshold=2", "--editor-args: key 'v_prob_threshold'"),
-    ("rome", "mode=parallel", "--editor-args: key 'mode'"),
+    ("rome", "solve=parallel", "--editor-args: key 'solve'"),
+    ("rome", "mode=sequential", "--editor-args: unknown key 'mode'"),
 ]:
     case(f"editor-args-{editor}-{kv}", EV + ["--editor", editor, "--editor-args", kv], re.escape(pat).replace(
         re.escape(".*"), ".*"))
