@@ -90,31 +90,57 @@ class BaseEditor:
     # -- hparams ------------------------------------------------------------------------------------
     @classmethod
     def hparams_path(cls, model_family: str, preset: str | None = None) -> Path | None:
-        """The shipped YAML for this editor and base model, ``editors/hparams/<name>/<preset|family>.yaml``."""
+        """The shipped YAML for this editor: ``editors/hparams/<name>/<preset>.yaml`` when a preset is named
+        (an unknown preset is an error, never a silent fall-back), else ``<family>.yaml``, else
+        ``default.yaml``, else None."""
         folder = HPARAMS_DIR / cls.name
-        for stem in ([preset] if preset else []) + [model_family, "default"]:
+        if preset:
+            from editors.hparams import check_preset
+
+            check_preset(cls.name, preset)
+            return folder / f"{preset}.yaml"
+        for stem in (model_family, "default"):
             if stem and (folder / f"{stem}.yaml").is_file():
                 return folder / f"{stem}.yaml"
-        if preset:
-            known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-            raise HparamsError(f"no preset {preset!r} for editor {cls.name!r}; presets: {', '.join(known) or 'none'}")
         return None
 
     @classmethod
     def load_hparams(cls, model_family: str = "sd-1.4", path: str | Path | None = None,
                      overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> Hparams:
-        """Hparams from an explicit file, else the shipped file for ``model_family``, else the defaults."""
-        path = Path(path) if path else cls.hparams_path(model_family, preset)
-        if path is None:
-            return cls.hparams_class.from_dict(dict(overrides or {}), source=f"{cls.name} defaults")
+        """Hparams in layers: the defaults, the shipped file (``preset`` or ``model_family``), an explicit file
+        ``path``, then ``overrides``; each later layer wins for the keys it names.
+
+        A partial file therefore changes only its own keys (the family's model-specific values stay), and
+        every layer is checked (keys, types, finiteness, ranges) with its own source in the message.
+
+        Args:
+            model_family: the base model's family (``sd-1.4``, ``tiny``, ``toy``...), choosing the shipped file.
+            path: an hparams YAML to layer over the shipped file.
+            overrides: key/value overrides (the CLI's ``--editor-args``).
+            preset: a named shipped file instead of the family's.
+
+        Returns:
+            The frozen hparams.
+        """
         from editors.hparams import load_yaml
 
-        data = load_yaml(path)
-        declared = data.pop("editor", None)
-        if declared is not None and declared != cls.name and declared not in getattr(cls, "aliases", ()):
-            raise HparamsError(f"{path}: file is for editor {declared!r}, not {cls.name!r}")
-        data.update(overrides or {})
-        return cls.hparams_class.from_dict(data, source=str(path))
+        data: dict[str, Any] = {}
+        sources = [f"{cls.name} defaults"]
+        for layer in (cls.hparams_path(model_family, preset), Path(path) if path else None):
+            if layer is None:
+                continue
+            layer_data = load_yaml(layer)
+            declared = layer_data.pop("editor", None)
+            if declared is not None and declared != cls.name and declared not in getattr(cls, "aliases", ()):
+                raise HparamsError(f"{layer}: file is for editor {declared!r}, not {cls.name!r}")
+            cls.hparams_class.check_values(layer_data, str(layer), editor=cls.name)
+            data.update(layer_data)
+            sources.append(str(layer))
+        if overrides:
+            cls.hparams_class.check_values(dict(overrides), "--editor-args", editor=cls.name)
+            data.update(overrides)
+            sources.append("--editor-args")
+        return cls.hparams_class.from_dict(data, source=" + ".join(sources[1:]) or sources[0])
 
     # -- requests -----------------------------------------------------------------------------------
     def check_requests(self, requests: Sequence[EditRequest]) -> None:

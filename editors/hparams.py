@@ -234,7 +234,7 @@ class Hparams:
             hint = closest(str(key), list(fields))
             more = f" (and {', '.join(repr(k) for k in unknown[1:])})" if unknown[1:] else ""
             raise HparamsError(f"{source}: unknown key {key!r}{more} for {whom}"
-                               + (f"; did you mean {hint!r}?" if hint else "") + f" Known keys: {', '.join(fields)}")
+                               + (f"; did you mean {hint!r}?" if hint else "") + f". Known keys: {', '.join(fields)}")
         values = {}
         for name, value in data.items():
             where = f"{source}: key {name!r}"

@@ -304,10 +304,9 @@ def _check_editor(args: argparse.Namespace) -> None:
         declared = data.pop("editor", None)
         if declared is not None and declared != editor and declared not in getattr(cls, "aliases", ()):
             raise HparamsError(f"--hparams {args.hparams}: the file is for editor {declared!r}, not {editor!r}")
+        # checked here, before a model loads; the editor's load_hparams layers it over the shipped file of
+        # the model family (or --preset), then --editor-args over both
         hp_cls.check_values(data, f"--hparams {args.hparams}", editor=editor)
-        # Layered: the file's keys over the shipped file of the model family (or --preset), then --editor-args.
-        args.editor_args = {**data, **overrides}
-        args.hparams = None
 
 
 def _check_evaluate(args: argparse.Namespace) -> None:

@@ -585,6 +585,7 @@ def test_partial_hparams_file_is_layered_over_the_family_file(folder, monkeypatc
     import argparse
 
     from editors import get_editor
+    from editors.hparams import parse_overrides
     from iceb.commands._args import preflight
 
     (folder / "h.yaml").write_text("v_lr: 0.123\nclamp_norm_factor: 2.0\n")
@@ -592,7 +593,7 @@ def test_partial_hparams_file_is_layered_over_the_family_file(folder, monkeypatc
                               editor_args="clamp_norm_factor=3.0", mode="batch", rounds=1)
     preflight(args)
     cls = get_editor("emcid")
-    hp = cls.load_hparams("tiny", args.hparams, args.editor_args)
+    hp = cls.load_hparams("tiny", args.hparams, parse_overrides(args.editor_args))  # as the commands do
     shipped = cls.load_hparams("tiny")
     assert hp.v_lr == 0.123 and hp.clamp_norm_factor == 3.0
     assert hp.v_num_grad_steps == shipped.v_num_grad_steps != cls.hparams_class().v_num_grad_steps
