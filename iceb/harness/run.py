@@ -30,7 +30,6 @@ that can fail runs inside :meth:`Dist.collective`, so a failure on one rank stop
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -48,6 +47,7 @@ from iceb.harness.config import SMOKE_WARNING, EvalConfig
 from iceb.harness.dist import Dist
 from iceb.harness.logs import lines_to, logger
 from iceb.harness.plan import ManifestMismatchError, build_plan, chunks
+from iceb.utils.io import read_json
 from iceb.leaderboard.results import RunLockedError, append_block, completed_keys, config_hash, git_revision, \
     package_versions, read_rows
 
@@ -154,7 +154,7 @@ class Run:
         with self.dist.collective():
             if self.dist.main:
                 self._write_plan()
-        self.manifest = self.dist.broadcast(json.loads(self._manifest_path.read_text()) if self.dist.main else None)
+        self.manifest = self.dist.broadcast(read_json(self._manifest_path) if self.dist.main else None)
         self.chunk = int(self.manifest["chunk_size"])
         self.gen = self.gen.replace(batch_size=self.chunk)
         self.say(f"[iceb] model {loaded.spec} ({loaded.model_id}, world: {loaded.world}); task {self.task.name}; "
@@ -210,7 +210,7 @@ class Run:
         if cfg.overwrite:
             files.clear_run(run_dir)
         path = self._manifest_path
-        old = json.loads(path.read_text()) if path.is_file() else None
+        old = read_json(path) if path.is_file() else None
         if old is not None and old.get("chunk_size") != chunk:
             self.say(f"[iceb] resuming with the run's chunk size {old['chunk_size']} (not --batch-size {chunk})")
             chunk = int(old["chunk_size"])
@@ -389,7 +389,7 @@ class Run:
         prompts, work = list(inst.prompts), self.run_dir / "work" / f"n{n}"
         post_recs: dict[str, list[Any]] = {m.name: [None] * len(prompts) for m in self.metrics}
         for ci in range(len(chunks(len(prompts), self.chunk))):
-            data = json.loads((work / f"c{ci:05d}.json").read_text())
+            data = read_json(work / f"c{ci:05d}.json")
             for m in self.metrics:
                 for i, r in zip(data["indices"], data["records"][m.name]):
                     post_recs[m.name][i] = r

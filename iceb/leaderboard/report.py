@@ -9,12 +9,12 @@ The page is ``templates/report.html.j2`` (jinja2, autoescaped); its tables are t
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from iceb.leaderboard.results import SMOKE_MARK
 from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.utils.io import read_json
 
 TEMPLATE = "report.html.j2"
 
@@ -36,8 +36,8 @@ def _tables(df) -> list[dict[str, Any]]:
 
 def _run_section(run: Path) -> dict[str, Any]:
     cfg_path, man_path = run / "config.json", run / "manifest.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    man = json.loads(man_path.read_text()) if man_path.is_file() else {}
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    man = read_json(man_path) if man_path.is_file() else {}
     c = cfg.get("config", {})
     grids = sorted((run / "grids").glob("n*.png"), key=lambda p: int(p.stem[1:])) if (run / "grids").is_dir() else []
     return {"title": f"{c.get('editor', '?')} on {c.get('task', '?')} ({(cfg.get('model') or {}).get('spec', '?')})",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from iceb.leaderboard.schema import ROW_COLUMNS, check_row
-from iceb.utils.io import append_jsonl, iter_jsonl, read_jsonl
+from iceb.utils.io import append_jsonl, iter_jsonl, read_json, read_jsonl
 
 #: how tables, plots and reports mark rows of ``--limit`` runs
 SMOKE_MARK = "SMOKE (--limit): not comparable"
@@ -130,5 +130,5 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     cfg_path, res_path = run_dir / "config.json", run_dir / "results.jsonl"
     if not res_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not an ICEB run folder (no results.jsonl)")
-    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config = read_json(cfg_path) if cfg_path.is_file() else {}
     return config, read_rows(res_path)
