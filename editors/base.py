@@ -8,7 +8,6 @@ sequential editing is :func:`edit_in_rounds`, an explicit choice of the caller.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, runtime_checkable
@@ -18,6 +17,7 @@ import torch
 from editors.hparams import HPARAMS_DIR, Hparams, HparamsError
 from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError, RequestKind
 from editors.weights import applied
+from iceb.utils.timing import Timer  # re-exported: the one timer of every editor
 
 __all__ = ["DEFAULT_TEMPLATES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
            "RequestKind", "Timer", "edit_in_rounds"]
@@ -114,25 +114,6 @@ class BaseEditor:
 
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-class Timer:
-    """``with timer("stage1"): ...`` accumulates wall seconds into a dict."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, key: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.t0 = time.perf_counter()
-
-            def __exit__(self_inner, *exc):
-                timer.timings[key] = timer.timings.get(key, 0.0) + time.perf_counter() - self_inner.t0
-
-        return _Ctx()
 
 
 def edit_in_rounds(editor: Editor, pipe: Any, requests: Sequence[EditRequest], rounds: int) -> EditResult:

@@ -8,7 +8,7 @@ Names are the pipeline's own: ``<component>.<parameter name inside that module>`
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -104,3 +104,26 @@ def applied(pipe, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
 
 def snapshot(pipe, names) -> dict[str, torch.Tensor]:
     return {n: get_tensor(pipe, n).detach().clone() for n in names}
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module, trainable: Iterable[torch.nn.Parameter] = ()) -> Iterator[None]:
+    """``requires_grad`` off for every parameter of ``modules`` (no gradient lands on the pipeline) except the
+    ``trainable`` ones, which are switched on; on exit every parameter gets back its previous flag."""
+    params: dict[int, torch.nn.Parameter] = {}
+    for m in modules:
+        for p in m.parameters():
+            params.setdefault(id(p), p)
+    train = list(trainable)
+    for p in train:
+        params.setdefault(id(p), p)
+    flags = [(p, p.requires_grad) for p in params.values()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for p in train:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
