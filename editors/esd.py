@@ -351,12 +351,15 @@ class ESDEditor(BaseEditor):
                     f"the destination.")
 
     def cache_key(self, pipe, requests: Sequence[EditRequest]) -> str:
-        """Hash of what determines the result: model weights, dtype, parameter set, hparams, requests."""
+        """Hash of what determines the result: model weights, dtype, scheduler, parameter set, hparams, requests
+        (the same in every process)."""
         hp = self.hparams.to_dict()
         hp.pop("checkpoint_every")
         reqs = [[r.source, r.templates if self.hparams.use_templates else None, r.seed] for r in requests]
+        # the scheduler config without diffusers' private keys (``_use_default_values`` is built from a set)
         return stable_hash("esd", {"editor": self.parameter_set, "model": _pipe_fingerprint(pipe),
-                                   "dtype": str(pipe.unet.dtype), "hparams": hp, "requests": reqs})
+                                   "dtype": str(pipe.unet.dtype), "scheduler": dict(pipe.scheduler.config),
+                                   "hparams": hp, "requests": reqs}, drop_private=True)
 
     def _seed(self, requests: Sequence[EditRequest]) -> int:
         return seed_from("esd", self.hparams.seed, [r.seed for r in requests])

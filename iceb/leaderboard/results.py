@@ -8,13 +8,13 @@ run killed mid-write resumes to exactly the rows an uninterrupted run writes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from iceb.utils.hashing import stable_hash
 from iceb.utils.io import append_jsonl, read_jsonl
 
 ROW_COLUMNS = ["editor", "model", "task", "world", "n_edits", "mode", "subset", "metric", "value", "bound", "n",
@@ -29,7 +29,9 @@ class RunLockedError(RuntimeError):
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """The run-id hash of a config: :func:`iceb.utils.hashing.stable_hash` (12 hex characters, the length run
+    folder names have always had)."""
+    return stable_hash(config, length=12)
 
 
 def git_revision() -> str | None:

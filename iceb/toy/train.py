@@ -135,6 +135,8 @@ def make_world(cfg: TrainConfig) -> W.ToyWorld:
     return W.ToyWorld(seed=cfg.seed, **cfg.world)
 
 
+# The seed derivations below are frozen derivation, not :func:`iceb.utils.hashing.seed_from`: the shipped toy model was built with these exact seeds;
+# changing them would change the toy training numerics.
 def _gen(cfg: TrainConfig, stage: str, step: int) -> torch.Generator:
     digest = hashlib.sha256(f"{cfg.seed}|{stage}|{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:7], "little"))
@@ -294,6 +296,7 @@ def train_vae(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
 
 
 def hash_seed(cfg: TrainConfig, stage: str, step: int) -> int:
+    """A 32-bit seed of (cfg.seed, stage, step); a frozen derivation like :func:`_gen`'s."""
     return int.from_bytes(hashlib.sha256(f"{cfg.seed}|{stage}|{step}|s".encode()).digest()[:4], "little")
 
 
