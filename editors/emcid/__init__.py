@@ -51,7 +51,7 @@ class EMCIDHparams(Hparams):
     mom2_update_weight: float = 4000.0  # λ
     edit_weight: float = 0.6  # α: λ_eff = λ(1-α)/α
     residual: Literal["fc2_output", "hidden"] = "fc2_output"  # official parity, or MEMIT's block-L residual
-    mom2_dataset: str = "ccs"  # a corpus name of editors.corpora (coco, ccs, toy, mini) or a caption file
+    mom2_dataset: str = "ccs"  # a name in editors.corpora.CORPORA (ICEB registers coco, ccs, toy, mini) or a caption file
     mom2_n_samples: int = 100000
     stats_batch_size: int = 100
     model_fingerprint: str | None = None  # None: computed from the weights

@@ -68,8 +68,10 @@ def closest(name: str, known: list[str]) -> str | None:
 class Registry(Generic[T]):
     """A thread-safe name -> object registry with lazy entries and entry-point discovery."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, base_cls: type | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None, base_cls: type | None = None,
+                 plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self.entry_point_group = entry_point_group
         self.base_cls = base_cls
         self._items: dict[str, Any] = {}
@@ -138,7 +140,7 @@ class Registry(Generic[T]):
             msg = f"unknown {self.kind} {name!r}."
             if hint:
                 msg += f" Did you mean {hint!r}?"
-            msg += f" Known {self.kind}s: {', '.join(known)}."
+            msg += f" Known {self.plural}: {', '.join(known) or 'none'}."
             if self.entry_point_group:
                 msg += (f" A third-party {self.kind} can be given as 'package.module:Class' or registered"
                         f" through the entry-point group {self.entry_point_group!r}.")
