@@ -19,13 +19,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-# ICEB's named caption corpora reach editors.corpora through the entry-point group iceb.corpora; registering them
-# here too keeps tests working where the installed metadata predates those entry points (a worktree, an old install)
-from editors.corpora import CORPORA  # noqa: E402
-from iceb.data.corpora import register_all  # noqa: E402
-
-register_all(CORPORA)
-
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("RUN_SLOW") == "1":

@@ -35,6 +35,14 @@ def test_a_plug_in_corpus_registers_by_name():
     assert load_corpus("test-plugin-corpus") == ["one", "two"]
 
 
+def test_the_source_trees_entry_points_count_without_a_reinstall():
+    from iceb.utils.registry import source_tree_entry_points
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["iceb.corpora"]
+    assert source_tree_entry_points("iceb.corpora") == declared
+    assert source_tree_entry_points("no.such.group") == {}
+
+
 def test_entry_points_of_pyproject_resolve_in_a_plain_process(tmp_path):
     """What ``pip install -e .`` writes (the ``iceb.corpora`` entry points of pyproject.toml) is enough for a
     plain process that imports only ``editors.corpora``: the entry point imports ``iceb.data.corpora`` from

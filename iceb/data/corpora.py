@@ -7,8 +7,10 @@
 
 Each is a function returning the path of a caption file; the editors read the file (dependency inversion:
 this module knows nothing of editors). They reach ``editors.corpora.CORPORA`` through the entry-point group
-``iceb.corpora`` (``pyproject.toml``: each entry names a function here, so it resolves to whichever tree is
-on ``sys.path``), or through :func:`register_all` for an install whose metadata predates those entry points.
+``iceb.corpora`` declared in ``pyproject.toml``: each entry names a function here, so it resolves to whichever
+tree is on ``sys.path``, and a source tree's own declarations count even where the installed metadata
+predates them (:func:`iceb.utils.registry.source_tree_entry_points`). :func:`register_all` registers them
+explicitly.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -56,6 +57,28 @@ def import_object(target: str) -> Any:
         except AttributeError as err:
             raise RegistryImportError(f"module {module_name!r} has no attribute {attr!r}") from err
     return obj
+
+
+def source_tree_entry_points(group: str, pyproject: Path | None = None) -> dict[str, str]:
+    """The entry points of ``group`` declared in the ``pyproject.toml`` of the source tree this module was
+    imported from (none for an installed wheel).
+
+    Installed metadata is written at ``pip install`` time, so a checkout on ``sys.path`` (a worktree, an
+    editable install older than its ``pyproject.toml``) would otherwise miss entry points its own tree
+    declares; their ``module:attr`` targets resolve against ``sys.path`` like any other.
+    """
+    path = pyproject or Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: installed metadata only
+        return {}
+    try:
+        declared = tomllib.loads(path.read_text()).get("project", {}).get("entry-points", {}).get(group, {})
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
 
 
 def closest(name: str, known: list[str]) -> str | None:
@@ -111,6 +134,9 @@ class Registry(Generic[T]):
             for ep in importlib.metadata.entry_points(group=self.entry_point_group):
                 if ep.name not in self._items:
                     self._items[ep.name] = _Lazy(ep.value, f"(plug-in from {ep.dist.name if ep.dist else '?'})")
+            for name, value in source_tree_entry_points(self.entry_point_group).items():
+                if name not in self._items:
+                    self._items[name] = _Lazy(value, "(declared in this source tree's pyproject.toml)")
             self._entry_points_loaded = True
 
     # -- lookup ---------------------------------------------------------------------------------
