@@ -37,7 +37,6 @@ from editors.hooks import align_tokens_greedy, cross_attention_modules, last_tok
 from editors.hparams import Hparams, HparamsError
 from iceb.utils.timing import Timer
 
-UCE_TEMPLATES_OBJECT = ("{}", "image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
 
 

@@ -44,25 +44,6 @@ def get_tensor(pipe, name: str) -> torch.Tensor:
             raise WeightNameError(f"the pipeline has no tensor {name!r}") from None
 
 
-def named_tensors(pipe, components: tuple[str, ...] = COMPONENTS) -> Iterator[tuple[str, torch.Tensor]]:
-    for comp in components:
-        module = getattr(pipe, comp, None)
-        if isinstance(module, torch.nn.Module):
-            for inner, p in module.named_parameters():
-                yield f"{comp}.{inner}", p
-
-
-def module_prefix(pipe, module: torch.nn.Module) -> str:
-    """The pipeline name of a submodule (e.g. ``text_encoder.text_model.encoder.layers.3.mlp.fc2``)."""
-    for comp in COMPONENTS:
-        root = getattr(pipe, comp, None)
-        if isinstance(root, torch.nn.Module):
-            for inner, m in root.named_modules():
-                if m is module:
-                    return f"{comp}.{inner}" if inner else comp
-    raise WeightNameError(f"module {type(module).__name__} is not part of the pipeline")
-
-
 def check_compatible(pipe, tensors: Mapping[str, torch.Tensor]) -> None:
     """Every name exists and every shape matches, before anything is written."""
     for name, value in tensors.items():
@@ -100,10 +81,6 @@ def applied(pipe, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
         yield
     finally:
         restore_tensors(pipe, originals)
-
-
-def snapshot(pipe, names) -> dict[str, torch.Tensor]:
-    return {n: get_tensor(pipe, n).detach().clone() for n in names}
 
 
 @contextlib.contextmanager
