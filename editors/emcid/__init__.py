@@ -5,9 +5,10 @@ source token that makes the frozen UNet denoise the source prompt as it denoises
 Stage II (:mod:`editors.emcid.stage2`) writes all concepts' ``z*`` into the fc2 weights of ``layers`` with one
 closed-form, preservation-weighted least-squares update per layer. Hyperparameters: ``editors/hparams/emcid/``.
 
-Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``), keyed by the model's weights,
-the stage-I hparams and the request, so an interrupted edit resumes; the second-moment statistics are cached
-by :mod:`editors.stats` (``<cache_dir>/stats``).
+Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``, a content cache of
+:mod:`iceb.utils.cache`), keyed by the model's weights, the scheduler config, the stage-I hparams and the
+request (one key in every process), so an interrupted edit resumes; the second-moment statistics are cached by
+:mod:`editors.stats` (``<cache_dir>/stats``) and their Cholesky factors in ``<cache_dir>/emcid/cholesky``.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class EMCIDHparams(Hparams):
     mom2_update_weight: float = 4000.0  # λ
     edit_weight: float = 0.6  # α: λ_eff = λ(1-α)/α
     residual: Literal["fc2_output", "hidden"] = "fc2_output"  # official parity, or MEMIT's block-L residual
-    mom2_dataset: str = "ccs"  # a name in editors.corpora.CORPORA (ICEB registers coco, ccs, toy, mini) or a caption file
+    mom2_dataset: str = "ccs"  # a name in editors.corpora.CORPORA (ICEB: coco, ccs, toy, mini) or a caption file
     mom2_n_samples: int = 100000
     stats_batch_size: int = 100
     model_fingerprint: str | None = None  # None: computed from the weights
