@@ -10,7 +10,6 @@ the edit and refuses non-finite results.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
@@ -19,6 +18,7 @@ import torch
 
 from editors.hparams import HPARAMS_DIR, Hparams, HparamsError
 from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError, RequestKind
+from iceb.utils.timing import Timer  # re-exported: the one timer of every editor
 
 __all__ = ["DEFAULT_TEMPLATES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
            "RequestKind", "Timer"]
@@ -160,20 +160,3 @@ class BaseEditor:
         raise NotImplementedError
 
 
-class Timer:
-    """``with timer("stage1"): ...`` accumulates wall seconds into a dict."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, key: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.t0 = time.perf_counter()
-
-            def __exit__(self_inner, *exc):
-                timer.timings[key] = timer.timings.get(key, 0.0) + time.perf_counter() - self_inner.t0
-
-        return _Ctx()

@@ -1,28 +1,37 @@
-"""Caption corpora for the second-moment statistics: a name or a file, sampled with a fixed seed.
+"""Caption corpora for the second-moment statistics: a caption file, or a name from the corpus registry.
 
-- ``coco``: the 30k MS-COCO captions of EMCID's release (downloaded once, or ``ICEB_COCO_CSV``).
-- ``ccs``: BLIP's ``ccs_filtered.json`` (CC3M+CC12M+SBU), EMCID's corpus (downloaded on request).
-- a path: a ``.txt`` file with one caption per line, a ``.csv`` with a ``prompt`` or ``caption`` column,
-  or a ``.json`` list of strings or of records with a ``caption`` field.
+Editors read caption files only; which named corpora exist is the business of whoever installs them (dependency
+inversion): :data:`CORPORA` is filled through the entry-point group ``iceb.corpora`` (ICEB's own ``coco``,
+``ccs``, ``toy`` and ``mini`` live in ``iceb.data.corpora`` and are declared in ``pyproject.toml``) or by
+:func:`register_corpus`. An entry is a zero-argument callable returning the path of a caption file or the
+captions themselves.
+
+A caption file is a ``.txt`` file with one caption per line, a ``.csv`` with a ``prompt``, ``caption`` or
+``text`` column, or a ``.json`` list of strings or of records with a ``caption`` field.
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
+from typing import Any, Callable
 
-CCS_URL = "https://storage.googleapis.com/sfr-vision-language-research/BLIP/datasets/ccs_filtered.json"
+from iceb.utils.registry import Registry, UnknownNameError
+
+#: name -> zero-argument callable returning a caption file path or a list of captions
+CORPORA: Registry = Registry("corpus", entry_point_group="iceb.corpora", plural="corpora")
+
+CAPTION_SUFFIXES = (".txt", ".csv", ".json")
 
 
-def _coco_path() -> Path:
-    from iceb.utils.download import EMCID_RAW, fetch
+class UnknownCorpusError(UnknownNameError, ValueError):
+    """A corpus name that is neither registered nor an existing caption file (names the closest match)."""
 
-    if os.environ.get("ICEB_COCO_CSV"):
-        return Path(os.environ["ICEB_COCO_CSV"])
-    return fetch(f"{EMCID_RAW}/data/coco/coco_30k.csv",
-                 local_hint="Set ICEB_COCO_CSV to a local copy of EMCID's data/coco/coco_30k.csv, "
-                            "or pass a caption file as the corpus.")
+
+def register_corpus(name: str, loader: Callable[[], Any] | str | None = None, *, description: str = ""):
+    """Register a named corpus: ``register_corpus("mine", fn)``, ``register_corpus("mine", "pkg.mod:fn")`` (lazy)
+    or ``@register_corpus("mine")`` on a zero-argument function returning a caption file path or the captions."""
+    return CORPORA.register(name, loader, description=description)
 
 
 def read_caption_file(path: str | Path) -> list[str]:
@@ -47,21 +56,27 @@ def read_caption_file(path: str | Path) -> list[str]:
 
 
 def load_corpus(name: str) -> list[str]:
-    """Captions of a named corpus or a file. Names: coco, ccs, toy (the toy world's captions), mini."""
-    from iceb.utils.paths import DATA_DIR
+    """Captions of a registered corpus or of a caption file.
 
-    shipped = {"toy": DATA_DIR / "toy" / "captions.txt", "mini": DATA_DIR / "captions" / "mini.txt"}
-    if name in shipped:
-        if not shipped[name].is_file():
-            raise FileNotFoundError(f"the {name!r} caption corpus is missing ({shipped[name]})")
-        return read_caption_file(shipped[name])
-    if name == "coco":
-        return read_caption_file(_coco_path())
-    if name == "ccs":
-        from iceb.utils.download import fetch
-
-        path = fetch(CCS_URL, local_hint="Download ccs_filtered.json elsewhere and pass its path as the corpus.")
+    Raises:
+        FileNotFoundError: ``name`` looks like a caption file path that does not exist, or a corpus's file is
+            missing.
+        UnknownCorpusError: (a ``ValueError``) an unknown name; the message lists the known names and the
+            closest one.
+    """
+    if name in CORPORA:
+        value = CORPORA.get(name)()
+        return read_caption_file(value) if isinstance(value, (str, Path)) else [str(c) for c in value]
+    path = Path(name)
+    if path.is_file():
         return read_caption_file(path)
-    if Path(name).exists():
-        return read_caption_file(name)
-    raise ValueError(f"unknown caption corpus {name!r}: use 'coco', 'ccs' or a caption file path")
+    if path.suffix in CAPTION_SUFFIXES or "/" in name or "\\" in name:
+        raise FileNotFoundError(f"caption corpus file {path} does not exist")
+    try:
+        CORPORA.get(name)
+    except UnknownNameError as err:
+        raise UnknownCorpusError(f"{err} A caption file path (.txt, .csv, .json) works too.") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+__all__ = ["CORPORA", "UnknownCorpusError", "load_corpus", "read_caption_file", "register_corpus"]

@@ -20,20 +20,19 @@ ESD-x trains every UNet parameter whose name contains ``attn2`` (the cross-atten
 everything except ``attn2``, the time embedding (``time_embedding.*``) and the output norm/conv
 (``conv_norm_out.*``, ``conv_out.*``), the original code's ``xattn``/``noxattn`` sets in diffusers names.
 
-ESD only erases. A request with a destination is rejected unless ``treat_updates_as_erase: true``, which
-erases the source towards the unconditional prompt and ignores the destination. In ICEB's arbitrary-editing
-task ESD is therefore scored on the Forget and Holdout panels only (:attr:`ESDEditor.scored_panels`).
+ESD only erases (``supports == {"erase"}``). A request with a destination is rejected unless
+``treat_updates_as_erase: true``, which erases the source towards the unconditional prompt and ignores the
+destination.
 
 Training checkpoints (the trained tensors, Adam's state, the RNG state and the losses) are written every
-``checkpoint_every`` iterations into ``<cache_dir>/esd/<key>/`` where the key hashes the model weights, the
-hparams and the requests; the same edit started again resumes from there and gives the same result, bit
+``checkpoint_every`` iterations into the content cache ``<cache_dir>/esd`` (:mod:`iceb.utils.cache`) under a
+key that hashes the model weights, the hparams and the requests; the same edit started again resumes from there and gives the same result, bit
 for bit on the same device, as an uninterrupted run.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -44,9 +43,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from editors import register_editor
-from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Timer
+from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hparams import Hparams, HparamsError
 from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
+from editors.weights import frozen
+from iceb.utils.cache import ContentCache
+from iceb.utils.fingerprint import weights_fingerprint
+from iceb.utils.hashing import seed_from, stable_hash
+from iceb.utils.timing import Timer
 
 CHECKPOINT_FORMAT = "iceb-esd-1"
 
@@ -247,12 +251,8 @@ class ESDRun:
         return value
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def save(self, path: Path, key: str, final: bool = False) -> None:
-        """Trainable tensors, Adam state, RNG state and losses as safetensors (atomic write)."""
-        from safetensors.torch import save_file
-
-        from iceb.utils.io import atomic_path
-
+    def save(self, cache: ContentCache, key: str, final: bool = False) -> None:
+        """Trainable tensors, Adam state, RNG state and losses as one cache entry (atomic write)."""
         tensors: dict[str, torch.Tensor] = {}
         for n, p in zip(self.names, self.params):
             tensors[f"param/{n}"] = p.detach().cpu().contiguous()
@@ -263,31 +263,26 @@ class ESDRun:
                 tensors[f"adam/{n}/step"] = torch.as_tensor(st["step"]).detach().cpu().reshape(1).clone()
         tensors["rng"] = self.generator.get_state().clone()
         tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64).reshape(-1)
-        meta = {"format": CHECKPOINT_FORMAT, "key": key, "iteration": str(self.iteration),
-                "final": str(bool(final)), "scaler": json.dumps(self.scaler.state_dict() if self.scaler else None)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        meta = {"format": CHECKPOINT_FORMAT, "iteration": str(self.iteration), "final": str(bool(final)),
+                "scaler": json.dumps(self.scaler.state_dict() if self.scaler else None)}
+        cache.put(key, tensors, meta)
 
-    def load(self, path: Path, key: str) -> bool:
-        """Restore a checkpoint written by :meth:`save` for the same key; False (and a warning) if unusable."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as err:  # a torn or foreign file: start over rather than fail
-            warnings.warn(f"ESD: ignoring unreadable checkpoint {path}: {err}", stacklevel=2)
+    def load(self, cache: ContentCache, key: str) -> bool:
+        """Restore the checkpoint :meth:`save` wrote under ``key``; False if there is none or it is unusable
+        (an unreadable entry is warned about and removed by the cache)."""
+        found = cache.entry(key)
+        if found is None:
             return False
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("key") != key:
-            warnings.warn(f"ESD: ignoring checkpoint {path}: written for another edit", stacklevel=2)
+        tensors, meta = found
+        path = cache.path(key)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            warnings.warn(f"ESD: ignoring checkpoint {path}: format {meta.get('format')!r}", stacklevel=2)
             return False
-        final = meta.get("final") == "True"
         missing = [n for n in self.names if f"param/{n}" not in tensors]
         if missing:
             warnings.warn(f"ESD: ignoring checkpoint {path}: it lacks {missing[:3]}", stacklevel=2)
             return False
+        final = meta.get("final") == "True"
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
                 p.copy_(tensors[f"param/{n}"].to(p.device, p.dtype))
@@ -311,11 +306,9 @@ class ESDRun:
 # --------------------------------------------------------------------------------------------------
 # the editors
 # --------------------------------------------------------------------------------------------------
-def _pipe_fingerprint(pipe) -> str:
-    """Identity of the UNet and text-encoder weights (the checkpoint key)."""
-    from iceb.utils.fingerprint import weights_fingerprint
-
-    return weights_fingerprint(pipe.text_encoder) + weights_fingerprint(pipe.unet)
+def _pipe_fingerprint(pipe) -> list[str]:
+    """Identity of the text-encoder and UNet weights (part of the checkpoint key)."""
+    return [weights_fingerprint(pipe.text_encoder), weights_fingerprint(pipe.unet)]
 
 
 @torch.no_grad()
@@ -328,15 +321,11 @@ def _encode(pipe, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
 class ESDEditor(BaseEditor):
     """ESD: erase concepts by fine-tuning the UNet onto the frozen model's negatively guided prediction.
 
-    Supports ``erase`` requests only (see ``treat_updates_as_erase``). ICEB scores ESD on the Forget and
-    Holdout panels only: it has no destination, so the Generalization/Efficacy-towards-destination panels
-    do not apply (:attr:`scored_panels`).
+    Supports ``erase`` requests only (see ``treat_updates_as_erase``): it has no destination.
     """
 
     hparams_class = ESDHparams
     supports: ClassVar[frozenset[str]] = frozenset({"erase"})
-    #: The ICEB arbitrary-editing panels this editor is scored on (no destination: no efficacy panels).
-    scored_panels: ClassVar[tuple[str, ...]] = ("forget", "holdout")
     #: "esd-x" or "esd-u": which UNet parameters are trained.
     parameter_set: ClassVar[str] = ""
 
@@ -363,17 +352,18 @@ class ESDEditor(BaseEditor):
                     f"the destination.")
 
     def cache_key(self, pipe, requests: Sequence[EditRequest]) -> str:
-        """Hash of what determines the result: model weights, dtype, parameter set, hparams, requests."""
+        """Hash of what determines the result: model weights, dtype, scheduler, parameter set, hparams, requests
+        (the same in every process)."""
         hp = self.hparams.to_dict()
         hp.pop("checkpoint_every")
         reqs = [[r.source, r.templates if self.hparams.use_templates else None, r.seed] for r in requests]
-        blob = json.dumps({"editor": self.parameter_set, "model": _pipe_fingerprint(pipe),
-                           "dtype": str(pipe.unet.dtype), "hparams": hp, "requests": reqs}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        # the scheduler config without diffusers' private keys (``_use_default_values`` is built from a set)
+        return stable_hash("esd", {"editor": self.parameter_set, "model": _pipe_fingerprint(pipe),
+                                   "dtype": str(pipe.unet.dtype), "scheduler": dict(pipe.scheduler.config),
+                                   "hparams": hp, "requests": reqs}, drop_private=True)
 
     def _seed(self, requests: Sequence[EditRequest]) -> int:
-        blob = json.dumps([self.hparams.seed, [r.seed for r in requests]]).encode()
-        return int(hashlib.sha256(blob).hexdigest()[:15], 16)
+        return seed_from("esd", self.hparams.seed, [r.seed for r in requests])
 
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
         self.check_requests(requests)
@@ -382,7 +372,7 @@ class ESDEditor(BaseEditor):
         device = unet.device
         timer = Timer()
         key = self.cache_key(pipe, requests)
-        ckpt = self.cache_dir / "esd" / key / "checkpoint.safetensors" if self.cache_dir else None
+        ckpt = ContentCache(self.cache_dir / "esd" if self.cache_dir is not None else None, "esd-checkpoint")
 
         # Concept prompts: the bare name (paper) or every template (one drawn per iteration).
         with timer("encode"):
@@ -397,25 +387,22 @@ class ESDEditor(BaseEditor):
 
         names = select_parameters(unet, self.parameter_set)
         orig_dtype = unet.dtype
-        orig_requires_grad = {n: p.requires_grad for n, p in unet.named_parameters()}
         orig_training = unet.training
         orig_ckpt = bool(getattr(unet, "is_gradient_checkpointing", False))
         resumed_from = 0
         run = None
         bar = None
+        grads = contextlib.ExitStack()  # requires_grad: off for the UNet, on for the trained tensors; restored
         try:
             if orig_dtype != torch.float32:  # train in fp32; fp16/bf16 -> fp32 -> back is lossless
                 unet.to(dtype=torch.float32)
             unet.eval()  # SD's UNet has no dropout; eval keeps runs deterministic
-            for n, p in unet.named_parameters():
-                p.requires_grad_(False)
             if hp.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             run = ESDRun(unet, pipe.scheduler.config, names, concept_embeds, uncond, hp, latent_shape,
                          self._seed(requests))
-            for p in run.params:
-                p.requires_grad_(True)
-            if ckpt is not None and ckpt.is_file() and run.load(ckpt, key):
+            grads.enter_context(frozen(unet, trainable=run.params))
+            if run.load(ckpt, key):
                 resumed_from = run.iteration
             bar = tqdm(total=hp.iterations, initial=run.iteration, desc=f"{self.name} erase ({len(requests)})",
                        unit="it", disable=not self.progress, leave=False)
@@ -424,13 +411,13 @@ class ESDEditor(BaseEditor):
                     loss = run.step(timer)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}")
-                    if ckpt is not None and hp.checkpoint_every and run.iteration % hp.checkpoint_every == 0 \
+                    if ckpt.enabled and hp.checkpoint_every and run.iteration % hp.checkpoint_every == 0 \
                             and run.iteration < hp.iterations:
                         with timer("checkpoint"):
                             run.save(ckpt, key)
                     if self.callback is not None:
                         self.callback(run)
-            if ckpt is not None and resumed_from < hp.iterations:
+            if ckpt.enabled and resumed_from < hp.iterations:
                 with timer("checkpoint"):
                     run.save(ckpt, key, final=True)
             tensors: dict[str, torch.Tensor] = {}
@@ -450,16 +437,16 @@ class ESDEditor(BaseEditor):
                 unet.disable_gradient_checkpointing()
             if unet.dtype != orig_dtype:
                 unet.to(dtype=orig_dtype)
-            for n, p in unet.named_parameters():
+            for p in unet.parameters():
                 p.grad = None
-                p.requires_grad_(orig_requires_grad[n])
+            grads.close()
             unet.train(orig_training)
         n_trained = sum(p.numel() for p in run.params)
         return EditResult(tensors, timings=timer.timings, losses={"esd": list(run.losses)}, info={
             "parameter_set": self.parameter_set, "trained_tensors": len(names), "trained_parameters": n_trained,
             "changed_tensors": len(tensors), "iterations": hp.iterations, "resumed_from": resumed_from,
-            "image_size": size, "concepts": [r.source for r in requests], "checkpoint": str(ckpt) if ckpt else None,
-            "scored_panels": list(self.scored_panels),
+            "image_size": size, "concepts": [r.source for r in requests],
+            "checkpoint": str(ckpt.path(key)) if ckpt.enabled else None,
             "ignored_destinations": [r.destination for r in requests if r.destination.strip()],
             "mixed_precision": hp.mixed_precision if run.amp else "no"})
 

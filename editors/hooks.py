@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -88,22 +88,6 @@ def add_at_positions(module: torch.nn.Module, rows: torch.Tensor, cols: torch.Te
         delta = delta.index_put((rows, cols), vectors.to(hidden.dtype))
         hidden = hidden + delta
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def replace_output(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace ``module``'s (first) output by ``fn(output)`` during the block."""
-
-    def hook(_m, _args, out):
-        if isinstance(out, tuple):
-            return (fn(out[0]), *out[1:])
-        return fn(out)
 
     handle = module.register_forward_hook(hook)
     try:

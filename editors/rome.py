@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from typing import Any, Literal, Sequence
 
 import torch
@@ -45,7 +44,9 @@ from editors.hooks import (StopForward, add_at_positions, capture, fc2_name, sto
                            text_layers, tokenize)
 from editors.hparams import Hparams, HparamsError
 from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
-from editors.weights import applied, get_tensor
+from editors.weights import applied, frozen, get_tensor
+from iceb.utils.fingerprint import weights_fingerprint
+from iceb.utils.timing import Timer
 
 REFACT_TEMPLATES = (
     "{} in a realistic style portrait image", "{}, a portrait", "realistic painting of {}", "a current image of {}",
@@ -103,26 +104,6 @@ def synthetic_corpus(n: int = 400) -> list[str]:
     return out
 
 
-def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:
-    """Identity of the text encoder's weights, for the stats cache."""
-    from iceb.utils.fingerprint import weights_fingerprint
-
-    return weights_fingerprint(text_encoder)
-
-
-@contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
-    """Parameters do not require grad inside the block (only δ is optimised); restored afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
 @register_editor("rome", description="ReFACT (ROME-style): rank-one update of one text-encoder fc2, edits applied in sequence")
 class ROMEEditor(BaseEditor):
     """ReFACT on the pipeline's text encoder. Updates and rectifications (source -> destination text);
@@ -155,12 +136,12 @@ class ROMEEditor(BaseEditor):
 
     def second_moment(self, pipe) -> torch.Tensor:
         """C = E[k kᵀ] of the fc2 inputs of the edited layer, from the (cached) statistics."""
-        from editors.stats import StatsCache, second_moments
+        from editors.stats import second_moments, stats_cache, stats_key
 
         hp = self.hparams
         _, fc2, name = self._modules(pipe)
-        fp = encoder_fingerprint(pipe.text_encoder)
-        key = f"{fp}:{name}:{hp.mom2_corpus}:{hp.mom2_n_samples}"
+        fp = weights_fingerprint(pipe.text_encoder)
+        key = stats_key(fp, name, hp.mom2_corpus, hp.mom2_n_samples)
         if key not in self._mom2:
             def loader():
                 if hp.mom2_corpus == "synthetic":
@@ -169,7 +150,7 @@ class ROMEEditor(BaseEditor):
 
                 return load_corpus(hp.mom2_corpus)
 
-            cache = StatsCache(self.cache_dir / "stats") if self.cache_dir is not None else None
+            cache = stats_cache(self.cache_dir)
             out = second_moments(pipe.text_encoder, pipe.tokenizer, {name: fc2}, model_fingerprint=fp,
                                  corpus_name=hp.mom2_corpus, n_samples=hp.mom2_n_samples, cache=cache,
                                  batch_size=hp.mom2_batch_size, progress=self.progress, corpus_loader=loader)
@@ -237,7 +218,7 @@ class ROMEEditor(BaseEditor):
         opt = torch.optim.Adam([delta], lr=hp.v_lr)
         losses: list[float] = []
         max_norm = hp.clamp_norm_factor * h0_norm
-        with _frozen(te):
+        with frozen(te):
             for _step in range(hp.v_max_grad_steps):
                 with add_at_positions(mlp, rows, cols, delta.unsqueeze(0).expand(len(prompts), -1)):
                     e = self._pooled(pipe, ids)
@@ -260,53 +241,51 @@ class ROMEEditor(BaseEditor):
         self.check_requests(requests)
         hp = self.hparams
         _, fc2, name = self._modules(pipe)
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        C = self.second_moment(pipe).to(fc2.weight.device, torch.float64)
-        t1 = time.perf_counter()
-        timings["stats"] = t1 - t0
-        targets = [self.text_targets(pipe, r) for r in requests]  # from the clean model, as ReFACT's fresh CLIP
-        losses: dict[str, list[float]] = {}
-        self.last_edits = []
-        W0 = get_tensor(pipe, name).detach()
-        W = W0.double().clone()
-        bar = tqdm(total=len(requests), desc="ReFACT edits", disable=not self.progress, leave=False)
-        if hp.solve == "chained":
-            with contextlib.ExitStack() as stack:
+        timer = Timer()
+        with timer("stats"):
+            C = self.second_moment(pipe).to(fc2.weight.device, torch.float64)
+        with timer("edit"):
+            targets = [self.text_targets(pipe, r) for r in requests]  # from the clean model, as ReFACT's fresh CLIP
+            losses: dict[str, list[float]] = {}
+            self.last_edits = []
+            W0 = get_tensor(pipe, name).detach()
+            W = W0.double().clone()
+            bar = tqdm(total=len(requests), desc="ReFACT edits", disable=not self.progress, leave=False)
+            if hp.solve == "chained":
+                with contextlib.ExitStack() as stack:
+                    for i, r in enumerate(requests):
+                        k_bar = self.compute_key(pipe, r)
+                        u = torch.linalg.solve(C, k_bar)
+                        u = u / u.norm()
+                        delta, h0, ls = self.compute_delta(pipe, r, targets[i])
+                        pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
+                        k_r, out_r = self._fc2_io(pipe, [r.source], pos)
+                        target = out_r[0] + delta.double()  # h₀ + δ (h₀ is the request prompt's fc2 output)
+                        v = (target - out_r[0]) / (k_r[0] @ u)
+                        W = W + torch.outer(v, u)
+                        self.last_edits.append({"key": k_r[0], "u": u, "target": target, "k_bar": k_bar})
+                        losses[r.request_id or f"{i}:{r.source}"] = ls
+                        stack.enter_context(applied(pipe, {name: W.to(W0.dtype)}))
+                        bar.update(1)
+            else:
+                keys, resid = [], []
                 for i, r in enumerate(requests):
                     k_bar = self.compute_key(pipe, r)
-                    u = torch.linalg.solve(C, k_bar)
-                    u = u / u.norm()
                     delta, h0, ls = self.compute_delta(pipe, r, targets[i])
                     pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
-                    k_r, out_r = self._fc2_io(pipe, [r.source], pos)
-                    target = out_r[0] + delta.double()  # h₀ + δ (h₀ is the request prompt's fc2 output)
-                    v = (target - out_r[0]) / (k_r[0] @ u)
-                    W = W + torch.outer(v, u)
-                    self.last_edits.append({"key": k_r[0], "u": u, "target": target, "k_bar": k_bar})
+                    _, out_r = self._fc2_io(pipe, [r.source], pos)
+                    keys.append(k_bar)
+                    resid.append(delta.double())  # h₀ + δ − fc2(k_r), with h₀ = fc2(k_r)
                     losses[r.request_id or f"{i}:{r.source}"] = ls
-                    stack.enter_context(applied(pipe, {name: W.to(W0.dtype)}))
+                    self.last_edits.append({"k_bar": k_bar, "target": out_r[0] + delta.double()})
                     bar.update(1)
-        else:
-            keys, resid = [], []
-            for i, r in enumerate(requests):
-                k_bar = self.compute_key(pipe, r)
-                delta, h0, ls = self.compute_delta(pipe, r, targets[i])
-                pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
-                _, out_r = self._fc2_io(pipe, [r.source], pos)
-                keys.append(k_bar)
-                resid.append(delta.double())  # h₀ + δ − fc2(k_r), with h₀ = fc2(k_r)
-                losses[r.request_id or f"{i}:{r.source}"] = ls
-                self.last_edits.append({"k_bar": k_bar, "target": out_r[0] + delta.double()})
-                bar.update(1)
-            K = torch.stack(keys, 1)  # (d_k, n)
-            R = torch.stack(resid, 1)  # (d, n)
-            A = hp.mom2_update_weight * C + K @ K.T
-            W = W + torch.linalg.solve(A, K @ R.T).T  # R Kᵀ A⁻¹ (A symmetric)
-        bar.close()
-        timings["edit"] = time.perf_counter() - t1
+                K = torch.stack(keys, 1)  # (d_k, n)
+                R = torch.stack(resid, 1)  # (d, n)
+                A = hp.mom2_update_weight * C + K @ K.T
+                W = W + torch.linalg.solve(A, K @ R.T).T  # R Kᵀ A⁻¹ (A symmetric)
+            bar.close()
         new = W.to(W0.dtype)
         delta_w = (W - W0.double())
         info = {"layer": hp.layer, "tensor": name, "solve": hp.solve, "n_requests": len(requests),
                 "steps": [len(v) for v in losses.values()], "delta_norm": float(delta_w.norm())}
-        return EditResult({name: new}, timings, losses, info)
+        return EditResult({name: new}, timer.timings, losses, info)

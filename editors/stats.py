@@ -8,48 +8,27 @@ the token count, as EMCID's ``layer_stats``. Results are cached as safetensors k
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from editors.hooks import capture
+from iceb.utils.cache import ContentCache
+from iceb.utils.hashing import stable_hash
 
 
 def stats_key(model_fingerprint: str, module_name: str, corpus: str, n_samples: int) -> str:
-    payload = json.dumps([model_fingerprint, module_name, corpus, int(n_samples)])
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    """Cache key of one module's statistics: the weights that feed it, its name, the corpus and sample count."""
+    return stable_hash("second-moments", model_fingerprint, module_name, corpus, int(n_samples))
 
 
-class StatsCache:
-    """``<root>/<key>.safetensors`` holding ``mom2`` (d×d, float32) and ``count``; atomic writes."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.loads = 0
-        self.computes = 0
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.safetensors"
-
-    def get(self, key: str) -> torch.Tensor | None:
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        self.loads += 1
-        return load_file(str(p))["mom2"]
-
-    def put(self, key: str, mom2: torch.Tensor, count: int, meta: dict[str, str]) -> None:
-        from iceb.utils.io import atomic_path
-
-        with atomic_path(self.path(key)) as tmp:
-            save_file({"mom2": mom2.contiguous().float().cpu(), "count": torch.tensor([count])}, str(tmp),
-                      metadata=meta)
+def stats_cache(cache_dir: str | Path | None) -> ContentCache:
+    """The statistics cache of an editor's ``cache_dir`` (``<cache_dir>/stats``; disabled for None): entries
+    hold ``mom2`` (d×d, float32) and ``count``."""
+    return ContentCache(Path(cache_dir) / "stats" if cache_dir is not None else None, "stats")
 
 
 @torch.no_grad()
@@ -80,7 +59,7 @@ def collect_second_moments(text_encoder: torch.nn.Module, tokenizer, modules: di
 
 def second_moments(text_encoder: torch.nn.Module, tokenizer, modules: dict[str, torch.nn.Module], *,
                    model_fingerprint: str, corpus_name: str, texts: Sequence[str] | None = None,
-                   n_samples: int, cache: StatsCache | None = None, batch_size: int = 100,
+                   n_samples: int, cache: ContentCache | None = None, batch_size: int = 100,
                    progress: bool = True, seed: int = 0, corpus_loader=None) -> dict[str, torch.Tensor]:
     """Cached statistics for each named module; computes the missing ones in one pass over the corpus.
 
@@ -93,7 +72,7 @@ def second_moments(text_encoder: torch.nn.Module, tokenizer, modules: dict[str, 
         for name, key in keys.items():
             hit = cache.get(key)
             if hit is not None:
-                out[name] = hit
+                out[name] = hit["mom2"]
     missing = {n: m for n, m in modules.items() if n not in out}
     if not missing:
         return out
@@ -107,8 +86,7 @@ def second_moments(text_encoder: torch.nn.Module, tokenizer, modules: dict[str, 
     computed, count = collect_second_moments(text_encoder, tokenizer, missing, texts, batch_size, progress)
     for name, mom2 in computed.items():
         if cache is not None:
-            cache.computes += 1
-            cache.put(keys[name], mom2, count, {"module": name, "corpus": corpus_name, "n_samples": str(n_samples),
-                                                "model": model_fingerprint})
+            cache.put(keys[name], {"mom2": mom2.float(), "count": torch.tensor([count])},
+                      {"module": name, "corpus": corpus_name, "n_samples": n_samples, "model": model_fingerprint})
         out[name] = mom2
     return out

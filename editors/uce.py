@@ -26,7 +26,6 @@ guide's output block its Frobenius projection onto the edit prompt's own output 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -37,8 +36,8 @@ from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import align_tokens_greedy, cross_attention_modules, last_token_indices, tokenize
 from editors.hparams import Hparams, HparamsError
 from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
+from iceb.utils.timing import Timer
 
-UCE_TEMPLATES_OBJECT = ("{}", "image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}")
 TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
 
 
@@ -351,27 +350,28 @@ class UCEEditor(BaseEditor):
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
         self.check_requests(requests)
         hp = self.hparams
-        t0 = time.perf_counter()
-        pairs = self.edit_pairs(requests)
-        preserve = self.preserve_prompts(requests)
-        enc = encode_prompts(pipe, [p for pair in pairs for p in pair] + preserve, hp.encode_batch_size, self.progress)
-        t1 = time.perf_counter()
-        rows = build_rows(enc, pairs, preserve, hp.tokens, _equivalent_ids(pipe.tokenizer))
-        names = projection_names(pipe.unet, hp.with_to_k, hp.with_to_v)
-        if not names:
-            raise RequestError(f"{self.name}: the pipeline's UNet has no cross-attention (attn2) modules")
-        from editors.weights import get_tensor
+        timer = Timer()
+        with timer("encode"):
+            pairs = self.edit_pairs(requests)
+            preserve = self.preserve_prompts(requests)
+            enc = encode_prompts(pipe, [p for pair in pairs for p in pair] + preserve, hp.encode_batch_size,
+                                 self.progress)
+        with timer("solve"):
+            rows = build_rows(enc, pairs, preserve, hp.tokens, _equivalent_ids(pipe.tokenizer))
+            names = projection_names(pipe.unet, hp.with_to_k, hp.with_to_v)
+            if not names:
+                raise RequestError(f"{self.name}: the pipeline's UNet has no cross-attention (attn2) modules")
+            from editors.weights import get_tensor
 
-        weights = {n: get_tensor(pipe, n) for n in names}
-        s_p = self.preserve_scale(preserve)
-        with torch.no_grad():
-            new = uce_solve(weights, enc.emb, rows, lamb=hp.lamb, erase_scale=hp.erase_scale, preserve_scale=s_p,
-                            technique=hp.technique)
-        t2 = time.perf_counter()
+            weights = {n: get_tensor(pipe, n) for n in names}
+            s_p = self.preserve_scale(preserve)
+            with torch.no_grad():
+                new = uce_solve(weights, enc.emb, rows, lamb=hp.lamb, erase_scale=hp.erase_scale,
+                                preserve_scale=s_p, technique=hp.technique)
         info = {"n_pairs": len(pairs), "n_edit_tokens": int(rows.edit.shape[0]),
                 "n_preserve_tokens": int(rows.preserve.shape[0]), "n_prompts_encoded": int(enc.emb.shape[0]),
                 "preserve_scale": s_p, "n_matrices": len(names)}
-        return EditResult(new, {"encode": t1 - t0, "solve": t2 - t1}, {}, info)
+        return EditResult(new, timer.timings, {}, info)
 
 
 @register_editor("time", description="TIME: UCE's closed form without a preserve set (lambda 0.1, all tokens)")

@@ -8,7 +8,7 @@ Names are the pipeline's own: ``<component>.<parameter name inside that module>`
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -42,25 +42,6 @@ def get_tensor(pipe, name: str) -> torch.Tensor:
             return module.get_buffer(inner)
         except AttributeError:
             raise WeightNameError(f"the pipeline has no tensor {name!r}") from None
-
-
-def named_tensors(pipe, components: tuple[str, ...] = COMPONENTS) -> Iterator[tuple[str, torch.Tensor]]:
-    for comp in components:
-        module = getattr(pipe, comp, None)
-        if isinstance(module, torch.nn.Module):
-            for inner, p in module.named_parameters():
-                yield f"{comp}.{inner}", p
-
-
-def module_prefix(pipe, module: torch.nn.Module) -> str:
-    """The pipeline name of a submodule (e.g. ``text_encoder.text_model.encoder.layers.3.mlp.fc2``)."""
-    for comp in COMPONENTS:
-        root = getattr(pipe, comp, None)
-        if isinstance(root, torch.nn.Module):
-            for inner, m in root.named_modules():
-                if m is module:
-                    return f"{comp}.{inner}" if inner else comp
-    raise WeightNameError(f"module {type(module).__name__} is not part of the pipeline")
 
 
 def check_compatible(pipe, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -102,5 +83,24 @@ def applied(pipe, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
         restore_tensors(pipe, originals)
 
 
-def snapshot(pipe, names) -> dict[str, torch.Tensor]:
-    return {n: get_tensor(pipe, n).detach().clone() for n in names}
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module, trainable: Iterable[torch.nn.Parameter] = ()) -> Iterator[None]:
+    """``requires_grad`` off for every parameter of ``modules`` (no gradient lands on the pipeline) except the
+    ``trainable`` ones, which are switched on; on exit every parameter gets back its previous flag."""
+    params: dict[int, torch.nn.Parameter] = {}
+    for m in modules:
+        for p in m.parameters():
+            params.setdefault(id(p), p)
+    train = list(trainable)
+    for p in train:
+        params.setdefault(id(p), p)
+    flags = [(p, p.requires_grad) for p in params.values()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for p in train:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)

@@ -7,8 +7,6 @@ edit count. Generators live on the CPU so a seed means the same initial noise on
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -16,6 +14,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from iceb.utils.cache import PNG, ContentCache
+from iceb.utils.hashing import stable_hash
 
 
 @dataclass(frozen=True)
@@ -88,52 +89,23 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], config: Generat
 
 
 def image_key(model_fingerprint: str, prompt: str, seed: int, config: GenerationConfig) -> str:
-    """Cache key of one unedited-model image."""
-    payload = json.dumps([model_fingerprint, prompt, int(seed), config.key()], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    """Cache key of one unedited-model image (the same in every process)."""
+    return stable_hash("image", model_fingerprint, prompt, int(seed), config.key())
 
 
-class ImageCache:
-    """Unedited-model images on disk, keyed by (model, prompt, seed, settings); atomic writes."""
+class ImageCache(ContentCache):
+    """Unedited-model images on disk (``<root>/<key[:2]>/<key>.png``), keyed by (model, prompt, seed, settings):
+    the content cache with the PNG codec. A truncated PNG is a miss (warned about, removed, regenerated)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.png"
-
-    def get(self, key: str) -> np.ndarray | None:
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        from PIL import Image
-
-        try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("RGB"))
-        except OSError:  # a truncated file from a killed process: regenerate
-            return None
-
-    def put(self, key: str, image: np.ndarray) -> None:
-        from PIL import Image
-
-        from iceb.utils.io import atomic_path
-
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp:
-            Image.fromarray(image).save(tmp, format="PNG")
+        super().__init__(root, "images", PNG)
 
     def generate(self, pipe, model_fingerprint: str, prompts: Sequence[str], seeds: Sequence[int],
                  config: GenerationConfig, progress: bool = True) -> list[np.ndarray]:
         """Images for (prompt, seed) pairs, generating only those not cached."""
         keys = [image_key(model_fingerprint, p, s, config) for p, s in zip(prompts, seeds)]
-        images: list[np.ndarray | None] = [self.get(k) for k in keys]
+        images: list[np.ndarray | None] = [self.get(k) for k in keys]  # counts hits and misses
         todo = [i for i, im in enumerate(images) if im is None]
-        self.hits += len(keys) - len(todo)
-        self.misses += len(todo)
         if todo:
             new = generate(pipe, [prompts[i] for i in todo], [seeds[i] for i in todo], config, progress,
                            desc="pre-edit images")

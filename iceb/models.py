@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from iceb.generation import ICEB_PROTOCOL, GenerationConfig
+from iceb.utils.hashing import KEY_LENGTH
 from iceb.utils.paths import DATA_DIR
 
 DEFAULT_HUB_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -159,7 +160,7 @@ def _tiny_fingerprint(pipe) -> str:
     for comp in ("text_encoder", "unet", "vae"):
         for _, p in getattr(pipe, comp).state_dict().items():
             h.update(p.detach().cpu().numpy().tobytes()[:4096])
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:KEY_LENGTH]
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -171,7 +172,7 @@ def _folder_fingerprint(folder: Path) -> str:
             h.update(str(f.stat().st_size).encode())
             with open(f, "rb") as fh:
                 h.update(fh.read(1 << 16))
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:KEY_LENGTH]
 
 
 #: keys of ``iceb_model.json`` (anything else is a typo, refused with the file named)

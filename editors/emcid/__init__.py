@@ -5,30 +5,32 @@ source token that makes the frozen UNet denoise the source prompt as it denoises
 Stage II (:mod:`editors.emcid.stage2`) writes all concepts' ``z*`` into the fc2 weights of ``layers`` with one
 closed-form, preservation-weighted least-squares update per layer. Hyperparameters: ``editors/hparams/emcid/``.
 
-Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``), keyed by the model's weights,
-the stage-I hparams and the request, so an interrupted edit resumes; the second-moment statistics are cached
-by :mod:`editors.stats` (``<cache_dir>/stats``).
+Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``, a content cache of
+:mod:`iceb.utils.cache`), keyed by the model's weights, the scheduler config, the stage-I hparams and the
+request (one key in every process), so an interrupted edit resumes; the second-moment statistics are cached by
+:mod:`editors.stats` (``<cache_dir>/stats``) and their Cholesky factors in ``<cache_dir>/emcid/cholesky``.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 
-from iceb.utils.fingerprint import weights_fingerprint
 from tqdm.auto import tqdm
 
 from editors import register_editor
-from editors.base import BaseEditor, EditRequest, EditResult, RequestError, Timer
+from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import fc2_name, subject_last_positions, text_layers
 from editors.hparams import Hparams, HparamsError
 from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
+from iceb.utils.cache import ContentCache
+from iceb.utils.fingerprint import weights_fingerprint
+from iceb.utils.hashing import stable_hash
+from iceb.utils.timing import Timer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ class EMCIDHparams(Hparams):
     mom2_update_weight: float = non_negative(4000.0)  # λ
     edit_weight: float = bounded(0.6, min=0, exclusive_min=True, max=1)  # α: λ_eff = λ(1-α)/α
     residual: Literal["fc2_output", "hidden"] = "fc2_output"  # official parity, or MEMIT's block-L residual
-    mom2_dataset: str = "ccs"  # a corpus name of editors.corpora (coco, ccs, toy, mini) or a caption file
+    mom2_dataset: str = "ccs"  # a name in editors.corpora.CORPORA (ICEB: coco, ccs, toy, mini) or a caption file
     mom2_n_samples: int = at_least(100000, 1)
     stats_batch_size: int = at_least(100, 1)
     model_fingerprint: str | None = None  # None: computed from the weights
@@ -76,60 +78,34 @@ class EMCIDHparams(Hparams):
 
 
 # --------------------------------------------------------------------------------------------------
-# fingerprints: cheap, and change whenever a weight changes (a float64 sum plus the first values per tensor)
+# cache keys: fingerprints are cheap and change whenever a weight changes (iceb.utils.fingerprint); every key is
+# a stable_hash, the same in every process
 # --------------------------------------------------------------------------------------------------
-module_fingerprint = weights_fingerprint  # one cache identity for every editor (editors.weights)
-
-
 def base_fingerprint(pipe, hp: EMCIDHparams) -> str:
     """The text encoder without the fc2 weights EMCID writes: keys the statistics, so sequential rounds reuse
     the base model's statistics as the official code does."""
-    return hp.model_fingerprint or module_fingerprint(pipe.text_encoder, skip=("mlp.fc2.weight",))
+    return hp.model_fingerprint or weights_fingerprint(pipe.text_encoder, skip=("mlp.fc2.weight",))
 
 
 def full_fingerprint(pipe, hp: EMCIDHparams) -> str:
-    """Everything stage I depends on: text encoder (fc2 included), UNet, VAE, scheduler config."""
+    """Everything stage I depends on: text encoder (fc2 included), UNet, VAE, scheduler config.
+
+    The scheduler config goes through :func:`stable_hash` with ``drop_private``: diffusers' private
+    ``_use_default_values`` list is built from a set, so its order (and a ``json.dumps`` of the config)
+    follows PYTHONHASHSEED, which made this key, and so the stage-I cache, change in every process.
+    """
     if hp.model_fingerprint:
-        fc2 = "".join(module_fingerprint(text_layers(pipe.text_encoder)[l].mlp.fc2) for l in hp.layers)
-        return hashlib.sha256((hp.model_fingerprint + fc2).encode()).hexdigest()[:20]
-    parts = [module_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
-    parts.append(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+        fc2 = [weights_fingerprint(text_layers(pipe.text_encoder)[l].mlp.fc2) for l in hp.layers]
+        return stable_hash("emcid-model", hp.model_fingerprint, fc2)
+    parts = [weights_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
+    return stable_hash("emcid-model", parts, type(pipe.scheduler).__name__, dict(pipe.scheduler.config),
+                       drop_private=True)
 
 
-class Stage1Cache:
-    """``<root>/<key>.safetensors`` with ``delta``, ``v_src``, ``losses`` of one concept; atomic writes."""
-
-    def __init__(self, root: Path | None):
-        self.root = root
-        self.hits = 0
-
-    @staticmethod
-    def key(fingerprint: str, s: Stage1Settings, r: EditRequest) -> str:
-        payload = json.dumps([fingerprint, dataclasses.asdict(s), r.source, r.destination, list(r.templates),
-                              r.seed, r.kind], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-    def get(self, key: str) -> ConceptTarget | None:
-        if self.root is None or not (self.root / f"{key}.safetensors").is_file():
-            return None
-        from safetensors.torch import load_file
-
-        d = load_file(str(self.root / f"{key}.safetensors"))
-        self.hits += 1
-        return ConceptTarget(d["delta"], d["v_src"], d["losses"])
-
-    def put(self, key: str, t: ConceptTarget, meta: dict[str, str]) -> None:
-        if self.root is None:
-            return
-        from safetensors.torch import save_file
-
-        from iceb.utils.io import atomic_path
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.root / f"{key}.safetensors") as tmp:
-            save_file({"delta": t.delta.contiguous(), "v_src": t.v_src.contiguous(), "losses": t.losses.contiguous()},
-                      str(tmp), metadata=meta)
+def stage1_key(fingerprint: str, s: Stage1Settings, r: EditRequest) -> str:
+    """Cache key of one concept's stage-I result: the model, the stage-I settings and what the request asks."""
+    return stable_hash("emcid-stage1", fingerprint, dataclasses.asdict(s), r.source, r.destination,
+                       list(r.templates), r.seed, r.kind)
 
 
 @register_editor("emcid", description="EMCID: dual self-distillation (stage I) + multi-layer closed form on "
@@ -143,11 +119,13 @@ class EMCIDEditor(BaseEditor):
     def __init__(self, hparams: EMCIDHparams | None = None, *, cache_dir: str | Path | None = None,
                  progress: bool = True) -> None:
         super().__init__(hparams, cache_dir=cache_dir, progress=progress)
-        from editors.stats import StatsCache
+        from editors.stats import stats_cache
 
-        self.stats_cache = StatsCache(self.cache_dir / "stats") if self.cache_dir is not None else None
+        emcid_dir = self.cache_dir / "emcid" if self.cache_dir is not None else None
+        self.stats_cache = stats_cache(self.cache_dir)
+        self.stage1_cache = ContentCache(emcid_dir / "stage1" if emcid_dir else None, "emcid-stage1")
+        self.factor_cache = ContentCache(emcid_dir / "cholesky" if emcid_dir else None, "emcid-cholesky")
         self._factors: dict[str, torch.Tensor] = {}  # stats key -> Cholesky factor of C
-        self.stage1_cache = Stage1Cache(self.cache_dir / "emcid" / "stage1" if self.cache_dir is not None else None)
 
     # -- stage I ------------------------------------------------------------------------------------
     def compute_targets(self, pipe, requests: Sequence[EditRequest]) -> list[ConceptTarget]:
@@ -155,8 +133,11 @@ class EMCIDEditor(BaseEditor):
         hp = self.hparams
         s = hp.stage1()
         fp = full_fingerprint(pipe, hp)
-        keys = [Stage1Cache.key(fp, s, r) for r in requests]
-        out: list[ConceptTarget | None] = [self.stage1_cache.get(k) for k in keys]
+        keys = [stage1_key(fp, s, r) for r in requests]
+        out: list[ConceptTarget | None] = []
+        for k in keys:
+            d = self.stage1_cache.get(k)
+            out.append(ConceptTarget(d["delta"], d["v_src"], d["losses"]) if d is not None else None)
         todo = [i for i, t in enumerate(out) if t is None]
         if not todo:
             return out  # type: ignore[return-value]
@@ -167,8 +148,9 @@ class EMCIDEditor(BaseEditor):
             results = optimise_batch(pipe, [requests[i] for i in idx], s, progress=self.progress)
             for i, res in zip(idx, results):
                 out[i] = res
-                self.stage1_cache.put(keys[i], res, {"source": requests[i].source,
-                                                     "destination": requests[i].destination, "model": fp})
+                self.stage1_cache.put(keys[i], {"delta": res.delta, "v_src": res.v_src, "losses": res.losses},
+                                      {"source": requests[i].source, "destination": requests[i].destination,
+                                       "model": fp})
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]
@@ -202,24 +184,16 @@ class EMCIDEditor(BaseEditor):
     def layer_factors(self, covs: dict[int, torch.Tensor], keys: dict[int, str]) -> dict[int, torch.Tensor]:
         """Cholesky factors of the C_l (float32), kept in memory and on disk beside the statistics: computed
         once per model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
-        from safetensors.torch import load_file, save_file
-
-        from iceb.utils.io import atomic_path
-
         out = {}
-        root = self.cache_dir / "emcid" / "cholesky" if self.cache_dir is not None else None
         for l, cov in covs.items():
-            key = keys[l]
+            key = stable_hash("cholesky", keys[l])
             if key not in self._factors:
-                path = root / f"{key}.safetensors" if root is not None else None
-                if path is not None and path.is_file():
-                    self._factors[key] = load_file(str(path))["chol"]
+                hit = self.factor_cache.get(key)
+                if hit is not None:
+                    self._factors[key] = hit["chol"]
                 else:
                     self._factors[key] = cov_factor(cov)
-                    if path is not None:
-                        root.mkdir(parents=True, exist_ok=True)
-                        with atomic_path(path) as tmp:
-                            save_file({"chol": self._factors[key].contiguous()}, str(tmp))
+                    self.factor_cache.put(key, {"chol": self._factors[key]}, {"stats_key": keys[l]})
             out[l] = self._factors[key]
         return out
 

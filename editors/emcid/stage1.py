@@ -19,15 +19,15 @@ floating-point reordering.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from editors.base import EditRequest
 from editors.hooks import add_at_positions, capture, subject_last_positions, text_layers, tokenize
+from editors.weights import frozen
 
 #: Offset between a request's seed for its training images and for its training noise.
 NOISE_SEED_OFFSET = 7919
@@ -58,20 +58,6 @@ class ConceptTarget:
     @property
     def target(self) -> torch.Tensor:
         return self.v_src + self.delta
-
-
-@contextlib.contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """Turn off ``requires_grad`` of every parameter (no gradient lands on the pipeline), then restore the flags."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ the number of prompts; the only N² term is ``K Kᵀ``-sized solves that do not 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editors.hooks import capture, layer_call, text_layers
+from iceb.utils.timing import Timer
 
 Residual = Literal["fc2_output", "hidden"]
 
@@ -157,6 +157,7 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
     if residual not in ("fc2_output", "hidden"):
         raise ValueError(f"residual must be 'fc2_output' or 'hidden', got {residual!r}")
     device = next(text_encoder.parameters()).device
+    timer = Timer()
     n_concepts = targets.shape[0]
     owners_t = torch.as_tensor(list(owners), device=device)
     counts = torch.bincount(owners_t, minlength=n_concepts).to(torch.float64)
@@ -196,9 +197,9 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
         keys = (k_sum / counts[:, None]).T  # (d_k, N)
         cur = cur_sum / counts[:, None]  # (N, d)
         resid = ((targets - cur) / (len(layers) - i)).T  # (d, N)
-        t0 = time.perf_counter()
-        delta = closed_form_delta(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
-        out.solve_seconds += time.perf_counter() - t0
+        with timer("solve"):
+            delta = closed_form_delta(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
+        out.solve_seconds = timer["solve"]
         out.deltas[l] = delta
         if diagnostics:
             out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), delta.cpu()))

@@ -8,7 +8,6 @@ run killed mid-write resumes to exactly the rows an uninterrupted run writes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from iceb.leaderboard.schema import ROW_COLUMNS, check_row
+from iceb.utils.hashing import stable_hash
 from iceb.utils.io import append_jsonl, iter_jsonl, read_json, read_jsonl
 
 #: how tables, plots and reports mark rows of ``--limit`` runs
@@ -27,7 +27,9 @@ class RunLockedError(RuntimeError):
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """The run-id hash of a config: :func:`iceb.utils.hashing.stable_hash` (12 hex characters, the length run
+    folder names have always had)."""
+    return stable_hash(config, length=12)
 
 
 def git_revision() -> str | None:

@@ -54,7 +54,7 @@ class ImageClassifier(abc.ABC):
         from iceb.utils.fingerprint import weights_fingerprint
 
         module = getattr(self, "model", None) or getattr(self, "net", None)
-        return weights_fingerprint(module)[:12] if isinstance(module, torch.nn.Module) else "unknown"
+        return weights_fingerprint(module) if isinstance(module, torch.nn.Module) else "unknown"
 
 
 def get_classifier(name: str, **kwargs) -> ImageClassifier:

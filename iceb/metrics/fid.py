@@ -16,7 +16,6 @@ as safetensors; or given directly (``real_stats=``/``$ICEB_FID_REAL_STATS``).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import warnings
@@ -29,6 +28,7 @@ from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
 from iceb.metrics.classifiers import WeightsNotFoundError
 from iceb.tasks.base import EvalPrompt
+from iceb.utils.hashing import KEY_LENGTH, stable_hash
 
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -67,7 +67,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
 def _file_id(path: Path) -> str:
     from iceb.utils.download import sha256_file
 
-    return sha256_file(path)[:12]
+    return sha256_file(path)[:KEY_LENGTH]
 
 
 def inception_pool3(weights: str | Path | None = None, device: str = "cpu"):
@@ -307,7 +307,7 @@ class FID(Metric):
             return rows
         for name, recs in (("fid_pre", pre), ("fid", post)):
             # pre-edit features are the same at every edit count: their FID is computed once per run
-            key = f"{self.real_n or n}-" + hashlib.sha256("".join(r["f"] for r in recs).encode()).hexdigest()
+            key = stable_hash("fid-memo", self.real_n or n, [r["f"] for r in recs])
             if key not in self._memo:
                 acc = FeatureFID(dim)
                 acc.set_real(*real)

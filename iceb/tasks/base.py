@@ -15,12 +15,11 @@ Tasks know nothing of editors; the harness brings the two together.
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from editors.requests import EditRequest
+from iceb.utils.hashing import stable_hash
 
 SUBSETS = ("edit", "edit_dest", "general", "alias", "holdout")
 
@@ -83,9 +82,7 @@ class TaskInstance:
                             {**self.info, "limit": limit})
 
     def fingerprint(self) -> str:
-        payload = json.dumps([[asdict(r) for r in self.requests], [asdict(p) for p in self.prompts]],
-                             sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return stable_hash("task-instance", [asdict(r) for r in self.requests], [asdict(p) for p in self.prompts])
 
 
 class Task(abc.ABC):

@@ -110,6 +110,7 @@ def _ring_order(n_shapes: int, n_colours: int) -> list[tuple[int, int]]:
 
 
 def _seeded(*parts: object) -> random.Random:
+    """A generator seeded from ``parts`` (frozen derivation, not :func:`iceb.utils.hashing.seed_from`: the shipped toy model was built with these exact seeds, so another derivation would change the world)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
 

@@ -12,7 +12,9 @@ def weights_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> 
     are left out."""
     import hashlib
 
-    h = hashlib.sha256()
+    from iceb.utils.hashing import KEY_LENGTH
+
+    h = hashlib.sha256()  # streamed over tensor bytes: too large for a canonical-JSON stable_hash
     for name, p in module.state_dict().items():
         if any(s in name for s in skip):
             continue
@@ -20,4 +22,4 @@ def weights_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> 
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(repr(float(flat.sum(dtype=torch.float64)) if flat.is_floating_point() else int(flat.sum())).encode())
         h.update(flat[:16].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:20]
+    return h.hexdigest()[:KEY_LENGTH]

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -62,6 +63,28 @@ def import_object(target: str) -> Any:
     return obj
 
 
+def source_tree_entry_points(group: str, pyproject: Path | None = None) -> dict[str, str]:
+    """The entry points of ``group`` declared in the ``pyproject.toml`` of the source tree this module was
+    imported from (none for an installed wheel).
+
+    Installed metadata is written at ``pip install`` time, so a checkout on ``sys.path`` (a worktree, an
+    editable install older than its ``pyproject.toml``) would otherwise miss entry points its own tree
+    declares; their ``module:attr`` targets resolve against ``sys.path`` like any other.
+    """
+    path = pyproject or Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: installed metadata only
+        return {}
+    try:
+        declared = tomllib.loads(path.read_text()).get("project", {}).get("entry-points", {}).get(group, {})
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in declared.items()} if isinstance(declared, dict) else {}
+
+
 def closest(name: str, known: list[str]) -> str | None:
     """The closest known name, by difflib ratio, or None when nothing is reasonably close."""
     lowered = {k.lower(): k for k in known}
@@ -72,8 +95,10 @@ def closest(name: str, known: list[str]) -> str | None:
 class Registry(Generic[T]):
     """A thread-safe name -> object registry with lazy entries and entry-point discovery."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, base_cls: type | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None, base_cls: type | None = None,
+                 plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self.entry_point_group = entry_point_group
         self.base_cls = base_cls
         self._items: dict[str, Any] = {}
@@ -113,6 +138,9 @@ class Registry(Generic[T]):
             for ep in importlib.metadata.entry_points(group=self.entry_point_group):
                 if ep.name not in self._items:
                     self._items[ep.name] = _Lazy(ep.value, f"(plug-in from {ep.dist.name if ep.dist else '?'})")
+            for name, value in source_tree_entry_points(self.entry_point_group).items():
+                if name not in self._items:
+                    self._items[name] = _Lazy(value, "(declared in this source tree's pyproject.toml)")
             self._entry_points_loaded = True
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -142,7 +170,7 @@ class Registry(Generic[T]):
             msg = f"unknown {self.kind} {name!r}."
             if hint:
                 msg += f" Did you mean {hint!r}?"
-            msg += f" Known {self.kind}s: {', '.join(known)}."
+            msg += f" Known {self.plural}: {', '.join(known) or 'none'}."
             if self.entry_point_group:
                 msg += (f" A third-party {self.kind} can be given as 'package.module:Class' or registered"
                         f" through the entry-point group {self.entry_point_group!r}.")

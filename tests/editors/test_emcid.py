@@ -90,20 +90,20 @@ def test_edit_changes_the_chosen_layers_and_reuses_its_caches(tiny_pipe, tmp_pat
     assert set(res.tensors) == {fc2_name(te, l) for l in (2, 4, 6)}
     for l in (2, 4, 6):
         assert not torch.equal(res.tensors[fc2_name(te, l)], te.encoder.layers[l].mlp.fc2.weight)
-    assert ed.stats_cache.computes == 3 and ed.stats_cache.loads == 0
+    assert ed.stats_cache.puts == 3 and ed.stats_cache.hits == 0
     assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "stage2"}
     # a second editor on the same cache: statistics loaded, stage I loaded, identical result
     ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res2 = ed2.edit(pipe, REQS)
-    assert ed2.stats_cache.computes == 0 and ed2.stats_cache.loads == 3
-    assert len(list((tmp_path / "emcid" / "cholesky").glob("*.safetensors"))) == 3  # C's factors, reused
+    assert ed2.stats_cache.puts == 0 and ed2.stats_cache.hits == 3
+    assert len(list((tmp_path / "emcid" / "cholesky").glob("*/*.safetensors"))) == 3  # C's factors, reused
     assert res2.info["stage1_cache_hits"] == len(REQS)
     for k in res.tensors:
         assert torch.equal(res.tensors[k], res2.tensors[k])
     # other stage-I hparams miss the stage-I cache but keep using the statistics
     ed3 = EMCIDEditor(_hp(v_lr=0.1), cache_dir=tmp_path, progress=False)
     res3 = ed3.edit(pipe, REQS[:1])
-    assert res3.info["stage1_cache_hits"] == 0 and ed3.stats_cache.computes == 0
+    assert res3.info["stage1_cache_hits"] == 0 and ed3.stats_cache.puts == 0
 
 
 def test_missing_corpus_is_a_clear_error(tiny_pipe, tmp_path):

@@ -53,7 +53,7 @@ def test_registered_names_presets_and_panels():
     assert get_editor("esd-x") is ESDXEditor and get_editor("esd-u") is ESDUEditor
     for name in ("esd-x", "esd-u"):
         cls = get_editor(name)
-        assert cls.supports == frozenset({"erase"}) and cls.scored_panels == ("forget", "holdout")
+        assert cls.supports == frozenset({"erase"}) and not hasattr(cls, "scored_panels")
         paper = cls.load_hparams("sd-1.4")
         assert (paper.iterations, paper.lr, paper.negative_guidance, paper.ddim_steps, paper.image_size,
                 paper.start_guidance) == (1000, 1e-5, 1.0, 50, 512, 3.0)
