@@ -27,9 +27,9 @@ def main() -> None:
 
     import torch
 
-    from editors.requests import EditRequest
     from editors.emcid import EMCIDEditor
     from editors.emcid.stage1 import optimise_batch
+    from editors.requests import EditRequest
     from iceb.models import load_model
 
     torch.set_num_threads(args.threads)

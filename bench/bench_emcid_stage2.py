@@ -96,9 +96,9 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str) ->
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from editors.requests import EditRequest
     from editors.emcid.stage2 import compute_deltas
     from editors.hooks import subject_last_positions, text_layers
+    from editors.requests import EditRequest
     from iceb.data.tokenizer import load_clip_tokenizer
 
     torch.set_num_threads(threads)

@@ -99,8 +99,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from editors.requests import EditRequest
     from editors.hooks import last_token_indices, tokenize
+    from editors.requests import EditRequest
     from editors.uce import Encoded, UCEEditor, build_rows, encode_prompts, projection_names, uce_solve
     from editors.weights import get_tensor
     from iceb.data.tokenizer import load_clip_tokenizer

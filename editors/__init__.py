@@ -51,8 +51,8 @@ def get_editor(name: str) -> type:
 
     cls = EDITORS.get(name)
     if not (isinstance(cls, type) and callable(getattr(cls, "edit", None))):
-        what = f"the class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else \
-            f"a {type(cls).__name__}, not a class"
+        what = (f"the class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type)
+                else f"a {type(cls).__name__}, not a class")
         raise RegistryTypeError(
             f"--editor {name}: resolves to {what}, which is not an editor. An editor is a class with "
             f"edit(pipe, requests) -> EditResult (subclass editors.base.BaseEditor, and give it an "

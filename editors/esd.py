@@ -44,8 +44,7 @@ from tqdm.auto import tqdm
 
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
-from editors.hparams import Hparams, HparamsError
-from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
 from editors.weights import frozen
 from iceb.utils.cache import ContentCache
 from iceb.utils.fingerprint import weights_fingerprint
@@ -411,8 +410,8 @@ class ESDEditor(BaseEditor):
                     loss = run.step(timer)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}")
-                    if ckpt.enabled and hp.checkpoint_every and run.iteration % hp.checkpoint_every == 0 \
-                            and run.iteration < hp.iterations:
+                    if (ckpt.enabled and hp.checkpoint_every and run.iteration % hp.checkpoint_every == 0
+                            and run.iteration < hp.iterations):
                         with timer("checkpoint"):
                             run.save(ckpt, key)
                     if self.callback is not None:

@@ -178,8 +178,8 @@ def check_value(name: str, value: Any, meta: Mapping[str, Any] | None, where: st
     if not meta:
         return
     lo, hi = meta.get("min"), meta.get("max")
-    bad = (lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo)) or \
-          (hi is not None and (value >= hi if meta.get("exclusive_max") else value > hi))
+    bad = ((lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo))
+           or (hi is not None and (value >= hi if meta.get("exclusive_max") else value > hi)))
     if bad:
         raise HparamsError(f"{where}: must be {_range_text(meta)}, got {value!r}")
 

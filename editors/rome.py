@@ -40,10 +40,17 @@ from tqdm.auto import tqdm
 
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
-from editors.hooks import (StopForward, add_at_positions, capture, fc2_name, stop_after, subject_last_positions,
-                           text_layers, tokenize)
-from editors.hparams import Hparams, HparamsError
-from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hooks import (
+    StopForward,
+    add_at_positions,
+    capture,
+    fc2_name,
+    stop_after,
+    subject_last_positions,
+    text_layers,
+    tokenize,
+)
+from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
 from editors.weights import applied, frozen, get_tensor
 from iceb.utils.fingerprint import weights_fingerprint
 from iceb.utils.timing import Timer

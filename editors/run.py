@@ -26,7 +26,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from editors.base import EditRequest, EditResult, Editor, RequestError
+from editors.base import Editor, EditRequest, EditResult, RequestError
 from editors.weights import applied
 
 __all__ = ["EditMode", "NonFiniteEditError", "edit_in_rounds", "make_editor", "run_editor"]
@@ -115,8 +115,8 @@ def edit_in_rounds(editor: Editor, pipe: Any, requests: Sequence[EditRequest], r
     return EditResult(combined, timings, losses, {"mode": "sequential", "rounds": rounds})
 
 
-def run_editor(editor: Editor, pipe: Any, requests: Sequence[EditRequest], mode: EditMode | str = EditMode()) \
-        -> EditResult:
+def run_editor(editor: Editor, pipe: Any, requests: Sequence[EditRequest],
+               mode: EditMode | str = EditMode()) -> EditResult:
     """Check the requests, edit in ``mode``, time it; refuse a result with NaN or inf values.
 
     Returns:

@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import align_tokens_greedy, cross_attention_modules, last_token_indices, tokenize
-from editors.hparams import Hparams, HparamsError
-from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hparams import Hparams, HparamsError, at_least, non_negative  # declared field ranges
 from iceb.utils.timing import Timer
 
 TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")

@@ -117,8 +117,8 @@ def _console_logging() -> None:
 
 
 def _is_user_error(err: Exception) -> bool:
-    from editors.requests import RequestError
     from editors.hparams import HparamsError
+    from editors.requests import RequestError
     from iceb.utils.registry import RegistryImportError, UnknownNameError
 
     user_types: list[type] = [CLIError, UnknownNameError, RegistryImportError, HparamsError, RequestError,

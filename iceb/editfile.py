@@ -56,8 +56,9 @@ class EditFile:
         """The recorded requests as :class:`~editors.base.EditRequest` objects."""
         from iceb.data.request_files import requests_from_data
 
-        return requests_from_data(self.meta.get("requests", []), str(self.path or "<edit>")).requests \
-            if self.meta.get("requests") else []
+        if not self.meta.get("requests"):
+            return []
+        return requests_from_data(self.meta["requests"], str(self.path or "<edit>")).requests
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-
 from tqdm.auto import tqdm
 
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
-from editors.hooks import fc2_name, subject_last_positions, text_layers
-from editors.hparams import Hparams, HparamsError
-from editors.hparams import at_least, bounded, non_negative, positive  # declared field ranges
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
+from editors.hooks import fc2_name, subject_last_positions, text_layers
+from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
 from iceb.utils.cache import ContentCache
 from iceb.utils.fingerprint import weights_fingerprint
 from iceb.utils.hashing import stable_hash
@@ -219,8 +217,8 @@ class EMCIDEditor(BaseEditor):
             targets = self.compute_targets(pipe, requests)
         with timer("stats"):
             covs, stat_keys = self.layer_stats(pipe)
-            factors = self.layer_factors(covs, stat_keys) if len(requests) <= min(c.shape[0] for c in covs.values()) \
-                else None
+            factors = (self.layer_factors(covs, stat_keys)
+                       if len(requests) <= min(c.shape[0] for c in covs.values()) else None)
         with timer("stage2"):
             z = torch.stack([t.target for t in targets]).float()
             res = compute_deltas(te, tok, prompts, owners, positions, z, hp.layers, covs, hp.mom2_update_weight,

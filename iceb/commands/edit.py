@@ -44,10 +44,10 @@ def run(args) -> int:
     from editors import get_editor
     from editors.hparams import parse_overrides
     from editors.run import EditMode
+    from iceb.data.request_files import read_request_file
     from iceb.editfile import EditFileError, edit_model, save_edit
     from iceb.models import default_model_spec, load_model
     from iceb.utils.paths import cache_dir
-    from iceb.data.request_files import read_request_file
 
     out = Path(args.out)
     if out.suffix != ".safetensors":

@@ -13,9 +13,9 @@ def run(args) -> int:
 
     import torch
 
+    from iceb.leaderboard.results import git_revision, package_versions
     from iceb.models import TOY_DIR, default_model_spec
     from iceb.utils.paths import DATA_DIR, cache_dir
-    from iceb.leaderboard.results import git_revision, package_versions
 
     lines = [("platform", platform.platform())]
     lines += list(package_versions().items())

@@ -31,9 +31,9 @@ def register(sub) -> None:
 
 def run_score(args) -> int:
     from iceb.data.imagenet import imagenet_concepts
+    from iceb.data.misunderstood_names import score_names
     from iceb.metrics.classifiers import DEFAULT_CLASSIFIER, get_classifier
     from iceb.models import load_model
-    from iceb.data.misunderstood_names import score_names
 
     loaded = load_model(args.model, device=args.device)
     clf = get_classifier(args.classifier or loaded.classifier or DEFAULT_CLASSIFIER[loaded.world],
@@ -51,8 +51,8 @@ def run_derive(args) -> int:
     import json
     from dataclasses import asdict
 
-    from iceb.data.official import load_class_scores, load_official
     from iceb.data.misunderstood_names import derive_rectifications
+    from iceb.data.official import load_class_scores, load_official
 
     table = json.load(open(args.scores)) if args.scores else load_class_scores(args.data_dir)
     pool = load_official(args.data_dir).pool if args.pool == "official" else range(1000)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 from iceb.utils.download import EMCID_COMMIT, EMCID_RAW, fetch
 from iceb.utils.paths import cache_dir
-from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 
 ENV_VAR = "ICEB_OFFICIAL_DATA"
 REMOTE_DIR = "data/iceb_data"

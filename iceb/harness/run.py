@@ -47,9 +47,16 @@ from iceb.harness.config import SMOKE_WARNING, EvalConfig
 from iceb.harness.dist import Dist
 from iceb.harness.logs import lines_to, logger
 from iceb.harness.plan import ManifestMismatchError, build_plan, chunks
+from iceb.leaderboard.results import (
+    RunLockedError,
+    append_block,
+    completed_keys,
+    config_hash,
+    git_revision,
+    package_versions,
+    read_rows,
+)
 from iceb.utils.io import read_json
-from iceb.leaderboard.results import RunLockedError, append_block, completed_keys, config_hash, git_revision, \
-    package_versions, read_rows
 
 __all__ = ["CRASH_ENV", "SMOKE_WARNING", "EvalConfig", "ManifestMismatchError", "Run", "evaluate", "model_banner"]
 

@@ -12,8 +12,8 @@ import base64
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.leaderboard.results import SMOKE_MARK
 from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.leaderboard.results import SMOKE_MARK
 from iceb.utils.io import read_json
 
 TEMPLATE = "report.html.j2"

@@ -8,7 +8,6 @@ run killed mid-write resumes to exactly the rows an uninterrupted run writes.
 """
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from pathlib import Path

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.leaderboard.results import SMOKE_MARK, load_run, rows_to_frame
 from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.leaderboard.results import SMOKE_MARK, load_run, rows_to_frame
 from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from iceb.utils.registry import Registry
 
+
 class WeightsNotFoundError(FileNotFoundError):
     """A model's pretrained weights are not available locally; the message says how to get them."""
 

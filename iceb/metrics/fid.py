@@ -80,7 +80,7 @@ def inception_pool3(weights: str | Path | None = None, device: str = "cpu"):
     # torch-fidelity unpickles whatever it is given (weights_only=False): hand it a buffer we wrote ourselves
     # from plain tensors, never the user's file.
     buf = io.BytesIO()
-    torch.save({k: v for k, v in state.items()}, buf)
+    torch.save(dict(state.items()), buf)
     buf.seek(0)
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=buf)
     return _Pool3(net).to(device).eval(), f"inception-{_file_id(path)}"

@@ -11,7 +11,6 @@ cached and LPIPS(pre, post) is computed in ``aggregate``.
 from __future__ import annotations
 
 import base64
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence

@@ -1,8 +1,8 @@
 """Task registry. ``get_task(name, world)`` builds a task for the model's world (imagenet or toy)."""
 from __future__ import annotations
 
-from iceb.utils.registry import Registry
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
+from iceb.utils.registry import Registry
 
 TASKS: Registry = Registry("task", entry_point_group="iceb.tasks")
 

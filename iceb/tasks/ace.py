@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from editors.requests import EditRequest
-from iceb.utils.paths import DATA_DIR
+from iceb.data.split_bundle import Concept, SplitBundle
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
-from iceb.data.split_bundle import Concept, SplitBundle
+from iceb.utils.paths import DATA_DIR
 
 TOY_SPLIT = DATA_DIR / "toy" / "split.json"
 SPLIT_1K = DATA_DIR / "imagenet" / "split1k.json"

@@ -73,7 +73,7 @@ class TaskInstance:
         """At most ``limit`` prompts per subset (smoke runs only: results are marked as such)."""
         if not limit:
             return self
-        kept, seen = [], {s: 0 for s in SUBSETS}
+        kept, seen = [], dict.fromkeys(SUBSETS, 0)
         for p in self.prompts:
             if seen[p.subset] < limit:
                 kept.append(p)

@@ -23,10 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from editors.requests import EditRequest
+from iceb.data.split_bundle import SplitBundle
 from iceb.tasks import TASKS
 from iceb.tasks.ace import SplitTask, fill
 from iceb.tasks.base import EvalPrompt, TaskError, TaskInstance
-from iceb.data.split_bundle import SplitBundle
 
 
 class RectificationTask(SplitTask):

@@ -57,8 +57,8 @@ def _imagenet_names() -> dict[int, list[str]]:
     import importlib.util
 
     spec = importlib.util.find_spec("timm")
-    info_dir = Path(spec.submodule_search_locations[0]) / "data" / "_info" if spec and \
-        spec.submodule_search_locations else None
+    info_dir = (Path(spec.submodule_search_locations[0]) / "data" / "_info"
+                if spec and spec.submodule_search_locations else None)
     if info_dir is not None and (info_dir / "imagenet_synsets.txt").is_file():
         synsets = (info_dir / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
         lemmas = dict(line.split("\t", 1) for line in
@@ -222,8 +222,8 @@ class UserTask(Task):
         for i, r in enumerate(rf.requests):
             where = f"{path} {rf.rows[i]}"
             sid = names.resolve(r.source_id, f"{where} source_class") if r.source_id is not None else None
-            did = names.resolve(r.destination_id, f"{where} destination_class") \
-                if r.destination_id is not None else None
+            did = (names.resolve(r.destination_id, f"{where} destination_class")
+                   if r.destination_id is not None else None)
             requests.append(EditRequest(r.source, r.destination, r.templates, r.seed, r.kind, sid, did,
                                         r.request_id or f"{_slug(path.stem)}-{i}"))
         validate_requests(requests, where=str(path), rows=rf.rows, tokenizer=kwargs.get("tokenizer"))

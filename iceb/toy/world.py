@@ -165,9 +165,9 @@ class ToyWorld:
         if not 5 <= prompts_per_concept <= len(FREE_TEMPLATES):
             raise ValueError(f"prompts_per_concept must be in 5..{len(FREE_TEMPLATES)}")
         self.seed = seed
-        self.config = dict(n_shapes=n_shapes, n_colours=n_colours, n_patterns=n_patterns, seed=seed,
-                           n_aliases=n_aliases, n_untrained=n_untrained, misunderstood_every=misunderstood_every,
-                           prompts_per_concept=prompts_per_concept)
+        self.config = {"n_shapes": n_shapes, "n_colours": n_colours, "n_patterns": n_patterns, "seed": seed,
+                           "n_aliases": n_aliases, "n_untrained": n_untrained, "misunderstood_every": misunderstood_every,
+                           "prompts_per_concept": prompts_per_concept}
         combos = [(p, s, c) for p in range(n_patterns) for s, c in _ring_order(n_shapes, n_colours)]
         fixed = _fixed_text()
         used: set[str] = set()

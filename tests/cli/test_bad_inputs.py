@@ -69,8 +69,8 @@ def _model_folder(root: Path, *, drop: str | None = None, unet_weights: dict[str
         (sub / ("scheduler_config.json" if comp == "scheduler" else "config.json")).write_text("{}")
         if comp == "scheduler":
             continue
-        weights = unet_weights if comp == "unet" and unet_weights is not None else \
-            {"diffusion_pytorch_model.safetensors": _safetensors()}
+        weights = (unet_weights if comp == "unet" and unet_weights is not None
+                   else {"diffusion_pytorch_model.safetensors": _safetensors()})
         for name, data in weights.items():
             (sub / name).write_bytes(data)
     if info is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ICEB_REF as REF
 
 
@@ -109,6 +108,6 @@ def test_derive_reproduces_official_rectifications(official_dir, bundle):
 
     reqs = derive_rectifications(load_class_scores(), [c.id for c in bundle.concepts])
     assert len(reqs) == 143 and len({r.class_id for r in reqs}) == 102
-    assert [(r.class_id, r.source, r.destination) for r in reqs] == \
-        [(r.class_id, r.source, r.destination) for r in bundle.rectifications]
+    expected = [(r.class_id, r.source, r.destination) for r in bundle.rectifications]
+    assert [(r.class_id, r.source, r.destination) for r in reqs] == expected
     assert ("panda", "red panda") not in {(r.source, r.destination) for r in reqs}

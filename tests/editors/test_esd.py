@@ -104,8 +104,7 @@ def test_teacher_never_changes(tiny_pipe):
             seen["student"] = run.student(z, 500, emb)
         seen["originals"] = {n: v.clone() for n, v in run.originals.items()}
 
-    get_editor("esd-x")(_hp("esd-x", iterations=5, lr=1e-2), progress=False, callback=callback) \
-        .edit(tiny_pipe, ERASE)
+    get_editor("esd-x")(_hp("esd-x", iterations=5, lr=1e-2), progress=False, callback=callback) .edit(tiny_pipe, ERASE)
     assert torch.equal(seen["teacher"], seen["teacher0"])
     assert not torch.allclose(seen["student"], seen["teacher"])  # the student did move
     for n, v in seen["originals"].items():
@@ -226,8 +225,8 @@ def test_requests_with_a_destination_are_rejected(tiny_pipe):
                 EditRequest("cat", "dog", kind="rectify")):
         with pytest.raises(RequestError, match="treat_updates_as_erase"):
             editor.edit(tiny_pipe, [req])
-    ok = ESDXEditor(_hp("esd-x", iterations=1, treat_updates_as_erase=True), progress=False) \
-        .edit(tiny_pipe, [EditRequest("cat", "dog")])
+    editor = ESDXEditor(_hp("esd-x", iterations=1, treat_updates_as_erase=True), progress=False)
+    ok = editor.edit(tiny_pipe, [EditRequest("cat", "dog")])
     assert ok.tensors and ok.info["ignored_destinations"] == ["dog"]
 
 

@@ -124,8 +124,8 @@ def test_erase_is_rejected_with_a_clear_error(tiny_pipe):
 def test_presets_and_registry():
     assert get_editor("rome") is ROMEEditor
     sd = ROMEEditor.load_hparams("sd-1.4")
-    assert (sd.layer, sd.v_lr, sd.v_max_grad_steps, sd.v_prob_threshold, sd.v_weight_decay, sd.clamp_norm_factor) == \
-        (7, 0.05, 100, 0.99, 0.1, 4.0)
+    got = (sd.layer, sd.v_lr, sd.v_max_grad_steps, sd.v_prob_threshold, sd.v_weight_decay, sd.clamp_norm_factor)
+    assert got == (7, 0.05, 100, 0.99, 0.1, 4.0)
     assert len(sd.context_templates) == 9 and sd.solve == "chained"
     assert ROMEEditor.load_hparams("toy").layer == 2
     assert len(synthetic_corpus()) == 400 and len(set(synthetic_corpus())) > 50

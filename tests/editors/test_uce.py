@@ -193,8 +193,8 @@ def test_presets_and_bad_hparams():
     sd = UCEEditor.load_hparams("sd-1.4")
     assert (sd.lamb, sd.erase_scale, sd.preserve_scale, sd.technique, sd.tokens) == (0.5, 1.0, None, "replace", "2023")
     em = UCEEditor.load_hparams("sd-1.4", preset="emcid-baseline")
-    assert (em.lamb, em.erase_scale, em.preserve_scale, em.technique, em.preserve_destinations) == \
-        (0.1, 0.1, 0.1, "tensor", True)
+    got = (em.lamb, em.erase_scale, em.preserve_scale, em.technique, em.preserve_destinations)
+    assert got == (0.1, 0.1, 0.1, "tensor", True)
     for fam in ("tiny", "toy"):
         assert UCEEditor.load_hparams(fam).tokens == "2023"
     from editors.hparams import HparamsError

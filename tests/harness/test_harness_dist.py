@@ -41,8 +41,8 @@ def _rows(run_dir):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_give_the_rows_of_one(tiny_model, tmp_path):
-    from iceb.harness import EvalConfig, evaluate
     from iceb.generation import ImageCache
+    from iceb.harness import EvalConfig, evaluate
 
     one = evaluate(EvalConfig(editor=EDITOR, task="smoke", model="tiny", edits=(1, 3), out=str(tmp_path / "one"),
                               device="cpu", progress=False, batch_size=4), model=tiny_model)

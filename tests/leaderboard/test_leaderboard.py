@@ -22,8 +22,8 @@ def runs(tiny_model, tmp_path_factory):
 
 def test_leaderboard_files_and_columns(runs, tmp_path):
     from iceb.cli import main
-    from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
     from iceb.leaderboard.results import read_rows
+    from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
 
     out, full, smoke = runs
     assert main(["leaderboard", str(out), "--out", str(tmp_path)]) == 0
@@ -85,9 +85,9 @@ def test_leaderboard_without_runs_is_a_clear_error(tmp_path):
 
 
 def _row(**kw):
-    row = dict(editor="noop", model="tiny", task="smoke", world="imagenet", n_edits=1, mode="batch", subset="edit",
-               metric="image_change", value=0.0, bound=None, n=2, higher_is_better=True, smoke=True,
-               run_id="noop-smoke-0123456789ab-smoke", iceb_version="0.1.0")
+    row = {"editor": "noop", "model": "tiny", "task": "smoke", "world": "imagenet", "n_edits": 1, "mode": "batch", "subset": "edit",
+               "metric": "image_change", "value": 0.0, "bound": None, "n": 2, "higher_is_better": True, "smoke": True,
+               "run_id": "noop-smoke-0123456789ab-smoke", "iceb_version": "0.1.0"}
     return {**row, **kw}
 
 
@@ -103,7 +103,7 @@ def test_read_rows_derives_the_run_hash_of_older_rows_and_refuses_bad_ones(tmp_p
     append_block(path, [_row(run_hash="given")], {"key": "n2", "block": "b2"})
     assert read_rows(path)[-1]["run_hash"] == "given"
     append_block(path, [_row(n_edits="3")], {"key": "n3", "block": "b3"})
-    with pytest.raises(ValueError, match=rf"results.jsonl:6: n_edits is '3' \(str\), expected int"):
+    with pytest.raises(ValueError, match=r"results.jsonl:6: n_edits is '3' \(str\), expected int"):
         read_rows(path)
     bad = tmp_path / "missing.jsonl"
     append_block(bad, [{k: v for k, v in _row().items() if k != "metric"}], {"key": "n1", "block": "b1"})

@@ -166,8 +166,8 @@ def test_errors_and_registry(records):
     m = get_metric("iceb-cls", world="toy")
     assert m.classifier_name == "toy" and "toy" in m.record_key()
     assert get_metric("iceb-cls", world="imagenet").classifier_name == "vit-b16"
-    assert get_metric("iceb-cls", world="imagenet", classifier="efficientnet-lite0").classifier_name \
-        == "efficientnet-lite0"
+    metric = get_metric("iceb-cls", world="imagenet", classifier="efficientnet-lite0")
+    assert metric.classifier_name == "efficientnet-lite0"
 
 
 def test_record_keys_name_the_classifier_and_its_weights():

@@ -14,12 +14,11 @@ conftest's reference copy); a task that is not defined for a world says so and i
 from __future__ import annotations
 
 import pytest
+from conftest import ICEB_REF
 
 from editors.requests import EditRequest
 from iceb.tasks import TASKS, get_task
 from iceb.tasks.base import SUBSETS, TaskError
-
-from conftest import ICEB_REF
 
 WORLDS = ("imagenet", "toy")
 CASES = [(name, world) for name in TASKS.names() for world in WORLDS]

@@ -5,11 +5,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ICEB_REF as REF
 
 from iceb.data.split_bundle import Concept, EditPair, PromptSeed, Rectification, SplitBundle
 from iceb.tasks.base import TaskError
-
-from conftest import ICEB_REF as REF
 
 
 def toy_bundle() -> SplitBundle:
@@ -74,8 +73,8 @@ def test_rectification_on_toy_bundle():
     assert task.default_edits == (1,) and task.max_edits == 1
     inst = task.build(1)
     r = inst.requests[0]
-    assert (r.source, r.destination, r.kind, r.source_id, r.destination_id, r.seed) == \
-        ("ash cross", "gray cross", "rectify", 3, 3, 21)
+    got = (r.source, r.destination, r.kind, r.source_id, r.destination_id, r.seed)
+    assert got == ("ash cross", "gray cross", "rectify", 3, 3, 21)
     assert all(p.true_class == p.dest_class == 3 for p in inst.prompts if p.subset != "holdout")
     assert [p.prompt for p in inst.subset("edit")] == ["An image of ash cross", "A photo of ash cross", "ash cross"]
     assert [p.seed for p in inst.subset("general")] == [300, 301, 302, 303]

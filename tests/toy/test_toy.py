@@ -29,8 +29,8 @@ def test_world_is_deterministic_and_names_are_unique():
     words = _all_words(a)
     assert len(words) == len(set(words))
     assert all(re.fullmatch(r"[bdfgklmnprstvz][aeiou][bdfgklmnprstvz][aeiou][bdfgklmnprstvz]?", w) for w in words)
-    assert W.ToyWorld(seed=1).concepts[0].name != a.concepts[0].name or \
-        W.ToyWorld(seed=1).concepts[1].name != a.concepts[1].name
+    other = W.ToyWorld(seed=1).concepts
+    assert other[0].name != a.concepts[0].name or other[1].name != a.concepts[1].name
 
 
 def test_world_grows_with_stable_ids_and_names():
@@ -246,8 +246,8 @@ def test_shipped_quality_was_measured_on_these_weights_and_makes_toy_the_default
     from iceb.models import TOY_DIR, _folder_fingerprint, default_model_spec
 
     quality = json.loads((TOY / "quality.json").read_text())
-    assert quality["fingerprint"] == f"iceb/toy-world@{_folder_fingerprint(TOY_DIR)}", \
-        "quality.json is stale: rerun 'iceb toy eval' after changing the weights"
+    assert quality["fingerprint"] == f"iceb/toy-world@{_folder_fingerprint(TOY_DIR)}", (
+        "quality.json is stale: rerun 'iceb toy eval' after changing the weights")
     summary = quality["summary"]
     passed = summary["primary"]["accuracy"] >= 0.90 and summary["misunderstood"]["max_alias_prob_true"] < 0.2
     assert summary["gates"]["passed"] == passed and summary["primary"]["n"] == 512  # 8 images x 64 concepts

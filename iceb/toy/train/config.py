@@ -8,7 +8,6 @@ from typing import Any
 from iceb.toy import world as W
 from iceb.utils.paths import DATA_DIR, REPO_ROOT
 
-
 TOY_DATA = DATA_DIR / "toy"
 
 
@@ -81,7 +80,7 @@ class TrainConfig:
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
-        return cls(world=dict(n_shapes=2, n_colours=2, misunderstood_every=2, prompts_per_concept=5),
+        return cls(world={"n_shapes": 2, "n_colours": 2, "misunderstood_every": 2, "prompts_per_concept": 5},
                    vae_steps=3, vae_batch=4, vae_block_out=(8, 16), latent_channels=4, images_per_concept=4,
                    text_layers=1, text_hidden=32, text_intermediate=64, text_heads=2, unet_block_out=(16, 32),
                    unet_attention=(False, True), unet_heads=2, steps=6, floor_steps=0, batch=4,

@@ -13,7 +13,6 @@ from iceb.toy.train.config import TrainConfig, make_world
 from iceb.toy.train.models import build_pipeline
 from iceb.toy.train.probes import concept_accuracy, work_classifier
 
-
 GUIDANCE_SEED = 900_000  # seeds 900000 + 100 * concept + k: disjoint from the quality and task seeds
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from editors.corpora import CORPORA, UnknownCorpusError, load_corpus, read_caption_file, register_corpus
 
