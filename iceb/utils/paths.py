@@ -17,13 +17,20 @@ def cache_dir() -> Path:
     return base / "iceb"
 
 
-def safe_filename(text: object) -> str:
+def safe_filename(text: object, max_length: int = 64) -> str:
     """A file-name part made from content (a task, model or metric name read from a row): letters, digits,
     ``_ . -`` only, no leading dots, never empty, so a name from someone else's run folder can never
-    become a path (``/abs/x`` and ``../../x`` come out as ``abs_x`` and ``x``)."""
+    become a path (``/abs/x`` and ``../../x`` come out as ``abs_x`` and ``x``). Longer than ``max_length``:
+    cut, with a hash of the whole name appended (distinct names stay distinct; the file system's name
+    limit is never reached by several parts joined)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.-") or "x"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.-") or "x"
+    if len(name) > max_length:
+        from iceb.utils.hashing import stable_hash
+
+        name = f"{name[:max_length - 9]}-{stable_hash(str(text), length=8)}"
+    return name
 
 
 def inside(root: str | Path, path: str | Path) -> Path:

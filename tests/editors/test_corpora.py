@@ -11,7 +11,7 @@ import tomllib
 
 from editors.corpora import CORPORA, UnknownCorpusError, load_corpus, read_caption_file, register_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_named_corpora_and_files(tmp_path):

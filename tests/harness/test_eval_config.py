@@ -58,5 +58,10 @@ def test_the_harness_refuses_a_bad_config_before_loading_the_model(monkeypatch, 
 def test_the_cli_reports_a_bad_flag_as_one_line(capsys, tmp_path):
     from iceb.cli import main
 
-    assert main(["evaluate", "--model", "tiny", "--limit", "0", "--out", str(tmp_path)]) == 2
-    assert "--limit must be a positive number" in capsys.readouterr().err
+    # the CLI's argparse validator names the flag first (EvalConfig.validate catches the same for API callers)
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--model", "tiny", "--limit", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("iceb evaluate: error: argument --limit") and "positive" in err[-1]
+    assert "Traceback" not in "\n".join(err) and not any(tmp_path.iterdir())

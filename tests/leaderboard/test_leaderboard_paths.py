@@ -42,6 +42,8 @@ def test_safe_filename_and_inside():
     assert safe_filename("../../x") == "x"
     assert safe_filename("..") == "x" and safe_filename("") == "x"
     assert safe_filename("ace-1k.v2") == "ace-1k.v2"
+    long_a, long_b = "t" * 300 + "a", "t" * 300 + "b"
+    assert len(safe_filename(long_a)) <= 64 and safe_filename(long_a) != safe_filename(long_b)
     with pytest.raises(ValueError, match="outside"):
         inside("/tmp/a", "/tmp/a/../b.csv")
     assert inside("/tmp/a", "/tmp/a/b/c.csv") == Path("/tmp/a/b/c.csv")
