@@ -314,14 +314,9 @@ def edited(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool = F
 
 def _digest(paths: Sequence[str | Path]) -> str:
     """Content hash of the edit files: the edited model's identity."""
-    import hashlib
+    from iceb.utils.hashing import digest_files
 
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]
+    return digest_files(*paths)
 
 
 def save_applied(model: Any, edits: Sequence[Any], out: str | Path, *, force: bool = False) -> dict[str, Any]:

@@ -61,7 +61,9 @@ class OfficialDataError(ValueError):
 
 
 def fallback_seed(*parts: Any) -> int:
-    """A deterministic seed in [0, 10000) from text (sha256), for values the released files do not record."""
+    """A deterministic seed in [0, 10000) from text (sha256), for values the released files do not record.
+
+    A frozen derivation (not :func:`iceb.utils.hashing.seed_from`): the shipped splits were built with it."""
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest(), 16) % 10000
 
 

@@ -394,7 +394,7 @@ def requests_to_json(requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
 
 
 def requests_hash(requests: Sequence[EditRequest]) -> str:
-    import hashlib
+    """The identity of a request list (recorded in edit files' sidecars)."""
+    from iceb.utils.hashing import stable_hash
 
-    payload = json.dumps(requests_to_json(requests), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return stable_hash(requests_to_json(requests))

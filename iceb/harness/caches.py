@@ -1,37 +1,33 @@
 """The per-image record cache: metric records of pre-edit images, shared by every editor and edit count."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
+
+from iceb.utils.cache import JSON, ContentCache
 
 
 class RecordCache:
     """Per-image metric records of pre-edit images, beside the image cache (``<out>/cache/records``).
 
-    A record is keyed by the metric's ``record_key()`` and the image key; a file that does not parse (a
-    writer killed mid-way cannot leave one: writes are atomic) reads as missing."""
+    One :class:`~iceb.utils.cache.ContentCache` of JSON records per metric ``record_key()`` (its folder),
+    keyed by the image key; an unreadable entry is a warned miss, recomputed and replaced like any cache's.
+    """
 
     def __init__(self, root: Path):
-        self.root = root
+        self.root = Path(root)
         self.hits = 0
         self.misses = 0
+        self._caches: dict[str, ContentCache] = {}
 
-    def _path(self, metric_key: str, image_key: str) -> Path:
-        return self.root / metric_key / image_key[:2] / f"{image_key}.json"
+    def _cache(self, metric_key: str) -> ContentCache:
+        if metric_key not in self._caches:
+            self._caches[metric_key] = ContentCache(self.root / metric_key, f"records/{metric_key}", JSON)
+        return self._caches[metric_key]
 
-    def get(self, metric_key: str, image_key: str):
-        p = self._path(metric_key, image_key)
-        if p.is_file():
-            try:
-                return json.loads(p.read_text())
-            except json.JSONDecodeError:
-                return None
-        return None
+    def get(self, metric_key: str, image_key: str) -> Any | None:
+        """The record, or None when it is not cached (or unreadable)."""
+        return self._cache(metric_key).get(image_key)
 
-    def put(self, metric_key: str, image_key: str, record) -> None:
-        from iceb.utils.io import write_text
-
-        write_text(self._path(metric_key, image_key), json.dumps(record))
-
-
-_RecordCache = RecordCache  # the old private name
+    def put(self, metric_key: str, image_key: str, record: Any) -> None:
+        self._cache(metric_key).put(image_key, record)

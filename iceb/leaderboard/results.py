@@ -26,9 +26,8 @@ class RunLockedError(RuntimeError):
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """The run-id hash of a config: :func:`iceb.utils.hashing.stable_hash` (12 hex characters, the length run
-    folder names have always had)."""
-    return stable_hash(config, length=12)
+    """The run-id hash of a config: :func:`iceb.utils.hashing.stable_hash`, with the one key length."""
+    return stable_hash(config)
 
 
 def git_revision() -> str | None:

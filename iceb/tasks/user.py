@@ -33,13 +33,13 @@ uses the first N requests and their prompts plus every prompt that belongs to no
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from editors.requests import EditRequest
 from iceb.tasks.base import SUBSETS, EvalPrompt, Task, TaskError, TaskInstance
+from iceb.utils.hashing import digest_files
 
 EVAL_KEYS = ("prompt", "seed", "seeds", "subset", "request", "concept", "class", "true_class", "dest_class")
 _CLASS_NAME_PROVIDERS: dict[str, Callable[[], Mapping[int, Sequence[str]]]] = {}
@@ -230,7 +230,7 @@ class UserTask(Task):
         entries = data.get("eval")
         prompts = (cls._prompts(requests, entries, names, path) if entries is not None
                    else cls._default_prompts(requests))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        digest = digest_files(path)
         name = f"user-{_slug(str(data.get('name') or path.stem))}-{digest}"
         edits, metrics = data.get("edits"), data.get("metrics")
         if edits is not None and (not isinstance(edits, list) or not all(isinstance(e, int) for e in edits)):

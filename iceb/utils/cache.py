@@ -2,7 +2,8 @@
 
 An entry is one file, ``<root>/<key[:2]>/<key>.<ext>``, written atomically (:func:`iceb.utils.io.atomic_path`)
 and read through a small codec: :data:`TENSORS` (safetensors: a ``dict[str, Tensor]`` plus ``str -> str``
-metadata) or :data:`PNG` (one ``uint8`` HxWx3 image; metadata as PNG text chunks). Nothing is pickled.
+metadata) or :data:`PNG` (one ``uint8`` HxWx3 image; metadata as PNG text chunks) or :data:`JSON` (a metric's
+per-image record). Nothing is pickled.
 
 Keys come from :func:`iceb.utils.hashing.stable_hash` over everything the value depends on, so a key is the
 same in every process and a changed input is a new key: entries are never invalidated, only added.
@@ -87,8 +88,29 @@ class PNGCodec:
             return np.asarray(im.convert("RGB")), meta
 
 
+class JSONCodec:
+    """A JSON value (a metric's per-image record); metadata, when given, wraps it as
+    ``{"iceb_value": ..., "iceb_meta": {...}}``, else the file is the bare value (so earlier caches read)."""
+
+    ext = "json"
+
+    def write(self, path: Path, value: Any, meta: dict[str, str]) -> None:
+        import json
+
+        path.write_text(json.dumps({"iceb_value": value, "iceb_meta": meta} if meta else value))
+
+    def read(self, path: Path) -> tuple[Any, dict[str, str]]:
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and set(data) == {"iceb_value", "iceb_meta"}:
+            return data["iceb_value"], dict(data["iceb_meta"])
+        return data, {}
+
+
 TENSORS = TensorCodec()
 PNG = PNGCodec()
+JSON = JSONCodec()
 
 
 class ContentCache(Generic[V]):

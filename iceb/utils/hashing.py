@@ -72,3 +72,21 @@ def seed_from(*parts: Any) -> int:
         An int in ``[0, 2**31)``.
     """
     return int(hashlib.sha256(canonical(list(parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def digest_files(*paths: Any, length: int = KEY_LENGTH) -> str:
+    """A hex key of the bytes of files, read in order (the identity of a task file or of edit files).
+
+    Args:
+        *paths: files to read.
+        length: hex characters kept (default :data:`KEY_LENGTH`).
+
+    Returns:
+        The first ``length`` hex characters of the SHA-256 of the files' concatenated bytes.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]

@@ -177,7 +177,7 @@ def test_user_task_runs_end_to_end_via_evaluate(session_model, tmp_path):
     assert main(["evaluate", "--editor", "test-nudge-cli", "--task", str(task), "--model", "tiny", "--out",
                  str(runs), "--no-progress"]) == 0
     (run_dir,) = [p for p in runs.iterdir() if p.name != "cache"]
-    assert re.fullmatch(r"test-nudge-cli-user-my-edits-[0-9a-f]{8}-[0-9a-f]{12}", run_dir.name)
+    assert re.fullmatch(r"test-nudge-cli-user-my-edits-[0-9a-f]{16}-[0-9a-f]{16}", run_dir.name)
     rows = read_rows(run_dir / "results.jsonl")
     change = {(r["n_edits"], r["subset"]): r for r in rows if r["metric"] == "image_change"}
     assert set(change) == {(n, s) for n in (1, 2) for s in ("edit", "edit_dest", "general", "holdout")}
