@@ -55,7 +55,14 @@ class EvalConfig:
 
         Checked: ``--mode``, ``--rounds`` (≥ 1, only with ``--mode sequential``, at most the smallest edit
         count), ``--limit`` ≥ 1, ``--steps`` ≥ 1, ``--guidance`` finite and > 0, ``--batch-size`` ≥ 1,
-        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check."""
+        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check.
+
+        Returns:
+            ``self``, so that ``cfg = EvalConfig(...).validate()`` reads naturally.
+
+        Raises:
+            ValueError: The first bad setting; the message names its CLI flag.
+        """
         if self.mode not in ("batch", "sequential"):
             raise ValueError(f"--mode must be 'batch' or 'sequential', got {self.mode!r}")
         if not _is_int(self.rounds) or self.rounds < 1:
