@@ -13,7 +13,7 @@ import importlib.metadata
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -230,5 +230,3 @@ def describe_all(registry: Registry[Any]) -> list[tuple[str, str]]:
     """(name, description) pairs for ``iceb list``."""
     return [(n, registry.description(n)) for n in registry.names()]
 
-
-Factory = Callable[..., Any]
