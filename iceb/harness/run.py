@@ -99,7 +99,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] | None = None, model=Non
 
     Raises:
         ValueError: A bad setting in ``cfg`` (the message names the flag), or an edit count the task cannot
-            serve.
+            serve (a :class:`~iceb.tasks.TaskError`).
         KeyError: An unknown editor, task or metric name (:class:`~iceb.utils.registry.UnknownNameError`).
         ModelNotFoundError: ``cfg.model`` cannot be loaded here.
         RunLockedError: Another process is running the same run folder.
