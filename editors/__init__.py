@@ -33,7 +33,19 @@ EDITORS.register("esd-u", "editors.esd:ESDUEditor",
 
 
 def register_editor(name: str, *, description: str = ""):
-    """Class decorator: ``@register_editor("my-editor")`` sets ``cls.name`` and registers it."""
+    """Class decorator: ``@register_editor("my-editor")`` sets ``cls.name`` and registers it.
+
+    Args:
+        name: The editor's name for ``--editor`` and :func:`get_editor`.
+        description: A one-line description for ``iceb list editors``; also set as ``cls.description``
+            when the class has none.
+
+    Returns:
+        The decorator; it returns the class unchanged apart from ``name`` (and ``description``).
+
+    Raises:
+        ValueError: ``name`` is already registered to another object (raised when the class is decorated).
+    """
 
     def decorator(cls):
         cls.name = name
@@ -46,7 +58,22 @@ def register_editor(name: str, *, description: str = ""):
 
 
 def get_editor(name: str) -> type:
-    """The editor class for a registered name, an entry point, or ``package.module:Class``."""
+    """The editor class for a registered name, an entry point, or ``package.module:Class``.
+
+    Args:
+        name: A registered editor name (``iceb list editors``), an entry point of the group
+            ``iceb.editors``, or ``package.module:Class``.
+
+    Returns:
+        The editor class (not an instance; see :func:`editors.run.make_editor`), its ``name`` set.
+
+    Raises:
+        KeyError: An unknown name (:class:`~iceb.utils.registry.UnknownNameError`, listing the known names
+            and the closest match).
+        ImportError: A ``package.module:Class`` or entry point that cannot be imported.
+        RegistryTypeError: The name resolves to something that is not an editor class (a ``TypeError``
+            and ``ValueError``).
+    """
     from iceb.utils.registry import RegistryTypeError
 
     cls = EDITORS.get(name)

@@ -59,15 +59,48 @@ class Editor(Protocol):
     @classmethod
     def load_hparams(cls, model_family: str = "sd-1.4", path: str | Path | None = None,
                      overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> Hparams:
-        """Hparams from an explicit file, else the shipped file for ``model_family``, else the defaults."""
+        """Hparams from an explicit file, else the shipped file for ``model_family``, else the defaults.
+
+        Args:
+            model_family: The base model's family, choosing the shipped file.
+            path: An hparams YAML to layer over the shipped file.
+            overrides: Key/value overrides (the CLI's ``--editor-args``).
+            preset: A named shipped file instead of the family's.
+
+        Returns:
+            The editor's frozen hparams.
+
+        Raises:
+            HparamsError: A bad file, key or value (a ``ValueError``; the message names the source).
+        """
         ...
 
     def check_requests(self, requests: Sequence[EditRequest]) -> None:
-        """Raise :class:`RequestError`, before any heavy work, for requests this editor cannot serve."""
+        """Raise :class:`RequestError`, before any heavy work, for requests this editor cannot serve.
+
+        Args:
+            requests: The requests of one edit.
+
+        Raises:
+            RequestError: The first request this editor cannot serve (or none given).
+        """
         ...
 
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
-        """All ``requests`` in one edit (batch); the pipeline is left unchanged."""
+        """All ``requests`` in one edit (batch); the pipeline is left unchanged.
+
+        Args:
+            pipe: The diffusers pipeline to edit; its weights must hold their original values on return.
+            requests: The requests, already checked by :meth:`check_requests`.
+
+        Returns:
+            An :class:`EditResult` with the new values of exactly the tensors the edit changes, keyed by
+            pipeline tensor name (see :mod:`editors.weights`).
+
+        Raises:
+            FloatingPointError: The edit diverged (NaN or inf); :func:`editors.run.run_editor` reports it as
+                a :class:`~editors.run.NonFiniteEditError`.
+        """
         ...
 
 
@@ -92,7 +125,18 @@ class BaseEditor:
     def hparams_path(cls, model_family: str, preset: str | None = None) -> Path | None:
         """The shipped YAML for this editor: ``editors/hparams/<name>/<preset>.yaml`` when a preset is named
         (an unknown preset is an error, never a silent fall-back), else ``<family>.yaml``, else
-        ``default.yaml``, else None."""
+        ``default.yaml``, else None.
+
+        Args:
+            model_family: The base model's family (``sd-1.4``, ``tiny``, ``toy``...).
+            preset: A shipped preset name, which wins over the family.
+
+        Returns:
+            The YAML file's path, or None when the editor ships no file that applies.
+
+        Raises:
+            HparamsError: ``preset`` names no shipped file of this editor.
+        """
         folder = HPARAMS_DIR / cls.name
         if preset:
             from editors.hparams import check_preset
@@ -121,6 +165,10 @@ class BaseEditor:
 
         Returns:
             The frozen hparams.
+
+        Raises:
+            HparamsError: A layer is for another editor, or holds an unknown key or a bad value (the
+                message names the layer); an unknown ``preset``.
         """
         from editors.hparams import load_yaml
 
@@ -144,7 +192,17 @@ class BaseEditor:
 
     # -- requests -----------------------------------------------------------------------------------
     def check_requests(self, requests: Sequence[EditRequest]) -> None:
-        """Reject, before any heavy work, requests this editor cannot serve."""
+        """Reject, before any heavy work, requests this editor cannot serve.
+
+        Subclasses that refuse more (e.g. ReFACT's erase requests) override it.
+
+        Args:
+            requests: The requests of one edit.
+
+        Raises:
+            RequestError: No requests, a value that is not an :class:`EditRequest`, or a request ``kind``
+                outside :attr:`supports`.
+        """
         if not requests:
             raise RequestError(f"{self.name}: no edit requests given")
         for i, r in enumerate(requests):
@@ -157,6 +215,15 @@ class BaseEditor:
                 )
 
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:  # pragma: no cover - abstract
+        """The editor's algorithm; subclasses implement it (see :meth:`Editor.edit` for the contract).
+
+        Args:
+            pipe: The diffusers pipeline to edit; leave its weights as they were found.
+            requests: The requests, already checked by :meth:`check_requests`.
+
+        Returns:
+            An :class:`EditResult` with the new values of exactly the changed tensors.
+        """
         raise NotImplementedError
 
 

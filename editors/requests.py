@@ -26,6 +26,11 @@ class EditRequest:
     ``templates`` are the training prompts, each with one ``{}`` slot for the concept name. ``seed`` seeds
     whatever randomness the editor needs for this request (training images, noise). ``source_id`` and
     ``destination_id`` are the task's class ids, carried for bookkeeping only.
+
+    Raises:
+        RequestError: On construction, for an empty source, templates without exactly one ``{}`` slot, an
+            unknown ``kind``, an update or rectify without a destination, or a seed that is not an integer
+            in ``0 <= seed < 2**63``.
     """
 
     source: str
@@ -66,9 +71,20 @@ class EditRequest:
                                f"torch.Generator.manual_seed takes); choose a smaller seed")
 
     def source_prompts(self) -> list[str]:
+        """The training prompts of the source concept.
+
+        Returns:
+            Each template with ``source`` in its slot, in template order.
+        """
         return [t.format(self.source) for t in self.templates]
 
     def destination_prompts(self) -> list[str]:
+        """The training prompts of the destination concept, aligned with :meth:`source_prompts`.
+
+        Returns:
+            Each template with ``destination`` in its slot; ``""`` (the unconditional prompt) for every
+            template when the destination is empty (an erase).
+        """
         return [t.format(self.destination) if self.destination else "" for t in self.templates]
 
 

@@ -56,7 +56,17 @@ class EditMode:
 
     @classmethod
     def parse(cls, text: str) -> "EditMode":
-        """``"batch"``, ``"sequential"`` (one round) or ``"sequential-<rounds>"``, as ``str(mode)`` writes it."""
+        """``"batch"``, ``"sequential"`` (one round) or ``"sequential-<rounds>"``, as ``str(mode)`` writes it.
+
+        Args:
+            text: The mode's name, e.g. a result row's ``mode`` or a ``--mode`` value.
+
+        Returns:
+            The :class:`EditMode`; ``str()`` of it gives ``text`` back (``"sequential"`` reads as one round).
+
+        Raises:
+            ValueError: ``text`` names no mode, or its rounds are not a positive integer.
+        """
         kind, sep, rounds = str(text).strip().partition("-")
         if kind == "sequential" and sep:
             try:
@@ -88,14 +98,38 @@ class NonFiniteEditError(FloatingPointError):
 
 def make_editor(cls: type, hparams: Any = None, cache_dir: str | Path | None = None,
                 progress: bool = True) -> Editor:
-    """An editor instance, built through the constructor the :class:`~editors.base.Editor` protocol declares."""
+    """An editor instance, built through the constructor the :class:`~editors.base.Editor` protocol declares.
+
+    Args:
+        cls: The editor class (e.g. from :func:`editors.get_editor`).
+        hparams: Its hyperparameters (e.g. from ``cls.load_hparams``); None: the editor's defaults.
+        cache_dir: Where the editor caches its statistics; None: the editor's own default.
+        progress: Show the editor's progress bars.
+
+    Returns:
+        ``cls(hparams, cache_dir=cache_dir, progress=progress)``.
+    """
     return cls(hparams, cache_dir=cache_dir, progress=progress)
 
 
 def edit_in_rounds(editor: Editor, pipe: Any, requests: Sequence[EditRequest], rounds: int) -> EditResult:
     """Sequential editing: ``rounds`` consecutive edits of consecutive chunks, each on the model the
     previous rounds produced. Returns the combined change against the clean pipeline; the pipeline is
-    restored afterwards."""
+    restored afterwards.
+
+    Args:
+        editor: The editor instance; its :meth:`~editors.base.Editor.edit` is called once per round.
+        pipe: The diffusers pipeline; edited between rounds, restored on return (and on error).
+        requests: The requests, split into ``rounds`` consecutive chunks of near-equal size.
+        rounds: The number of rounds, between 1 and ``len(requests)``.
+
+    Returns:
+        One :class:`~editors.base.EditResult`: every tensor any round changed, at its final value; the
+        rounds' timings summed and losses concatenated; ``info`` records the mode and rounds.
+
+    Raises:
+        RequestError: ``rounds`` is below 1 or above the number of requests.
+    """
     if rounds < 1 or rounds > len(requests):
         raise RequestError(f"rounds must be between 1 and the number of requests ({len(requests)}), got {rounds}")
     bounds = [round(i * len(requests) / rounds) for i in range(rounds + 1)]
@@ -118,6 +152,12 @@ def edit_in_rounds(editor: Editor, pipe: Any, requests: Sequence[EditRequest], r
 def run_editor(editor: Editor, pipe: Any, requests: Sequence[EditRequest],
                mode: EditMode | str = EditMode()) -> EditResult:
     """Check the requests, edit in ``mode``, time it; refuse a result with NaN or inf values.
+
+    Args:
+        editor: The editor instance (see :func:`make_editor`).
+        pipe: The diffusers pipeline to edit.
+        requests: The requests, checked first by ``editor.check_requests``.
+        mode: An :class:`EditMode`, or its name for :meth:`EditMode.parse`.
 
     Returns:
         The editor's :class:`~editors.base.EditResult`, with ``timings["edit_seconds"]``: the wall seconds

@@ -164,6 +164,24 @@ def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None
 
     ``model`` is the :class:`~iceb.models.LoadedModel` the edit was made on, still unedited: its identity
     and a sample of the replaced base values go into the sidecar so a wrong base is refused later.
+
+    Args:
+        path: The edit file to write; must end in ``.safetensors``. The JSON sidecar goes next to it.
+        result: An :class:`~editors.base.EditResult`, an :class:`EditFile` (its metadata is kept), or a
+            mapping of weight name to tensor.
+        editor: The editor's registered name, recorded in the metadata.
+        hparams: The editor's hyperparameters (a dataclass or mapping), recorded.
+        model: The unedited :class:`~iceb.models.LoadedModel` the edit was made on.
+        requests: The :class:`~editors.requests.EditRequest` values the edit served, recorded.
+        mode: ``str()`` of the :class:`editors.run.EditMode` the edit ran in.
+        extra: More JSON-able metadata, merged over the built metadata.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        EditFileError: ``path`` does not end in ``.safetensors``.
+        FloatingPointError: A tensor holds NaN or inf values.
     """
     from safetensors.torch import save_file
 
@@ -194,7 +212,19 @@ def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None
 
 
 def load_edit(path: str | Path) -> EditFile:
-    """Read an edit file (safetensors only, never pickle) and its sidecar (or the embedded copy)."""
+    """Read an edit file (safetensors only, never pickle) and its sidecar (or the embedded copy).
+
+    Args:
+        path: The ``.safetensors`` edit file; its sidecar is read from :func:`sidecar_path`.
+
+    Returns:
+        The :class:`EditFile`: its tensors, its metadata and ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        EditFileError: The file is not readable safetensors, the sidecar is malformed JSON, or the two
+            list different tensors.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -279,6 +309,21 @@ def apply_edit(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool
     Returns the replaced original tensors; :func:`restore_edit` puts them back bit for bit. ``pipe`` may be
     a LoadedModel (its ``model_id`` is then checked). Refuses a pipeline that is not the edit's base unless
     ``force=True``; missing tensors or other shapes are refused always.
+
+    Args:
+        pipe: A diffusers pipeline or a :class:`~iceb.models.LoadedModel`; edited in place.
+        edit: An edit file path, an :class:`EditFile`, an :class:`~editors.base.EditResult`, or a list of
+            them (merged in order by :func:`merge_edits`).
+        model_id: The pipeline's model id, checked against the edit's recorded base; default: the
+            LoadedModel's ``model_id`` (none for a bare pipeline).
+        force: Apply even when the recorded base model or base values differ.
+
+    Returns:
+        The replaced original tensors by weight name, for :func:`restore_edit`.
+
+    Raises:
+        EditFileError: The edit does not fit the pipeline (the message says why).
+        TypeError: ``edit`` is none of the accepted kinds.
     """
     from editors.weights import apply_tensors
 
@@ -295,7 +340,12 @@ def apply_edit(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool
 
 
 def restore_edit(pipe: Any, originals: Mapping[str, torch.Tensor]) -> None:
-    """Undo :func:`apply_edit` with the originals it returned."""
+    """Undo :func:`apply_edit` with the originals it returned.
+
+    Args:
+        pipe: The pipeline (or :class:`~iceb.models.LoadedModel`) the edit was applied to.
+        originals: What :func:`apply_edit` returned; put back bit for bit.
+    """
     from editors.weights import restore_tensors
 
     restore_tensors(_pipe_of(pipe), originals)
@@ -303,7 +353,21 @@ def restore_edit(pipe: Any, originals: Mapping[str, torch.Tensor]) -> None:
 
 @contextlib.contextmanager
 def edited(pipe: Any, edit: Any, *, model_id: str | None = None, force: bool = False) -> Iterator[Any]:
-    """``with edited(pipe, "edit.safetensors"): ...`` runs the body on the edited model, then restores it."""
+    """``with edited(pipe, "edit.safetensors"): ...`` runs the body on the edited model, then restores it.
+
+    Args:
+        pipe: A diffusers pipeline or a :class:`~iceb.models.LoadedModel`.
+        edit: As for :func:`apply_edit`.
+        model_id: As for :func:`apply_edit`.
+        force: As for :func:`apply_edit`.
+
+    Returns:
+        A context manager that yields the edited diffusers pipeline and restores it on exit, also when the
+        body raises.
+
+    Raises:
+        EditFileError: The edit does not fit the pipeline (raised on entering the ``with``).
+    """
     originals = apply_edit(pipe, edit, model_id=model_id, force=force)
     try:
         yield _pipe_of(pipe)
@@ -379,6 +443,17 @@ def merge_edits(edits: Sequence[Any]) -> EditFile:
 
     Applying the merged edit equals applying the edits one after another (``force`` for the later ones,
     whose recorded base values differ where an earlier edit changed a shared tensor).
+
+    Args:
+        edits: Edit file paths, :class:`EditFile` or :class:`~editors.base.EditResult` values, in the order
+            they are applied.
+
+    Returns:
+        One in-memory :class:`EditFile` (``path`` None) whose metadata records the history, the requests of
+        all edits and the shared tensors.
+
+    Raises:
+        EditFileError: ``edits`` is empty, or the edits were made on different base models.
     """
     files = [_as_editfile(e) for e in edits]
     if not files:
@@ -435,6 +510,29 @@ def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparam
     ``mode`` is an :class:`editors.run.EditMode`, or ``"batch"`` / ``"sequential"`` with ``rounds``. The
     edit runs through :func:`editors.run.run_editor` (request checks, rounds, ``timings["edit_seconds"]``,
     NaN refusal). The pipeline is left unchanged; save the result with :func:`save_edit`.
+
+    Args:
+        editor: A registered editor name (or ``package.module:Class``), or an editor instance.
+        model: The :class:`~iceb.models.LoadedModel` to edit (its ``family`` picks the hparams file).
+        requests: The :class:`~editors.requests.EditRequest` values to serve.
+        hparams: The editor's hyperparameters; default: loaded as below (or the instance's own).
+        hparams_file: A YAML file of hyperparameters, instead of the editor's file for the model family.
+        overrides: Hyperparameter values that win over the file's.
+        preset: A named preset of the editor's hparams file.
+        mode: An :class:`editors.run.EditMode`, or its kind ``"batch"`` / ``"sequential"``.
+        rounds: The number of rounds for ``mode="sequential"``.
+        progress: Show the editor's progress bars.
+        cache_dir: Where the editor caches its statistics; default: the editor's own.
+
+    Returns:
+        ``(result, hparams)``: the :class:`~editors.base.EditResult` (with ``timings["edit_seconds"]``) and
+        the hyperparameters used.
+
+    Raises:
+        KeyError: An unknown editor name.
+        ValueError: A bad mode or rounds, or bad hyperparameters.
+        RequestError: Requests the editor cannot serve, or more rounds than requests.
+        NonFiniteEditError: The edit produced NaN or inf values.
     """
     from editors import get_editor
     from editors.run import EditMode, make_editor, run_editor

@@ -63,7 +63,26 @@ def batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 @torch.no_grad()
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], config: GenerationConfig,
              progress: bool = True, desc: str = "generating") -> list[np.ndarray]:
-    """Render one image per (prompt, seed) as uint8 HxWx3 arrays, in input order."""
+    """Render one image per (prompt, seed) as uint8 HxWx3 arrays, in input order.
+
+    Each image has its own CPU generator seeded with its seed, so it does not depend on its batch or device
+    (see the module docstring).
+
+    Args:
+        pipe: A diffusers text-to-image pipeline (e.g. ``load_model(...).pipe``).
+        prompts: The prompts, one image each.
+        seeds: One seed per prompt.
+        config: The sampling settings; ``config.batch_size`` images go through the pipeline at a time.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+
+    Returns:
+        One ``uint8`` array of shape ``(height, width, 3)`` per prompt, in input order.
+
+    Raises:
+        ValueError: ``prompts`` and ``seeds`` differ in length, or ``config.scheduler`` names no diffusers
+            scheduler.
+    """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     _set_scheduler(pipe, config.scheduler)

@@ -356,7 +356,23 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def load_model(spec: str = "toy", *, device: str | None = "auto", dtype: str | torch.dtype | None = None,
                revision: str | None = None) -> LoadedModel:
-    """Load ``spec`` as a StableDiffusionPipeline on ``device`` in ``dtype``, safety checker off."""
+    """Load ``spec`` as a StableDiffusionPipeline on ``device`` in ``dtype``, safety checker off.
+
+    Args:
+        spec: ``"toy"`` (the trained toy-world model), ``"tiny"`` (random weights, no download), a local
+            diffusers folder (safetensors only), or a hub id ``owner/name`` (the local cache is tried first).
+        device: ``"auto"`` or None (CUDA when available, else CPU), or a torch device string.
+        dtype: ``float32`` (default), ``float16``/``fp16`` or ``bfloat16``/``bf16``, or a ``torch.dtype``.
+        revision: The hub revision to load (hub ids only).
+
+    Returns:
+        A :class:`LoadedModel`: the pipeline plus its id, fingerprint, family (selects the editors' hparams),
+        world and generation protocol.
+
+    Raises:
+        ModelNotFoundError: The spec names no loadable model here; the message says how to get it.
+        ValueError: An unknown dtype, or float16 on the CPU.
+    """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec == "tiny":

@@ -137,6 +137,9 @@ def render_prompts(loaded, items: Sequence[tuple[str, int]], out: str | Path, ed
 
     Returns:
         The manifest written to ``images.json``.
+
+    Raises:
+        EditFileError: an edit cannot be read, or does not fit the model (without ``force``).
     """
     from PIL import Image
 

@@ -310,7 +310,20 @@ def read_request_file(path: str | Path, *, validate: bool = True, tokenizer: Any
 
 
 def read_requests(path: str | Path, *, tokenizer: Any = None) -> list[EditRequest]:
-    """The validated requests of a request file (see the module docstring for the formats)."""
+    """The validated requests of a request file (see the module docstring for the formats).
+
+    Args:
+        path: A ``.csv``, ``.json``, ``.jsonl``, ``.yaml`` or ``.yml`` request file.
+        tokenizer: The CLIP tokenizer that counts prompt tokens; default: a shared CLIP ViT-L/14 tokenizer.
+
+    Returns:
+        The requests, in file order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RequestError: The file cannot be parsed, or a request fails validation (a
+            :class:`RequestFileError`; the message names the file and row).
+    """
     return read_request_file(path, tokenizer=tokenizer).requests
 
 

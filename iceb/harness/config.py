@@ -14,7 +14,29 @@ class EvalConfig:
     """Everything that defines a run (its hash is the run id), plus where and how to run it.
 
     :meth:`validate` checks the settings that need no model or task; :class:`~iceb.harness.run.Run` calls it
-    first, so a typo costs a second, not a model load."""
+    first, so a typo costs a second, not a model load.
+
+    Attributes:
+        editor: The editor's name (``iceb list editors``) or ``package.module:Class``.
+        task: The task's name (``iceb list tasks``), ``package.module:Class`` or a task file.
+        model: A model spec for :func:`iceb.models.load_model`; None: the toy world when present, else tiny.
+        edits: The edit counts to evaluate; None: the task's default sweep.
+        metrics: The metric names; None: the task's defaults for the model's world.
+        editor_args: Hyperparameter overrides (``--editor-args``), layered last.
+        hparams: An hparams YAML layered over the editor's shipped file for the model family.
+        preset: A named shipped hparams file of the editor, instead of the family's.
+        mode: ``"batch"`` (one edit call) or ``"sequential"`` (``rounds`` calls); see :attr:`edit_mode`.
+        rounds: The number of rounds of a sequential edit.
+        limit: At most this many prompts per subset (a smoke run: its rows are not comparable).
+        steps: Sampling steps, instead of the model's protocol.
+        guidance: Classifier-free guidance scale, instead of the model's protocol.
+        batch_size: Images per generation batch (not part of the run id).
+        out: The folder under which run folders are made.
+        device: ``"auto"`` or a torch device; in a process group, ``"auto"`` and ``"cuda"`` take each rank's GPU.
+        dtype: The model's dtype (see :func:`iceb.models.load_model`).
+        progress: Show progress bars.
+        overwrite: Clear an existing run folder instead of resuming it.
+    """
 
     editor: str = "noop"
     task: str = "smoke"
@@ -55,7 +77,14 @@ class EvalConfig:
 
         Checked: ``--mode``, ``--rounds`` (≥ 1, only with ``--mode sequential``, at most the smallest edit
         count), ``--limit`` ≥ 1, ``--steps`` ≥ 1, ``--guidance`` finite and > 0, ``--batch-size`` ≥ 1,
-        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check."""
+        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check.
+
+        Returns:
+            ``self``, so that ``cfg = EvalConfig(...).validate()`` reads naturally.
+
+        Raises:
+            ValueError: The first bad setting; the message names its CLI flag.
+        """
         if self.mode not in ("batch", "sequential"):
             raise ValueError(f"--mode must be 'batch' or 'sequential', got {self.mode!r}")
         if not _is_int(self.rounds) or self.rounds < 1:

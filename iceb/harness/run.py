@@ -86,7 +86,25 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] | None = None, model=Non
     ``model`` is an already loaded :class:`~iceb.models.LoadedModel` to use instead of loading ``cfg.model``
     (Python users evaluating several editors on one pipeline; it is left as it was found). Progress lines go
     to the ``iceb.harness`` logger (stdout when logging is not configured); ``log``, when given, receives
-    them instead."""
+    them instead.
+
+    Args:
+        cfg: The run's settings; checked by :meth:`EvalConfig.validate` before any model loads.
+        log: Receives each progress line instead of the ``iceb.harness`` logger.
+        model: An already loaded :class:`~iceb.models.LoadedModel` to evaluate on; ``cfg.model`` is then
+            ignored (set to the model's spec).
+
+    Returns:
+        The run folder (``results.jsonl``, ``config.json``, the manifest, grids and edit files).
+
+    Raises:
+        ValueError: A bad setting in ``cfg`` (the message names the flag), or an edit count the task cannot
+            serve (a :class:`~iceb.tasks.TaskError`).
+        KeyError: An unknown editor, task or metric name (:class:`~iceb.utils.registry.UnknownNameError`).
+        ModelNotFoundError: ``cfg.model`` cannot be loaded here.
+        RunLockedError: Another process is running the same run folder.
+        ManifestMismatchError: The run folder plans different work than ``cfg``; use ``overwrite``.
+    """
     with lines_to(log):
         return Run(cfg, model=model).run()
 

@@ -19,6 +19,21 @@ METRICS.register("lpips", "iceb.metrics.lpips_metric:LPIPS",
 
 
 def get_metric(name: str, **kwargs) -> Metric:
+    """An instantiated metric.
+
+    Args:
+        name: A registered metric name (``iceb list metrics``), an entry point of the group
+            ``iceb.metrics``, or ``package.module:Class``.
+        **kwargs: Passed to the metric's constructor.
+
+    Returns:
+        The :class:`Metric` instance.
+
+    Raises:
+        KeyError: An unknown name (:class:`~iceb.utils.registry.UnknownNameError`, listing the known names
+            and the closest match).
+        ImportError: A ``package.module:Class`` or entry point that cannot be imported.
+    """
     return METRICS.get(name)(**kwargs)
 
 

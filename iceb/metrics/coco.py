@@ -17,7 +17,6 @@ import numpy as np
 from iceb.tasks.base import EvalPrompt
 
 COCO_COLUMNS = ("case_number", "source", "prompt", "evaluation_seed", "coco_id")
-COCO_SIZE = 30000
 
 
 @dataclass(frozen=True)

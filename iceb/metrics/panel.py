@@ -158,10 +158,6 @@ def _rectify(p: EvalPrompt) -> bool:
     return p.true_class is not None and p.true_class == p.dest_class
 
 
-def _has(attr: str) -> _Sel:
-    return lambda p: getattr(p, attr) is not None
-
-
 _PANELS: tuple[tuple[str, tuple[str, ...], _Sel, str, str, int, str, bool], ...] = (
     ("source_forget", ("edit", "general"), _normal, "true_class", "source", -1, "pre", True),
     ("source2dest", ("edit", "general"), _normal, "dest_class", "dest", +1, "1-pre", True),

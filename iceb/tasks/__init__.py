@@ -19,7 +19,24 @@ TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
-    """An instantiated task; ``name`` may also be ``package.module:Class`` or a task file path."""
+    """An instantiated task; ``name`` may also be ``package.module:Class`` or a task file path.
+
+    Args:
+        name: A registered task name (``iceb list tasks``), an entry point of the group ``iceb.tasks``,
+            ``package.module:Class``, or a user task file (``.json``, ``.jsonl``, ``.csv``, ``.yaml``).
+        world: The model's world (``"imagenet"`` or ``"toy"``), for tasks that serve both; a task class
+            whose constructor takes no ``world`` is built without it.
+        **kwargs: Passed to the task's constructor.
+
+    Returns:
+        The :class:`Task` instance.
+
+    Raises:
+        KeyError: An unknown name (:class:`~iceb.utils.registry.UnknownNameError`, listing the known names
+            and the closest match).
+        ImportError: A ``package.module:Class`` or entry point that cannot be imported.
+        TaskError: A task file or split that cannot be read.
+    """
     from pathlib import Path
 
     if name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml"):

@@ -13,7 +13,7 @@ import importlib.metadata
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -110,6 +110,19 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name``; without ``obj`` return a decorator.
 
         ``obj`` may be a ``"module:Attr"`` string, registered lazily.
+
+        Args:
+            name: The name users give (``--editor``, ``--task``, ``--metric``).
+            obj: The object, or a ``"package.module:Attr"`` string imported on first :meth:`get`; None:
+                return a decorator that registers its target.
+            description: A one-line description for ``iceb list`` (shown without importing a lazy entry).
+            overwrite: Replace an existing entry of that name.
+
+        Returns:
+            ``obj`` as given, or, without ``obj``, a decorator that returns its target unchanged.
+
+        Raises:
+            ValueError: ``name`` is already registered to another object and ``overwrite`` is false.
         """
         if obj is None:
             def decorator(target: Any) -> Any:
@@ -156,7 +169,20 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def get(self, name: str) -> T:
-        """The object registered as ``name``, or, for ``package.module:Class``, that class."""
+        """The object registered as ``name``, or, for ``package.module:Class``, that class.
+
+        Args:
+            name: A registered name, an entry point of the registry's group, or ``package.module:Class``.
+
+        Returns:
+            The object (a lazy entry is imported now and kept).
+
+        Raises:
+            UnknownNameError: An unknown name (a ``KeyError``); the message lists the known names and the
+                closest match.
+            RegistryImportError: A lazy entry or ``package.module:Class`` that cannot be imported.
+            RegistryTypeError: The object is not a subclass of the registry's ``base_cls``.
+        """
         self._load_entry_points()
         with self._lock:
             item = self._items.get(name)
@@ -204,5 +230,3 @@ def describe_all(registry: Registry[Any]) -> list[tuple[str, str]]:
     """(name, description) pairs for ``iceb list``."""
     return [(n, registry.description(n)) for n in registry.names()]
 
-
-Factory = Callable[..., Any]
