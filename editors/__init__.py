@@ -25,7 +25,8 @@ EDITORS.register("uce", "editors.uce:UCEEditor",
 EDITORS.register("time", "editors.uce:TIMEEditor",
                  description="TIME: UCE's closed form without a preserve set (lambda 0.1, all tokens)")
 EDITORS.register("rome", "editors.rome:ROMEEditor",
-                 description="ReFACT (ROME-style): rank-one update of one text-encoder fc2, edits applied in sequence")
+                 description="ReFACT (ROME-style): rank-one updates of one text-encoder fc2, chained request "
+                             "by request inside one edit (hparam solve)")
 EDITORS.register("esd-x", "editors.esd:ESDXEditor",
                  description="ESD-x: erase by negative-guidance fine-tuning of the cross-attention layers")
 EDITORS.register("esd-u", "editors.esd:ESDUEditor",

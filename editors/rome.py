@@ -111,7 +111,8 @@ def synthetic_corpus(n: int = 400) -> list[str]:
     return out
 
 
-@register_editor("rome", description="ReFACT (ROME-style): rank-one update of one text-encoder fc2, edits applied in sequence")
+@register_editor("rome", description="ReFACT (ROME-style): rank-one updates of one text-encoder fc2, chained "
+                                     "request by request inside one edit (hparam solve)")
 class ROMEEditor(BaseEditor):
     """ReFACT on the pipeline's text encoder. Updates and rectifications (source -> destination text);
     ReFACT has no erase mode, so erase requests are rejected."""
