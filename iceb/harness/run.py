@@ -431,7 +431,10 @@ class Run:
                     raise FloatingPointError(
                         f"metric {m.name} gave NaN for {v.subset}/{v.metric} at N={n} (the edit made "
                         f"non-finite images?); the rows of finished edit counts are kept")
-                rows.append(ResultRow(**base, **dataclasses.asdict(v)).to_dict())
+                # every field of the value that the row schema has
+                cols = {f.name for f in dataclasses.fields(ResultRow)}
+                fields = {k: x for k, x in dataclasses.asdict(v).items() if k in cols}
+                rows.append(ResultRow(**base, **fields).to_dict())
         rows.append(ResultRow(**base, subset="-", metric="edit_seconds", value=sidecar["edit_seconds"], bound=None,
                               n=len(inst.requests), higher_is_better=False).to_dict())
         return rows

@@ -1,10 +1,13 @@
 """The one pivot behind the leaderboard's tables: ``leaderboard.md`` and ``report.html`` render the same frame.
 
 Rows are (task, model, legend label, subset, metric), columns the edit counts (``N=1``, ``N=3``, ...), so a
-reader follows one editor's metric along N.
+reader follows one editor's metric along N. Each ``N=<n>`` column has a ``SE N=<n>`` twin holding the value's
+standard error (requests as clusters; NaN where the row has none); :func:`cell` writes the two as
+``0.473 ± 0.051``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: the columns :func:`pivot` gives besides one ``N=<n>`` column per edit count
@@ -21,7 +24,8 @@ def pivot(df):
         A DataFrame indexed by (task, model, label, subset, metric), sorted, with the columns
         :data:`PIVOT_META` (``bound``: the one bound of the row's values, ``"varies"`` or None; ``smoke``:
         whether the row comes from a ``--limit`` run) followed by one ``N=<n>`` column per edit count in
-        increasing order (NaN where a row has no value at that N).
+        increasing order (NaN where a row has no value at that N), then one ``SE N=<n>`` column per edit
+        count (the value's standard error; NaN where unknown).
     """
     import pandas as pd
 
@@ -30,12 +34,27 @@ def pivot(df):
     records = []
     for key, g in df.groupby(keys, sort=True):
         by_n = {int(r.n_edits): r.value for r in g.itertuples()}
+        se_n = {int(r.n_edits): _num(getattr(r, "stderr", None)) for r in g.itertuples()}
         bounds = {r.bound for r in g.itertuples() if r.bound is not None and r.bound == r.bound}
         bound = next(iter(bounds)) if len(bounds) == 1 else ("varies" if bounds else None)
         records.append({**dict(zip(keys, key)), "higher_is_better": bool(g["higher_is_better"].iloc[0]),
                         "bound": bound, "smoke": bool(g["smoke"].astype(bool).any()),
-                        **{f"N={n}": by_n.get(n, float("nan")) for n in ns}})
-    return pd.DataFrame(records, columns=keys + PIVOT_META + [f"N={n}" for n in ns]).set_index(keys)
+                        **{f"N={n}": by_n.get(n, float("nan")) for n in ns},
+                        **{f"{SE_PREFIX}N={n}": se_n.get(n, float("nan")) for n in ns}})
+    columns = keys + PIVOT_META + [f"N={n}" for n in ns] + [f"{SE_PREFIX}N={n}" for n in ns]
+    return pd.DataFrame(records, columns=columns).set_index(keys)
+
+
+#: the prefix of a pivot's standard-error columns (``SE N=3`` beside ``N=3``)
+SE_PREFIX = "SE "
+
+
+def _num(v: Any) -> float:
+    """A float, NaN for None or anything that is not a number."""
+    try:
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def pivot_tables(df):
@@ -53,8 +72,8 @@ def pivot_tables(df):
 
 
 def n_columns(table) -> list[str]:
-    """The ``N=<n>`` columns of a :func:`pivot` table, in order."""
-    return [c for c in table.columns if c not in PIVOT_META]
+    """The ``N=<n>`` columns of a :func:`pivot` table, in order (not their ``SE`` twins)."""
+    return [c for c in table.columns if c not in PIVOT_META and not str(c).startswith(SE_PREFIX)]
 
 
 def arrow(higher_is_better: bool) -> str:
@@ -67,3 +86,22 @@ def fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return ""
     return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
+def fmt_se(v: Any, se: Any) -> str:
+    """``value ± SE``: the SE to 2 significant digits and the value to the same decimal place; the plain
+    :func:`fmt` of the value when the SE is unknown (None or NaN)."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return fmt(v)
+    se = _num(se)
+    if not math.isfinite(se) or not math.isfinite(float(v)):
+        return fmt(v)
+    if se == 0:
+        return f"{fmt(v)} ± 0"
+    decimals = min(12, max(0, 1 - math.floor(math.log10(abs(se)))))
+    return f"{float(v):.{decimals}f} ± {se:.{decimals}f}"
+
+
+def cell(row: Any, n_column: str) -> str:
+    """The cell of a :func:`pivot` row at edit-count column ``n_column``: ``value ± SE``, or the plain value."""
+    return fmt_se(row[n_column], row.get(SE_PREFIX + n_column))

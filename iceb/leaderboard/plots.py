@@ -1,7 +1,8 @@
 """Plots of each panel metric against the number of edits (log x), one line per editor, as EMCID's figure.
 
 Drawn from tidy rows (never from parsed keys) with matplotlib's Agg backend, so they work headless.
-Bounds, where a metric gives one, are dashed lines in the editor's colour. Smoke runs say so in the title.
+Bounds, where a metric gives one, are dashed lines in the editor's colour; the bootstrap 95% interval, where
+the rows have one, is a translucent band in that colour. Smoke runs say so in the title.
 """
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ def _draw(ax, d, colors) -> None:
         g = g.sort_values("n_edits")
         color = colors[label]
         ax.plot(g["n_edits"], g["value"], marker="o", ms=3, lw=1.5, color=color, label=label)
+        # the bootstrap 95% interval (requests as clusters), where the rows have one
+        ci = g.reindex(columns=["n_edits", "ci_low", "ci_high"]).dropna()
+        if len(ci) > 1:
+            ax.fill_between(ci["n_edits"].astype(float), ci["ci_low"].astype(float), ci["ci_high"].astype(float),
+                            color=color, alpha=0.2, lw=0)
+        elif len(ci) == 1:  # a band of one point has no width: a vertical bar instead
+            ax.vlines(ci["n_edits"].astype(float), ci["ci_low"].astype(float), ci["ci_high"].astype(float),
+                      color=color, alpha=0.4, lw=3)
         b = g.dropna(subset=["bound"])
         if len(b):
             ax.plot(b["n_edits"], b["bound"].astype(float), ls="--", lw=1, color=color, label=f"{label} bound")

@@ -12,7 +12,7 @@ import base64
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.leaderboard.pivot import arrow, cell, n_columns, pivot_tables
 from iceb.leaderboard.results import SMOKE_MARK
 from iceb.utils.io import read_json
 
@@ -29,7 +29,7 @@ def _tables(df) -> list[dict[str, Any]]:
     for task, model, table in pivot_tables(df):
         ns = n_columns(table)
         rows = [{"label": label, "subset": subset, "metric": metric, "arrow": arrow(r["higher_is_better"]),
-                 "cells": [fmt(r[n]) for n in ns]} for (label, subset, metric), r in table.iterrows()]
+                 "cells": [cell(r, n) for n in ns]} for (label, subset, metric), r in table.iterrows()]
         out.append({"task": task, "model": model, "smoke": bool(table["smoke"].any()), "ns": ns, "rows": rows})
     return out
 

@@ -2,7 +2,8 @@
 
 A row is one number: (editor, model, task, N, subset, metric) -> value, with what it rests on (``n``), the
 run it came from (``run_id``, and its ``run_hash`` and ``smoke`` flag as fields of their own, never parsed
-back out of the id) and the ICEB version. ``results.jsonl``, ``results.csv`` and every leaderboard CSV take
+back out of the id) and the ICEB version, and its uncertainty (``stderr``, ``ci_low``, ``ci_high``: requests as
+clusters; optional, so rows written before them still read). ``results.jsonl``, ``results.csv`` and every leaderboard CSV take
 their columns from here: :data:`ROW_COLUMNS` for run files, :data:`LEADERBOARD_COLUMNS` for leaderboards,
 which add the run's provenance.
 """
@@ -33,6 +34,12 @@ class ResultRow:
     run_id: str
     run_hash: str  # the hash part of run_id: the run's configuration identity
     iceb_version: str
+    # the value's uncertainty, requests as clusters (iceb.metrics.uncertainty); None where it has none, and in
+    # rows written before these fields existed
+    stderr: float | None = None  # cluster-robust standard error
+    ci_low: float | None = None  # bootstrap 95% percentile interval (1000 resamples of requests, seed 0)
+    ci_high: float | None = None
+    n_groups: int | None = None  # the clusters (requests, holdout classes) the uncertainty rests on
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -41,30 +48,37 @@ class ResultRow:
     def from_dict(cls, data: Mapping[str, Any]) -> "ResultRow":
         """A row from a mapping; unknown keys are ignored, missing ones are an error naming them.
 
+        The optional fields (:data:`OPTIONAL_COLUMNS`, added later) may be missing: they read as None.
+
         Args:
             data: a decoded ``results.jsonl`` line (block bookkeeping keys are ignored).
 
         Returns:
             The row.
         """
-        missing = [f for f in ROW_COLUMNS if f not in data]
+        missing = [f for f in REQUIRED_COLUMNS if f not in data]
         if missing:
             raise ValueError(f"a result row lacks {', '.join(missing)}")
-        return cls(**{f: data[f] for f in ROW_COLUMNS})
+        return cls(**{f: data[f] for f in ROW_COLUMNS if f in data})
 
 
 #: columns of results.jsonl / results.csv, in order
 ROW_COLUMNS: list[str] = [f.name for f in dataclasses.fields(ResultRow)]
+#: the fields with a default: older rows without them still read (as None)
+OPTIONAL_COLUMNS: list[str] = [f.name for f in dataclasses.fields(ResultRow) if f.default is not dataclasses.MISSING]
+#: the fields every row must have
+REQUIRED_COLUMNS: list[str] = [f for f in ROW_COLUMNS if f not in OPTIONAL_COLUMNS]
 #: the JSON types each field accepts (``bool`` is never an ``int`` or ``float`` here)
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-                                       "float | None": (int, float, type(None))}
+                                       "float | None": (int, float, type(None)), "int | None": (int, type(None))}
 
 
 def check_row(data: Mapping[str, Any]) -> ResultRow:
     """A row from a decoded ``results.jsonl`` line, refusing missing fields and wrong types.
 
     Args:
-        data: the decoded line (keys that are no field, such as the block bookkeeping, are ignored).
+        data: the decoded line (keys that are no field, such as the block bookkeeping, are ignored; the
+            :data:`OPTIONAL_COLUMNS` may be missing and read as None).
 
     Returns:
         The row.
@@ -72,7 +86,7 @@ def check_row(data: Mapping[str, Any]) -> ResultRow:
     Raises:
         ValueError: naming every missing field and every field of the wrong type (the caller adds where).
     """
-    missing = [f for f in ROW_COLUMNS if f not in data]
+    missing = [f for f in REQUIRED_COLUMNS if f not in data]
     problems = [f"lacks {', '.join(missing)}"] if missing else []
     for f in dataclasses.fields(ResultRow):
         if f.name not in data:
@@ -82,7 +96,7 @@ def check_row(data: Mapping[str, Any]) -> ResultRow:
             problems.append(f"{f.name} is {v!r} ({type(v).__name__}), expected {f.type}")
     if problems:
         raise ValueError("; ".join(problems))
-    return ResultRow(**{f: data[f] for f in ROW_COLUMNS})
+    return ResultRow(**{f: data[f] for f in ROW_COLUMNS if f in data})
 
 
 #: what a leaderboard adds to every row: where it came from

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from iceb.leaderboard.pivot import arrow, fmt, n_columns, pivot_tables
+from iceb.leaderboard.pivot import arrow, cell, fmt, n_columns, pivot_tables
 from iceb.leaderboard.results import SMOKE_MARK, load_run, rows_to_frame
 from iceb.leaderboard.schema import LEADERBOARD_COLUMNS
 
@@ -96,7 +96,7 @@ def markdown(df) -> str:
         lines.append("|---|---|---|---|" + "---|" * len(ns))
         for (label, subset, metric), r in table.iterrows():
             lines.append(f"| {label} | {subset} | {metric} {arrow(r['higher_is_better'])} | {fmt(r['bound'])} | "
-                         + " | ".join(fmt(r[n]) for n in ns) + " |")
+                         + " | ".join(cell(r, n) for n in ns) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ Metrics take images and records, never pipelines or editors.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -18,7 +19,12 @@ from iceb.tasks.base import EvalPrompt
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One number of a result: ``metric`` on prompt ``subset``, with the paper's ``bound`` when it has one."""
+    """One number of a result: ``metric`` on prompt ``subset``, with the paper's ``bound`` when it has one.
+
+    ``stderr``, ``ci_low`` and ``ci_high`` are the value's standard error and bootstrap 95% interval with
+    requests as clusters (:mod:`iceb.metrics.uncertainty`), resting on ``n_groups`` clusters; None where the
+    value has none (one cluster, or a statistic of a set such as FID).
+    """
 
     subset: str
     metric: str
@@ -26,6 +32,15 @@ class MetricValue:
     bound: float | None = None
     n: int = 0
     higher_is_better: bool = True
+    stderr: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_groups: int | None = None
+
+    def with_stats(self, stats) -> "MetricValue":
+        """This value with the uncertainty of a :class:`~iceb.metrics.uncertainty.ClusterStats` (value kept)."""
+        return dataclasses.replace(self, stderr=stats.stderr, ci_low=stats.ci_low, ci_high=stats.ci_high,
+                                   n_groups=stats.n_groups)
 
 
 class Metric(abc.ABC):

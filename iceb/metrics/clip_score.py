@@ -24,6 +24,7 @@ from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
 from iceb.metrics.classifiers import WeightsNotFoundError
 from iceb.metrics.panel import group_mean
+from iceb.metrics.uncertainty import cluster_stats
 from iceb.tasks.base import EvalPrompt
 
 CLIP_ARCH = "ViT-L-14"
@@ -122,13 +123,20 @@ class CLIPScore(Metric):
         for subset in sorted({p.subset for p in prompts}):
             idx = [i for i, p in enumerate(prompts) if p.subset == subset]
             groups = [prompts[i].group for i in idx]
-            a = group_mean(groups, [float(pre[i]["clip"]) for i in idx])
-            b = group_mean(groups, [float(post[i]["clip"]) for i in idx])
+            xa = [float(pre[i]["clip"]) for i in idx]
+            xb = [float(post[i]["clip"]) for i in idx]
+            a, b = group_mean(groups, xa), group_mean(groups, xb)
             # a caption that names an edited concept should match less after the edit; others should not change
             keep = subset in ("holdout", "edit_dest")
-            rows += [MetricValue(subset, "clip_score_pre", a, None, len(idx), keep),
-                     MetricValue(subset, "clip_score", b, None, len(idx), keep),
-                     MetricValue(subset, "clip_score_delta", b - a, None, len(idx), keep)]
+
+            def stats(v):  # ICEB's mean of per-request means, requests as clusters
+                return cluster_stats(v, groups, weighting="groups")
+
+            rows += [MetricValue(subset, "clip_score_pre", a, None, len(idx), keep).with_stats(stats(xa)),
+                     MetricValue(subset, "clip_score", b, None, len(idx), keep).with_stats(stats(xb)),
+                     # a difference of two means on the same images: the per-image differences' uncertainty
+                     MetricValue(subset, "clip_score_delta", b - a, None, len(idx), keep)
+                     .with_stats(stats([y - x for x, y in zip(xa, xb)]))]
         return rows
 
 

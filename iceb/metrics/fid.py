@@ -299,6 +299,9 @@ class FID(Metric):
         pp = FeatureFID(dim)
         feed(pp, pre, True)
         feed(pp, post, False)
+        # FID is a distance between two feature distributions, a statistic of the whole set, not a mean over
+        # images: there is no per-request decomposition to resample cheaply (a bootstrap would recompute a
+        # 2048-d Frechet distance per replicate, and FID is biased in n), so its rows carry no stderr/interval.
         rows = [MetricValue(subset, "fid_pre_post", pp.compute(), None, n, False)]
         real = self._real(n)
         if real is None:

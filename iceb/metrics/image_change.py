@@ -12,6 +12,7 @@ import numpy as np
 
 from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
+from iceb.metrics.uncertainty import cluster_stats
 from iceb.tasks.base import EvalPrompt
 
 
@@ -31,9 +32,13 @@ class ImageChange(Metric):
 
     def aggregate(self, prompts, pre, post) -> list[MetricValue]:
         per_subset: dict[str, list[float]] = defaultdict(list)
+        groups: dict[str, list[str]] = defaultdict(list)
         for p, a, b in zip(prompts, pre, post):
             per_subset[p.subset].append(float(np.abs(np.asarray(a["thumb"]) - np.asarray(b["thumb"])).mean()))
+            groups[p.subset].append(p.group)
+        # a plain mean over images: its uncertainty with image weighting, requests as clusters
         return [MetricValue(s, "image_change", float(np.mean(v)), None, len(v), higher_is_better=(s != "holdout"))
+                .with_stats(cluster_stats(v, groups[s], weighting="images"))
                 for s, v in sorted(per_subset.items())]
 
 

@@ -21,6 +21,7 @@ from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
 from iceb.metrics.classifiers import WeightsNotFoundError
 from iceb.metrics.panel import group_mean
+from iceb.metrics.uncertainty import cluster_stats
 from iceb.tasks.base import EvalPrompt
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -121,9 +122,11 @@ class LPIPS(Metric):
         rows = []
         for subset in sorted({p.subset for p in prompts}):
             idx = [i for i, p in enumerate(prompts) if p.subset == subset]
-            v = group_mean([prompts[i].group for i in idx], [float(d[i]) for i in idx])
+            groups, dist = [prompts[i].group for i in idx], [float(d[i]) for i in idx]
+            v = group_mean(groups, dist)
             # edited concepts should change (higher is better); holdout and destinations should not
-            rows.append(MetricValue(subset, "lpips", v, None, len(idx), subset in ("edit", "general", "alias")))
+            rows.append(MetricValue(subset, "lpips", v, None, len(idx), subset in ("edit", "general", "alias"))
+                        .with_stats(cluster_stats(dist, groups, weighting="groups")))
         return rows
 
 

@@ -24,6 +24,10 @@ Each has ``_top1`` and ``_top5`` variants (accuracy instead of mean probability)
 images first (``EvalPrompt.group``), then over requests. Prompts whose ``true_class == dest_class`` are
 rectification prompts (a wrong alias mapped to its own class): their Forget panels are meaningless and are
 replaced by ``rectify_gain``.
+
+Every row carries its standard error and bootstrap 95% interval with requests as clusters
+(:mod:`iceb.metrics.uncertainty`, weighting ``"groups"``: the same mean of per-request means): a post − pre
+row takes them from the per-image differences, ``average_score`` from its two independent halves.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import numpy as np
 from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
 from iceb.metrics.classifiers import DEFAULT_CLASSIFIER, ImageClassifier, get_classifier
+from iceb.metrics.uncertainty import cluster_stats, combine_mean
 from iceb.tasks.base import EvalPrompt
 
 #: (row-name suffix, record field): mean probability, top-1 accuracy, top-5 accuracy
@@ -182,6 +187,7 @@ def panel_values(prompts: Sequence[EvalPrompt], pre: Sequence[dict[str, Any]],
         raise PanelError(f"misaligned inputs: {len(prompts)} prompts, {len(pre)} pre and {len(post)} post records")
     rows: list[MetricValue] = []
     found: dict[tuple[str, str], float] = {}
+    parts: dict[tuple[str, str], tuple[list[float], list[str], str]] = {}
     for metric, subsets, sel, attr, raw, sign, bound_kind, hib in _PANELS:
         for subset in subsets:
             idx = [i for i, p in enumerate(prompts)
@@ -196,23 +202,32 @@ def panel_values(prompts: Sequence[EvalPrompt], pre: Sequence[dict[str, Any]],
                 value = sign * (m_post - m_pre)
                 bound = {"pre": m_pre, "1-pre": 1.0 - m_pre, "-pre": -m_pre}[bound_kind]
                 n = len(idx)
-                rows.append(MetricValue(subset, metric + suffix, value, bound, n, hib))
+                # the uncertainty of a difference of two means on the same images: that of the per-image
+                # differences (the value itself stays the difference of the two means, as before)
+                diff = [sign * (y - x) for x, y in zip(a, b)]
+                rows.append(MetricValue(subset, metric + suffix, value, bound, n, hib)
+                            .with_stats(cluster_stats(diff, groups, weighting="groups")))
                 # raw scores: for "source" lower after the edit is the goal; otherwise higher
                 raw_hib = raw != "source"
                 if metric == "dest_forget":
                     raw_hib = True
-                for when, v in (("pre", m_pre), ("post", m_post)):
+                for when, v, per_image in (("pre", m_pre, a), ("post", m_post, b)):
                     name = f"{when}_{raw}{suffix}"
                     if (subset, name) in found:
                         continue
                     found[(subset, name)] = v
-                    rows.append(MetricValue(subset, name, v, None, n, raw_hib))
+                    rows.append(MetricValue(subset, name, v, None, n, raw_hib)
+                                .with_stats(cluster_stats(per_image, groups, weighting="groups")))
                 found[(subset, metric + suffix)] = value
+                parts[(subset, metric + suffix)] = (diff, groups, "groups")
     for suffix, _ in KINDS:
         g, h = found.get(("general", "source2dest" + suffix)), found.get(("holdout", "holdout_delta" + suffix))
         if g is not None and h is not None:
+            # two means over disjoint images (general and holdout prompts): independent, variances add
+            se, lo, hi = combine_mean([parts[("general", "source2dest" + suffix)],
+                                       parts[("holdout", "holdout_delta" + suffix)]])
             rows.append(MetricValue("-", "average_score" + suffix, (g + h) / 2.0, None,
-                                    0, True))
+                                    0, True, se, lo, hi))
     return rows
 
 
