@@ -15,7 +15,9 @@ For N edits the instance holds the first N edit pairs in the split's order and t
   class's free-form prompts, destination = the request's destination. A name that is itself edited by
   one of the first N requests (the 1k split's alias edits) is not an alias prompt.
 - ``holdout``: the first ``holdout_prompts_per_class`` (ICEB: 3) prompts of every holdout class, with its
-  primary name, ``true_class`` = its id.
+  primary name, ``true_class`` = its id, and its ``stratum``: the class's nearness to the instance's edited
+  source classes (:func:`iceb.data.neighbours.stratifier`; WordNet on ImageNet, shape/colour in the toy
+  world). The pooled holdout (the paper's metric) is unchanged; strata only add per-stratum rows.
 
 Holdout seeds: EMCID's ``measure_specificity`` renders a class's 3 prompts as one batch with a single
 generator whose seed is the first prompt seed of the *next* holdout class (a code quirk; the batch then
@@ -26,9 +28,10 @@ from the official ones in noise, not in distribution.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from editors.requests import EditRequest
+from iceb.data.neighbours import stratifier
 from iceb.data.split_bundle import Concept, SplitBundle
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
@@ -85,16 +88,20 @@ class SplitTask(Task):
             self._bundle = load_world_bundle(self.world_name, self.variant, self.data_dir)
         return self._bundle
 
-    def _holdout_prompts(self, exclude: set[int] = frozenset()) -> list[EvalPrompt]:
+    def _holdout_prompts(self, edited_sources: Iterable[int] = (), exclude: set[int] = frozenset()
+                         ) -> list[EvalPrompt]:
+        """The holdout prompts, each with its stratum against ``edited_sources`` (the requests' source ids)."""
         b, out = self.bundle, []
         k = b.holdout_prompts_per_class
+        stratum = stratifier(b, edited_sources)
         for cid in b.holdout:
             if cid in exclude:
                 continue
             c = b.concept(cid)
             if len(c.prompts) < k:
                 raise TaskError(f"holdout class {cid} ({c.name}) has {len(c.prompts)} prompts; the split needs {k}")
-            out.extend(EvalPrompt(fill(p.template, c.name), p.seed, "holdout", cid, None, f"holdout:{cid}")
+            st = stratum(cid)
+            out.extend(EvalPrompt(fill(p.template, c.name), p.seed, "holdout", cid, None, f"holdout:{cid}", st)
                        for p in c.prompts[:k])
         return out
 
@@ -147,7 +154,7 @@ class ACETask(SplitTask):
                     for p in src.prompts:
                         prompts.append(EvalPrompt(fill(p.template, alias), p.seed, "alias", src.id, dst.id,
                                                   f"{rid}/alias:{alias}"))
-        prompts.extend(self._holdout_prompts())
+        prompts.extend(self._holdout_prompts([r.source_id for r in requests]))
         return self._instance(n, requests, prompts, {})
 
 

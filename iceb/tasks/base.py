@@ -8,7 +8,8 @@ Prompt sets (the ``subset`` of an :class:`EvalPrompt`) follow ICEB:
 - ``edit_dest``: the same templates filled with the destination name (the destination's own score);
 - ``general``: free-form prompts naming the source;
 - ``alias``: free-form prompts naming an alias of the source;
-- ``holdout``: prompts of classes that are not edited, scored for their own class.
+- ``holdout``: prompts of classes that are not edited, scored for their own class; each carries a
+  ``stratum``, its class's nearness to the edited source classes (:mod:`iceb.data.neighbours`).
 
 Tasks know nothing of editors; the harness brings the two together.
 """
@@ -34,7 +35,10 @@ class EvalPrompt:
 
     ``true_class`` is the class the prompt names (the source, an alias's class or a holdout class);
     ``dest_class`` is the edit's destination class when the prompt belongs to an edit request;
-    ``group`` ties the prompt to its request (for per-request averages, as ICEB averages).
+    ``group`` ties the prompt to its request (for per-request averages, as ICEB averages);
+    ``stratum`` (holdout prompts) is how near the prompt's class is to the instance's edited source classes
+    (:mod:`iceb.data.neighbours`: ``sibling``/``near``/``far`` on ImageNet, ``shares-*`` in the toy world),
+    empty where it does not apply.
     """
 
     prompt: str
@@ -43,6 +47,7 @@ class EvalPrompt:
     true_class: int | str | None = None
     dest_class: int | str | None = None
     group: str = ""
+    stratum: str = ""
 
     def __post_init__(self) -> None:
         if self.subset not in SUBSETS:
@@ -81,8 +86,30 @@ class TaskInstance:
         return TaskInstance(self.task, self.n_edits, self.requests, tuple(kept), self.world,
                             {**self.info, "limit": limit})
 
+    def strata(self) -> dict[str, dict[str, int]]:
+        """Per holdout stratum (in order of first appearance): its holdout prompts and classes."""
+        out: dict[str, dict[str, int]] = {}
+        classes: dict[str, set] = {}
+        for p in self.subset("holdout"):
+            if not p.stratum:
+                continue
+            out.setdefault(p.stratum, {"prompts": 0, "classes": 0})["prompts"] += 1
+            classes.setdefault(p.stratum, set()).add(p.true_class)
+        for k, v in classes.items():
+            out[k]["classes"] = len(v)
+        return out
+
     def fingerprint(self) -> str:
-        return stable_hash("task-instance", [asdict(r) for r in self.requests], [asdict(p) for p in self.prompts])
+        # a prompt without a stratum hashes as before the field existed (fingerprints of such instances are
+        # unchanged); a stratum is task data and enters the hash
+        return stable_hash("task-instance", [asdict(r) for r in self.requests], [_prompt_dict(p) for p in self.prompts])
+
+
+def _prompt_dict(p: EvalPrompt) -> dict[str, Any]:
+    d = asdict(p)
+    if not d["stratum"]:
+        del d["stratum"]
+    return d
 
 
 class Task(abc.ABC):

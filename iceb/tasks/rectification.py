@@ -10,7 +10,7 @@ gain, and "forget" panels are skipped. Prompt sets for N requests (the first N o
 - ``general``: the class's free-form prompts with the wrong alias (official split: EMCID's lowercased
   ``rectification_val.csv`` prompts, kept in ``Concept.info["rectification_prompts"]``);
 - ``holdout``: the split's holdout classes as in :mod:`iceb.tasks.ace` (EMCID reports the same holdout
-  specificity for rectification).
+  specificity for rectification), stratified against the rectified classes.
 
 ``rectification`` reads the official split (143 requests, the script edits the first 140) or the toy
 split; ``rectification-1k`` derives its requests over all 1000 classes of the project's split with the
@@ -64,7 +64,7 @@ class RectificationTask(SplitTask):
                 raise TaskError(f"class {c.id} has {len(templates)} rectification prompts for {len(c.prompts)} seeds")
             for t, p in zip(templates, c.prompts):
                 prompts.append(EvalPrompt(fill(t, r.source), p.seed, "general", c.id, c.id, rid))
-        prompts.extend(self._holdout_prompts())
+        prompts.extend(self._holdout_prompts([r.source_id for r in requests]))
         return self._instance(n, requests, prompts, {"kind": "rectify"})
 
 
