@@ -19,6 +19,13 @@ rectify_gain             edit/general post − pre of P(true) where true == dest
 average_score            -            (general source2dest + holdout_delta) / 2  (the paper's ablation score)
 =======================  ===========  =========================================  ===========================
 
+Holdout per neighbour stratum: for every ``stratum`` among the holdout prompts (``EvalPrompt.stratum``, see
+:mod:`iceb.data.neighbours`: ``sibling``/``near``/``far`` on ImageNet, ``shares-*`` in the toy world) the
+holdout rows (``holdout_delta`` and its ``_top1``/``_top5`` variants, ``pre_true``/``post_true``) again, over
+that stratum's images only, as subset ``holdout:<stratum>`` with ``n`` = its images. The pooled ``holdout``
+rows (the paper's metric) are unchanged; because a holdout class lies in exactly one stratum, the pooled
+value is the class-weighted mean of the strata's values (image-weighted, when every class has as many images).
+
 Each has ``_top1`` and ``_top5`` variants (accuracy instead of mean probability), and the raw scores
 ``pre_<x>``/``post_<x>`` (x = source, dest or true). Averages are taken as ICEB takes them: over a request's
 images first (``EvalPrompt.group``), then over requests. Prompts whose ``true_class == dest_class`` are
@@ -36,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from iceb.data.neighbours import ALL_STRATA
 from iceb.metrics import METRICS
 from iceb.metrics.base import Metric, MetricValue
 from iceb.metrics.classifiers import DEFAULT_CLASSIFIER, ImageClassifier, get_classifier
@@ -192,34 +200,9 @@ def panel_values(prompts: Sequence[EvalPrompt], pre: Sequence[dict[str, Any]],
         for subset in subsets:
             idx = [i for i, p in enumerate(prompts)
                    if p.subset == subset and sel(p) and _cls(p, attr) is not None]
-            if not idx:
-                continue
-            groups = [prompts[i].group for i in idx]
-            for suffix, field in KINDS:
-                a = [_lookup(pre[i], field, _cls(prompts[i], attr), prompts[i], "pre") for i in idx]
-                b = [_lookup(post[i], field, _cls(prompts[i], attr), prompts[i], "post") for i in idx]
-                m_pre, m_post = group_mean(groups, a), group_mean(groups, b)
-                value = sign * (m_post - m_pre)
-                bound = {"pre": m_pre, "1-pre": 1.0 - m_pre, "-pre": -m_pre}[bound_kind]
-                n = len(idx)
-                # the uncertainty of a difference of two means on the same images: that of the per-image
-                # differences (the value itself stays the difference of the two means, as before)
-                diff = [sign * (y - x) for x, y in zip(a, b)]
-                rows.append(MetricValue(subset, metric + suffix, value, bound, n, hib)
-                            .with_stats(cluster_stats(diff, groups, weighting="groups")))
-                # raw scores: for "source" lower after the edit is the goal; otherwise higher
-                raw_hib = raw != "source"
-                if metric == "dest_forget":
-                    raw_hib = True
-                for when, v, per_image in (("pre", m_pre, a), ("post", m_post, b)):
-                    name = f"{when}_{raw}{suffix}"
-                    if (subset, name) in found:
-                        continue
-                    found[(subset, name)] = v
-                    rows.append(MetricValue(subset, name, v, None, n, raw_hib)
-                                .with_stats(cluster_stats(per_image, groups, weighting="groups")))
-                found[(subset, metric + suffix)] = value
-                parts[(subset, metric + suffix)] = (diff, groups, "groups")
+            if idx:
+                rows.extend(_rows(prompts, pre, post, idx, subset, metric, attr, raw, sign, bound_kind, hib,
+                                  found, parts))
     for suffix, _ in KINDS:
         g, h = found.get(("general", "source2dest" + suffix)), found.get(("holdout", "holdout_delta" + suffix))
         if g is not None and h is not None:
@@ -228,6 +211,59 @@ def panel_values(prompts: Sequence[EvalPrompt], pre: Sequence[dict[str, Any]],
                                        parts[("holdout", "holdout_delta" + suffix)]])
             rows.append(MetricValue("-", "average_score" + suffix, (g + h) / 2.0, None,
                                     0, True, se, lo, hi))
+    # the holdout per neighbour stratum (iceb.data.neighbours): extra rows "holdout:<stratum>", computed as
+    # the pooled holdout rows above but over the stratum's images only
+    (metric, _, sel, attr, raw, sign, bound_kind, hib), = (x for x in _PANELS if x[0] == "holdout_delta")
+    for stratum in holdout_strata(prompts):
+        idx = [i for i, p in enumerate(prompts) if p.subset == "holdout" and p.stratum == stratum
+               and sel(p) and _cls(p, attr) is not None]
+        if idx:
+            rows.extend(_rows(prompts, pre, post, idx, f"holdout:{stratum}", metric, attr, raw, sign, bound_kind,
+                              hib, {}, {}))
+    return rows
+
+
+def holdout_strata(prompts: Sequence[EvalPrompt]) -> list[str]:
+    """The strata among the holdout prompts, nearest first (:data:`iceb.data.neighbours.ALL_STRATA`), then
+    any other name alphabetically."""
+    present = {p.stratum for p in prompts if p.subset == "holdout" and p.stratum}
+    known = [s for s in ALL_STRATA if s in present]
+    return known + sorted(present - set(known))
+
+
+def _rows(prompts: Sequence[EvalPrompt], pre: Sequence[dict[str, Any]], post: Sequence[dict[str, Any]],
+          idx: list[int], subset: str, metric: str, attr: str, raw: str, sign: int, bound_kind: str, hib: bool,
+          found: dict[tuple[str, str], float],
+          parts: dict[tuple[str, str], tuple[list[float], list[str], str]]) -> list[MetricValue]:
+    """The rows of one panel ``metric`` over prompts ``idx``, labelled ``subset`` (``found``/``parts`` collect
+    values and per-image parts across calls; a raw pre/post row already in ``found`` is not repeated)."""
+    rows: list[MetricValue] = []
+    groups = [prompts[i].group for i in idx]
+    for suffix, field in KINDS:
+        a = [_lookup(pre[i], field, _cls(prompts[i], attr), prompts[i], "pre") for i in idx]
+        b = [_lookup(post[i], field, _cls(prompts[i], attr), prompts[i], "post") for i in idx]
+        m_pre, m_post = group_mean(groups, a), group_mean(groups, b)
+        value = sign * (m_post - m_pre)
+        bound = {"pre": m_pre, "1-pre": 1.0 - m_pre, "-pre": -m_pre}[bound_kind]
+        n = len(idx)
+        # the uncertainty of a difference of two means on the same images: that of the per-image
+        # differences (the value itself stays the difference of the two means, as before)
+        diff = [sign * (y - x) for x, y in zip(a, b)]
+        rows.append(MetricValue(subset, metric + suffix, value, bound, n, hib)
+                    .with_stats(cluster_stats(diff, groups, weighting="groups")))
+        # raw scores: for "source" lower after the edit is the goal; otherwise higher
+        raw_hib = raw != "source"
+        if metric == "dest_forget":
+            raw_hib = True
+        for when, v, per_image in (("pre", m_pre, a), ("post", m_post, b)):
+            name = f"{when}_{raw}{suffix}"
+            if (subset, name) in found:
+                continue
+            found[(subset, name)] = v
+            rows.append(MetricValue(subset, name, v, None, n, raw_hib)
+                        .with_stats(cluster_stats(per_image, groups, weighting="groups")))
+        found[(subset, metric + suffix)] = value
+        parts[(subset, metric + suffix)] = (diff, groups, "groups")
     return rows
 
 
