@@ -1,4 +1,5 @@
-"""``iceb tasks show NAME --edits N [--world imagenet|toy] [--json]``: what a task gives for N edits."""
+"""``iceb tasks show NAME --edits N [--world imagenet|toy] [--json]``: what a task gives for N edits, with the
+holdout's neighbour strata (:mod:`iceb.data.neighbours`: classes and prompts per stratum)."""
 from __future__ import annotations
 
 
@@ -31,6 +32,7 @@ def run_show(args) -> int:
                        "destinations": len({r.destination_id for r in inst.requests}),
                        "holdout": len({p.true_class for p in inst.subset("holdout")}),
                        "alias_requests": len({p.group for p in inst.subset("alias")})},
+           "strata": _ordered(inst.strata(), args.world),
            "info": inst.info}
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -38,4 +40,16 @@ def run_show(args) -> int:
         print(f"{task.name} ({args.world}), {n} of at most {task.max_edits} edits")
         for k, v in {**out["counts"], **{f"{k} classes": v for k, v in out["classes"].items()}}.items():
             print(f"  {k:<22} {v}")
+        if out["strata"]:
+            print("  holdout strata (nearest edited source):")
+            for k, v in out["strata"].items():
+                print(f"    {k:<20} {v['classes']} classes, {v['prompts']} prompts")
     return 0
+
+
+def _ordered(strata: dict[str, dict[str, int]], world: str) -> dict[str, dict[str, int]]:
+    """``strata`` nearest first (unknown names last, alphabetically)."""
+    from iceb.data.neighbours import strata_order
+
+    order = {s: i for i, s in enumerate(strata_order(world))}
+    return {k: strata[k] for k in sorted(strata, key=lambda s: (order.get(s, len(order)), s))}
