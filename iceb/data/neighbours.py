@@ -80,6 +80,14 @@ def _attrs(concept: Any) -> tuple[str, str]:
     return str(shape), str(colour)
 
 
+def _has_attrs(concept: Any) -> bool:
+    try:
+        _attrs(concept)
+    except ValueError:
+        return False
+    return True
+
+
 def toy_relation(concept: Any, other: Any) -> str:
     """The stratum of toy ``concept`` with respect to the single concept ``other``."""
     (s1, c1), (s2, c2) = _attrs(concept), _attrs(other)
@@ -102,7 +110,8 @@ def stratifier(bundle: Any, edited_source_ids: Iterable[int]) -> Callable[[int],
     """``class id -> stratum`` for a :class:`~iceb.data.split_bundle.SplitBundle`'s world (one path for all).
 
     ImageNet bundles use the class ids (ImageNet indices); toy bundles the concepts' shape and colour.
-    With no edited sources every class is an empty stratum ``""``.
+    With no edited sources, or in a toy bundle whose concepts carry no shape/colour (a hand-made one), a
+    class's stratum is empty (``""``).
     """
     sources = sorted({int(s) for s in edited_source_ids})
     if not sources:
@@ -111,7 +120,9 @@ def stratifier(bundle: Any, edited_source_ids: Iterable[int]) -> Callable[[int],
         return lambda cid: imagenet_stratum(cid, sources)
     if bundle.world == "toy":
         edited = [bundle.concept(s) for s in sources]
-        return lambda cid: toy_stratum(bundle.concept(cid), edited)
+        if not all(_has_attrs(c) for c in edited):
+            return lambda cid: ""  # a hand-made toy bundle without attributes has no strata
+        return lambda cid: toy_stratum(bundle.concept(cid), edited) if _has_attrs(bundle.concept(cid)) else ""
     raise ValueError(f"no neighbour strata for world {bundle.world!r}")
 
 
