@@ -52,10 +52,11 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start this run again from scratch (by default an existing run folder is resumed; the "
                         "shared pre-edit cache is kept)")
-    p.add_argument("--log-samples", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--log-samples", action=argparse.BooleanOptionalAction, default=True,
                    help="write one row per scored post-edit image (prompt, seed, classes, per-metric numbers "
                         "before/after) to <run>/samples/n<N>/c#####.jsonl and keep every post-edit PNG under "
-                        "<run>/samples/n<N>/img/; read with iceb.read_samples (not part of the run id)")
+                        "<run>/samples/n<N>/img/; read with iceb.read_samples (default: on; --no-log-samples: off; not part of the "
+                        "run id)")
     p.set_defaults(func=run)
 
 
