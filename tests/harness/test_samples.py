@@ -104,15 +104,22 @@ def test_kill_9_then_resume_gives_the_sample_files_of_an_uninterrupted_run(logge
     assert _files(run) == _files(logged)
 
 
-def test_toy_panel_rows_carry_probabilities_and_top5(tmp_path):
-    from iceb import read_samples
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
     from iceb.harness import EvalConfig, evaluate
     from iceb.models import toy_quality_passed
 
     if not toy_quality_passed():
         pytest.skip("no toy world here")
-    run = evaluate(EvalConfig(editor="uce", task="ace", model="toy", edits=(1,), limit=2, out=str(tmp_path),
-                              device="cpu", progress=False, metrics=("iceb-cls",)))
+    return evaluate(EvalConfig(editor="uce", task="ace", model="toy", edits=(1,), limit=2,
+                               out=str(tmp_path_factory.mktemp("toy")), device="cpu", progress=False,
+                               metrics=("iceb-cls",)))
+
+
+def test_toy_panel_rows_carry_probabilities_and_top5(toy_run):
+    from iceb import read_samples
+
+    run = toy_run
     df = read_samples(run)
     assert len(df) == json.loads((run / "config.json").read_text())["data"]["prompts"]["1"]
     edit = df[df.subset == "edit"]
@@ -121,3 +128,14 @@ def test_toy_panel_rows_carry_probabilities_and_top5(tmp_path):
     assert df.top5_pre.map(len).eq(5).all() and df.top5_post.map(len).eq(5).all()
     assert df[df.subset == "holdout"].p_dest_post.isna().all()
     assert (edit.p_dest_post > edit.p_dest_pre).all()  # UCE moves the source toward the destination
+
+
+def test_the_which_prompts_failed_snippet_in_the_docs_runs(toy_run, capsys):
+    import re
+
+    text = (ROOT / "docs" / "python_api.md").read_text()
+    (block,) = re.findall(r"```py\n(.*?)```", text, flags=re.S)
+    code = re.sub(r'read_samples\("[^"]*"\)', f"read_samples({str(toy_run)!r})", block)
+    namespace: dict = {}
+    exec(compile(code, "python_api.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert len(namespace["failed"]) <= len(namespace["df"]) and "p_dest_post" in capsys.readouterr().out
