@@ -9,7 +9,8 @@ imported on first use, so ``import iceb`` stays light (no torch) and the CLI sta
   :func:`restore_edit`, :func:`edited` (apply, then restore), :func:`merge_edits`, :func:`save_applied`
   (a full edited diffusers folder);
 - requests and renders: :class:`EditRequest`, :func:`read_requests`, :func:`generate`, :func:`render_prompts`;
-- the registries: :func:`get_task`, :func:`get_metric`.
+- the registries: :func:`get_task`, :func:`get_metric`;
+- per-sample logs of a ``--log-samples`` run: :func:`read_samples` (a pandas DataFrame).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ _API: dict[str, str] = {
     "render_prompts": "iceb.rendering",
     "get_task": "iceb.tasks",
     "get_metric": "iceb.metrics",
+    "read_samples": "iceb.leaderboard.samples",
 }
 
 __all__ = ["__version__", *_API]

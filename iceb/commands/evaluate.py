@@ -1,6 +1,8 @@
 """``iceb evaluate``: run an editor on a task for one or more edit counts; resumable."""
 from __future__ import annotations
 
+import argparse
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -50,6 +52,11 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start this run again from scratch (by default an existing run folder is resumed; the "
                         "shared pre-edit cache is kept)")
+    p.add_argument("--log-samples", action=argparse.BooleanOptionalAction, default=True,
+                   help="write one row per scored post-edit image (prompt, seed, classes, per-metric numbers "
+                        "before/after) to <run>/samples/n<N>/c#####.jsonl and keep every post-edit PNG under "
+                        "<run>/samples/n<N>/img/; read with iceb.read_samples (default: on; --no-log-samples: off; not part of the "
+                        "run id)")
     p.set_defaults(func=run)
 
 
@@ -64,6 +71,7 @@ def run(args) -> int:
         editor_args=parse_overrides(args.editor_args), hparams=args.hparams, preset=args.preset,
         mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress, overwrite=args.overwrite)
+        progress=not args.no_progress, overwrite=args.overwrite,
+        log_samples=args.log_samples)
     evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

@@ -36,6 +36,9 @@ class EvalConfig:
         dtype: The model's dtype (see :func:`iceb.models.load_model`).
         progress: Show progress bars.
         overwrite: Clear an existing run folder instead of resuming it.
+        log_samples: Write one row per scored post-edit image to ``<run>/samples/n<N>/`` and keep every
+            post-edit PNG (on by default; ``--no-log-samples`` turns it off; read them with :func:`iceb.read_samples`).
+            Not part of the run id.
     """
 
     editor: str = "noop"
@@ -58,10 +61,11 @@ class EvalConfig:
     dtype: str | None = None
     progress: bool = True
     overwrite: bool = False
+    log_samples: bool = True  # on: it costs well under 10% of a run (see docs/python_api.md)
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("out", "device", "progress", "batch_size", "overwrite"):
+        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples"):
             d.pop(k)
         return d
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from iceb import __version__
 from iceb.generation import generate as _generate
-from iceb.harness import files
+from iceb.harness import files, samples
 from iceb.harness.caches import RecordCache
 from iceb.harness.config import SMOKE_WARNING, EvalConfig
 from iceb.harness.dist import Dist
@@ -390,6 +390,11 @@ class Run:
                 for i, im in zip(c, post):
                     if i in grid:
                         files.save_png(work / "img" / f"{i}.png", im)
+                if self.cfg.log_samples:  # before the chunk's records file: that file marks the chunk done
+                    for i, im in zip(c, post):
+                        files.save_png(samples.image_path(self.run_dir, n, i), im)
+                    samples.write_chunk(samples.chunk_path(self.run_dir, n, ci),
+                                        self._sample_rows(n, c, recs, images_saved=True))
                 write_json(work / f"c{ci:05d}.json", {"chunk": ci, "indices": c, "records": recs})
                 _crash_point(f"post-chunk:{n}")
                 bar.update(len(c))
@@ -400,11 +405,36 @@ class Run:
         with self.dist.collective():
             if self.dist.main:
                 rows = self._rows(n, sidecar)
+                if self.cfg.log_samples:
+                    self._backfill_samples(n)
                 _crash_point(f"append:{n}")
                 append_block(self.results_path, rows, {"key": f"n{n}", "block": uuid.uuid4().hex, "n_edits": n,
                                                        "seconds": time.perf_counter() - t0})
                 _crash_point(f"appended:{n}")
                 self._finish_edit_count(n, rows, sidecar, t0)
+
+    def _sample_rows(self, n: int, indices: list[int], recs: dict[str, list[Any]],
+                     images_saved: bool) -> list[dict[str, Any]]:
+        """The ``--log-samples`` rows of one chunk: the prompts, their pre-edit and post-edit records."""
+        prompts, keys = self.instances[n].prompts, self._post_keys(n)
+        rows = []
+        for j, i in enumerate(indices):
+            pre = {m.name: self.records.get(m.record_key(), keys[i]) for m in self.metrics}
+            post = {m.name: recs[m.name][j] for m in self.metrics}
+            png = samples.image_path(self.run_dir, n, i)
+            image = png.relative_to(self.run_dir).as_posix() if images_saved or png.is_file() else None
+            rows.append(samples.sample_row(n, i, prompts[i], pre, post, image))
+        return rows
+
+    def _backfill_samples(self, n: int) -> None:
+        """Sample files of chunks rendered before ``--log-samples`` was turned on (a resumed run), from
+        ``work/n<N>``; their images were not kept (``image`` is None)."""
+        work = self.run_dir / "work" / f"n{n}"
+        for ci in range(len(chunks(len(self.instances[n].prompts), self.chunk))):
+            path = samples.chunk_path(self.run_dir, n, ci)
+            if not path.is_file():
+                data = read_json(work / f"c{ci:05d}.json")
+                samples.write_chunk(path, self._sample_rows(n, data["indices"], data["records"], images_saved=False))
 
     def _rows(self, n: int, sidecar: dict[str, Any]) -> list[dict[str, Any]]:
         """The result rows of N, from the pre-edit records and the post-edit chunk files."""
