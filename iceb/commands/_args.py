@@ -289,24 +289,23 @@ def preflight(args: argparse.Namespace) -> None:
 
 def _check_editor(args: argparse.Namespace) -> None:
     from editors import get_editor
-    from editors.hparams import Hparams, HparamsError, check_preset, load_yaml, parse_overrides
+    from editors.hparams import Hparams, parse_overrides
 
     cls = get_editor(args.editor)
     hp_cls = getattr(cls, "hparams_class", None)
     if not (isinstance(hp_cls, type) and issubclass(hp_cls, Hparams)) or not hasattr(cls, "load_hparams"):
         return
-    editor = getattr(cls, "name", "") or args.editor
-    check_preset(editor, args.preset)
-    overrides = parse_overrides(args.editor_args)
-    hp_cls.check_values(overrides, "--editor-args", editor=editor)
-    if args.hparams:
-        data = load_yaml(args.hparams)
-        declared = data.pop("editor", None)
-        if declared is not None and declared != editor and declared not in getattr(cls, "aliases", ()):
-            raise HparamsError(f"--hparams {args.hparams}: the file is for editor {declared!r}, not {editor!r}")
-        # checked here, before a model loads; the editor's load_hparams layers it over the shipped file of
-        # the model family (or --preset), then --editor-args over both
-        hp_cls.check_values(data, f"--hparams {args.hparams}", editor=editor)
+    # The editor's own layering (shipped preset or family file, --hparams, --editor-args), each layer checked
+    # with its own source, run once here before a model loads. The family of a hub id or folder is known only
+    # after loading; its checks of the user's layers do not depend on it, so sd-1.4's file stands in.
+    spec = getattr(args, "model", None)
+    if spec is None:
+        from iceb.models import default_model_spec
+
+        spec = default_model_spec()
+    family = spec if spec in ("tiny", "toy") else "sd-1.4"
+    cls.load_hparams(family, getattr(args, "hparams", None), parse_overrides(args.editor_args),
+                     preset=getattr(args, "preset", None))
 
 
 def _check_evaluate(args: argparse.Namespace) -> None:

@@ -90,5 +90,3 @@ class _Collective:
         self.dist._agree(exc)
         return False  # never swallow: this rank's own error propagates as it was
 
-
-_Dist = Dist  # the old private name

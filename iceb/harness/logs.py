@@ -6,10 +6,8 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("iceb.harness")
 
@@ -46,33 +44,3 @@ def ensure_console() -> None:
     root = logging.getLogger("iceb")
     if root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-
-
-class _CallbackHandler(logging.Handler):
-    def __init__(self, fn: Callable[[str], Any]) -> None:
-        super().__init__(logging.INFO)
-        self.fn = fn
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.fn(record.getMessage())
-
-
-@contextlib.contextmanager
-def lines_to(fn: Callable[[str], Any] | None) -> Iterator[None]:
-    """Inside the block the harness's lines go to ``fn`` instead (the ``log=`` callable of older callers);
-    ``None``: to the console, see :func:`ensure_console`."""
-    if fn is None:
-        ensure_console()
-        yield
-        return
-    handler = _CallbackHandler(fn)
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate

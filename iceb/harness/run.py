@@ -35,7 +35,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -45,7 +45,7 @@ from iceb.harness import files, samples
 from iceb.harness.caches import RecordCache
 from iceb.harness.config import SMOKE_WARNING, EvalConfig
 from iceb.harness.dist import Dist
-from iceb.harness.logs import lines_to, logger
+from iceb.harness.logs import ensure_console, logger
 from iceb.harness.plan import ManifestMismatchError, build_plan, chunks
 from iceb.leaderboard.results import (
     RunLockedError,
@@ -80,17 +80,15 @@ def model_banner(loaded) -> str:
             f"pass --model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and --device cuda")
 
 
-def evaluate(cfg: EvalConfig, log: Callable[[str], Any] | None = None, model=None) -> Path:
+def evaluate(cfg: EvalConfig, model=None) -> Path:
     """Run (or resume) an evaluation; returns the run folder.
 
     ``model`` is an already loaded :class:`~iceb.models.LoadedModel` to use instead of loading ``cfg.model``
     (Python users evaluating several editors on one pipeline; it is left as it was found). Progress lines go
-    to the ``iceb.harness`` logger (stdout when logging is not configured); ``log``, when given, receives
-    them instead.
+    to the ``iceb.harness`` logger (stdout when logging is not configured).
 
     Args:
         cfg: The run's settings; checked by :meth:`EvalConfig.validate` before any model loads.
-        log: Receives each progress line instead of the ``iceb.harness`` logger.
         model: An already loaded :class:`~iceb.models.LoadedModel` to evaluate on; ``cfg.model`` is then
             ignored (set to the model's spec).
 
@@ -105,8 +103,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] | None = None, model=Non
         RunLockedError: Another process is running the same run folder.
         ManifestMismatchError: The run folder plans different work than ``cfg``; use ``overwrite``.
     """
-    with lines_to(log):
-        return Run(cfg, model=model).run()
+    ensure_console()
+    return Run(cfg, model=model).run()
 
 
 class Run:
