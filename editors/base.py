@@ -20,7 +20,7 @@ from editors.hparams import HPARAMS_DIR, Hparams, HparamsError
 from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError, RequestKind
 from iceb.utils.timing import Timer  # re-exported: the one timer of every editor
 
-__all__ = ["DEFAULT_TEMPLATES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
+__all__ = ["DEFAULT_TEMPLATES", "COST_PHASES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
            "RequestKind", "Timer"]
 
 
@@ -104,13 +104,29 @@ class Editor(Protocol):
         ...
 
 
+COST_PHASES = ("precompute", "per_concept", "solve")
+"""The parts an edit's cost is split into (:func:`editors.run.edit_cost`): ``precompute``, work done once per
+model whatever the requests (layer statistics and their factors); ``per_concept``, work that grows with each
+concept (EMCID stage I, ReFACT's and ESD's optimisation, UCE's prompt encoding, MACE's LoRAs); ``solve``, the
+step that writes all of them into the weights."""
+
+
 class BaseEditor:
-    """Common plumbing: hparams resolution, request checks, timing."""
+    """Common plumbing: hparams resolution, request checks, timing.
+
+    Attributes:
+        cost_phases: Which :data:`COST_PHASES` each of the editor's :class:`Timer` keys belongs to; keys not
+            named are details nested inside a phase (e.g. ESD's ``teacher`` inside its ``train``).
+        cache_phases: Which phase each :class:`~iceb.utils.cache.ContentCache` kind the editor reads serves,
+            so the cost can say whether that phase ran cold (computed) or warm (read from cache).
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     hparams_class: ClassVar[type[Hparams]] = Hparams
     supports: ClassVar[frozenset[str]] = frozenset({"update", "erase", "rectify"})
+    cost_phases: ClassVar[Mapping[str, str]] = {}
+    cache_phases: ClassVar[Mapping[str, str]] = {"stats": "precompute"}
 
     def __init__(self, hparams: Hparams | None = None, *, cache_dir: str | Path | None = None,
                  progress: bool = True) -> None:

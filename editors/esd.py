@@ -323,6 +323,9 @@ class ESDEditor(BaseEditor):
     Supports ``erase`` requests only (see ``treat_updates_as_erase``): it has no destination.
     """
 
+    cost_phases = {"encode": "per_concept", "train": "per_concept"}
+    cache_phases = {"esd-checkpoint": "per_concept"}
+
     hparams_class = ESDHparams
     supports: ClassVar[frozenset[str]] = frozenset({"erase"})
     #: "esd-x" or "esd-u": which UNet parameters are trained.

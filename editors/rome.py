@@ -118,6 +118,7 @@ class ROMEEditor(BaseEditor):
     ReFACT has no erase mode, so erase requests are rejected."""
 
     hparams_class = ROMEHparams
+    cost_phases = {"stats": "precompute", "per_concept": "per_concept", "solve": "solve"}
     supports = frozenset({"update", "rectify"})
 
     def __init__(self, *args, **kwargs) -> None:
@@ -253,7 +254,8 @@ class ROMEEditor(BaseEditor):
         with timer("stats"):
             C = self.second_moment(pipe).to(fc2.weight.device, torch.float64)
         with timer("edit"):
-            targets = [self.text_targets(pipe, r) for r in requests]  # from the clean model, as ReFACT's fresh CLIP
+            with timer("per_concept"):
+                targets = [self.text_targets(pipe, r) for r in requests]  # from the clean model, as ReFACT's fresh CLIP
             losses: dict[str, list[float]] = {}
             self.last_edits = []
             W0 = get_tensor(pipe, name).detach()
@@ -262,15 +264,17 @@ class ROMEEditor(BaseEditor):
             if hp.solve == "chained":
                 with contextlib.ExitStack() as stack:
                     for i, r in enumerate(requests):
-                        k_bar = self.compute_key(pipe, r)
-                        u = torch.linalg.solve(C, k_bar)
-                        u = u / u.norm()
-                        delta, h0, ls = self.compute_delta(pipe, r, targets[i])
-                        pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
-                        k_r, out_r = self._fc2_io(pipe, [r.source], pos)
-                        target = out_r[0] + delta.double()  # h₀ + δ (h₀ is the request prompt's fc2 output)
-                        v = (target - out_r[0]) / (k_r[0] @ u)
-                        W = W + torch.outer(v, u)
+                        with timer("per_concept"):
+                            k_bar = self.compute_key(pipe, r)
+                            delta, h0, ls = self.compute_delta(pipe, r, targets[i])
+                            pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
+                            k_r, out_r = self._fc2_io(pipe, [r.source], pos)
+                        with timer("solve"):
+                            u = torch.linalg.solve(C, k_bar)
+                            u = u / u.norm()
+                            target = out_r[0] + delta.double()  # h₀ + δ (h₀ is the request prompt's fc2 output)
+                            v = (target - out_r[0]) / (k_r[0] @ u)
+                            W = W + torch.outer(v, u)
                         self.last_edits.append({"key": k_r[0], "u": u, "target": target, "k_bar": k_bar})
                         losses[r.request_id or f"{i}:{r.source}"] = ls
                         stack.enter_context(applied(pipe, {name: W.to(W0.dtype)}))
@@ -278,19 +282,21 @@ class ROMEEditor(BaseEditor):
             else:
                 keys, resid = [], []
                 for i, r in enumerate(requests):
-                    k_bar = self.compute_key(pipe, r)
-                    delta, h0, ls = self.compute_delta(pipe, r, targets[i])
-                    pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
-                    _, out_r = self._fc2_io(pipe, [r.source], pos)
+                    with timer("per_concept"):
+                        k_bar = self.compute_key(pipe, r)
+                        delta, h0, ls = self.compute_delta(pipe, r, targets[i])
+                        pos = subject_last_positions(pipe.tokenizer, ["{}"], r.source)
+                        _, out_r = self._fc2_io(pipe, [r.source], pos)
                     keys.append(k_bar)
                     resid.append(delta.double())  # h₀ + δ − fc2(k_r), with h₀ = fc2(k_r)
                     losses[r.request_id or f"{i}:{r.source}"] = ls
                     self.last_edits.append({"k_bar": k_bar, "target": out_r[0] + delta.double()})
                     bar.update(1)
-                K = torch.stack(keys, 1)  # (d_k, n)
-                R = torch.stack(resid, 1)  # (d, n)
-                A = hp.mom2_update_weight * C + K @ K.T
-                W = W + torch.linalg.solve(A, K @ R.T).T  # R Kᵀ A⁻¹ (A symmetric)
+                with timer("solve"):
+                    K = torch.stack(keys, 1)  # (d_k, n)
+                    R = torch.stack(resid, 1)  # (d, n)
+                    A = hp.mom2_update_weight * C + K @ K.T
+                    W = W + torch.linalg.solve(A, K @ R.T).T  # R Kᵀ A⁻¹ (A symmetric)
             bar.close()
         new = W.to(W0.dtype)
         delta_w = (W - W0.double())

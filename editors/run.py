@@ -26,10 +26,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from editors.base import Editor, EditRequest, EditResult, RequestError
+from editors.base import COST_PHASES, Editor, EditRequest, EditResult, RequestError
 from editors.weights import applied
+from iceb.utils.cache import cache_tally
+from iceb.utils.memory import peak_memory
 
-__all__ = ["EditMode", "NonFiniteEditError", "edit_in_rounds", "make_editor", "run_editor"]
+__all__ = ["EditMode", "NonFiniteEditError", "edit_cost", "edit_in_rounds", "make_editor", "run_editor"]
 
 MODE_KINDS = ("batch", "sequential")
 
@@ -172,19 +174,70 @@ def run_editor(editor: Editor, pipe: Any, requests: Sequence[EditRequest],
     name = getattr(editor, "name", "") or type(editor).__name__
     editor.check_requests(requests)
     mode.check(len(requests))
-    t0 = time.perf_counter()
-    try:
-        if mode.kind == "sequential":
-            result = edit_in_rounds(editor, pipe, requests, mode.rounds)
-        else:
-            result = editor.edit(pipe, requests)
-    except NonFiniteEditError:
-        raise
-    except FloatingPointError as err:
-        raise NonFiniteEditError(name, str(err)) from None
-    seconds = time.perf_counter() - t0
+    tally0 = cache_tally()
+    with peak_memory() as memory:
+        t0 = time.perf_counter()
+        try:
+            if mode.kind == "sequential":
+                result = edit_in_rounds(editor, pipe, requests, mode.rounds)
+            else:
+                result = editor.edit(pipe, requests)
+        except NonFiniteEditError:
+            raise
+        except FloatingPointError as err:
+            raise NonFiniteEditError(name, str(err)) from None
+        seconds = time.perf_counter() - t0
     for key, t in result.tensors.items():  # whatever built the result, NaN never leaves here
         if not torch.isfinite(t).all():
             raise NonFiniteEditError(name, f"NaN or inf in {key!r}")
     result.timings = {**result.timings, "edit_seconds": seconds}
+    result.info = {**result.info, "cost": edit_cost(editor, result.timings, _tally_since(tally0), memory)}
     return result
+
+
+def _tally_since(before: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    now = cache_tally()
+    out = {k: (h - before.get(k, (0, 0))[0], m - before.get(k, (0, 0))[1]) for k, (h, m) in now.items()}
+    return {k: v for k, v in out.items() if v != (0, 0)}
+
+
+def edit_cost(editor: Any, timings: dict[str, float], cache: dict[str, tuple[int, int]],
+              memory: dict[str, Any]) -> dict[str, Any]:
+    """One edit's cost split into :data:`~editors.base.COST_PHASES`, each with the cache state it ran in.
+
+    A phase is ``cold`` when it computed everything (no cache read, or only misses), ``warm`` when every read
+    hit, ``mixed`` otherwise; ``edit`` (the whole) by the same rule over all its reads, so an edit with no
+    cache hit at all is cold. A warm figure is what a repeat costs, never the method's cost: the harness
+    labels each measurement's rows with the edit's state.
+
+    Args:
+        editor: The editor; its ``cost_phases`` map timer keys to phases, its ``cache_phases`` cache kinds.
+        timings: The edit's timings, with ``edit_seconds``.
+        cache: ``{cache kind: (hits, misses)}`` during the edit (see :func:`iceb.utils.cache.cache_tally`).
+        memory: What :func:`iceb.utils.memory.peak_memory` measured.
+
+    Returns:
+        ``{"seconds": {phase: s, "edit": total, "other": unattributed}, "state": {phase: cold|warm|mixed,
+        "edit": ...}, "cache": {kind: [hits, misses]}, **memory}``; phases the editor does not time are absent.
+    """
+    phase_of = dict(getattr(editor, "cost_phases", {}) or {})
+    seconds: dict[str, float] = {}
+    for key, s in timings.items():
+        if phase_of.get(key) in COST_PHASES:
+            seconds[phase_of[key]] = seconds.get(phase_of[key], 0.0) + s
+    reads: dict[str, list[int]] = {}
+    cache_of = dict(getattr(editor, "cache_phases", {}) or {})
+    for kind, (h, m) in cache.items():
+        if cache_of.get(kind) in COST_PHASES:
+            r = reads.setdefault(cache_of[kind], [0, 0])
+            r[0] += h
+            r[1] += m
+
+    def state(h: int, m: int) -> str:
+        return "warm" if h and not m else "mixed" if h else "cold"
+
+    states = {p: state(*reads.get(p, (0, 0))) for p in seconds}
+    states["edit"] = state(sum(h for h, _ in reads.values()), sum(m for _, m in reads.values()))
+    total = timings["edit_seconds"]
+    seconds = {**seconds, "edit": total, "other": max(0.0, total - sum(seconds.values()))}
+    return {"seconds": seconds, "state": states, "cache": {k: list(v) for k, v in cache.items()}, **memory}

@@ -317,6 +317,7 @@ class UCEEditor(BaseEditor):
     (UCE's ' ' guide) unless the request names a destination; update and rectify map source -> destination."""
 
     hparams_class = UCEHparams
+    cost_phases = {"encode": "per_concept", "solve": "solve"}
     supports = frozenset({"update", "erase", "rectify"})
 
     # prompts ----------------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ class EMCIDEditor(BaseEditor):
 
     hparams_class = EMCIDHparams
     supports = frozenset({"update", "erase", "rectify"})
+    cost_phases = {"stats": "precompute", "stage1": "per_concept", "stage2": "solve"}
+    cache_phases = {"stats": "precompute", "emcid-cholesky": "precompute", "emcid-stage1": "per_concept"}
 
     def __init__(self, hparams: EMCIDHparams | None = None, *, cache_dir: str | Path | None = None,
                  progress: bool = True) -> None:

@@ -57,6 +57,10 @@ def register(sub) -> None:
                         "before/after) to <run>/samples/n<N>/c#####.jsonl and keep every post-edit PNG under "
                         "<run>/samples/n<N>/img/; read with iceb.read_samples (default: on; --no-log-samples: off; not part of the "
                         "run id)")
+    p.add_argument("--cold-cost", action="store_true",
+                   help="measure each edit's cost cold: the editor starts with empty caches (statistics, stage I, "
+                        "...), then the same edit runs again warm; rows carry both (cost:cold, cost:warm). "
+                        "Costs a second edit; without it, cost rows are labelled with the cache state they ran in")
     p.set_defaults(func=run)
 
 
@@ -72,6 +76,6 @@ def run(args) -> int:
         mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, overwrite=args.overwrite,
-        log_samples=args.log_samples)
+        log_samples=args.log_samples, cold_cost=args.cold_cost)
     evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

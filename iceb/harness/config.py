@@ -39,6 +39,9 @@ class EvalConfig:
         log_samples: Write one row per scored post-edit image to ``<run>/samples/n<N>/`` and keep every
             post-edit PNG (on by default; ``--no-log-samples`` turns it off; read them with :func:`iceb.read_samples`).
             Not part of the run id.
+        cold_cost: Measure each edit with the editor's caches empty (its cold cost), then repeat it warm; both
+            go to the cost rows. Off: one edit on the shared caches, its rows labelled with the state it ran
+            in. Not part of the run id.
     """
 
     editor: str = "noop"
@@ -62,10 +65,11 @@ class EvalConfig:
     progress: bool = True
     overwrite: bool = False
     log_samples: bool = True  # on: it costs well under 10% of a run (see docs/python_api.md)
+    cold_cost: bool = False  # edit once with empty editor caches, then again warm (both in the cost rows)
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples"):
+        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost"):
             d.pop(k)
         return d
 

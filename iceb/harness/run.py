@@ -70,6 +70,40 @@ def _crash_point(name: str) -> None:
         os._exit(86)
 
 
+def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list[dict[str, Any]]:
+    """The cost rows of one edit: seconds per phase (``precompute``, ``per_concept``, ``solve``, ``edit`` = the
+    whole), peak memory, under subset ``cost:<state>`` of the whole edit (``cold``: no cache hit, ``warm``: every
+    read of the editor's caches hit, ``mixed``; per-phase states are in the sidecar), once per measurement
+    (``--cold-cost`` adds the warm repeat); the edit file's size under ``cost``. A sidecar from before the split has only ``edit_seconds`` (subset ``cost:unknown``).
+
+    Args:
+        sidecar: The edit file's sidecar (``cost``, ``cost_warm``, ``edit_seconds``).
+        n_requests: The edit's request count (each row's ``n``).
+        file_bytes: The edit file's size.
+
+    Returns:
+        Row fields (subset, metric, value, bound, n, higher_is_better) to complete with the run's base fields.
+    """
+    def row(subset: str, metric: str, value: float) -> dict[str, Any]:
+        return {"subset": subset, "metric": metric, "value": float(value), "bound": None, "n": n_requests,
+                "higher_is_better": False}
+
+    out = []
+    costs = [c for c in (sidecar.get("cost"), sidecar.get("cost_warm")) if c]
+    if not costs:
+        out.append(row("cost:unknown", "edit_seconds", sidecar["edit_seconds"]))
+    for cost in costs:
+        subset = f"cost:{cost['state']['edit']}"
+        for phase in ("precompute", "per_concept", "solve", "edit"):
+            if phase in cost["seconds"]:
+                out.append(row(subset, f"{phase}_seconds", cost["seconds"][phase]))
+        for key in ("peak_rss_mb", "peak_cuda_mb"):
+            if cost.get(key) is not None:
+                out.append(row(subset, key, cost[key]))
+    out.append(row("cost", "edit_file_mb", file_bytes / 2**20))
+    return out
+
+
 def model_banner(loaded) -> str:
     """The first line of a run: which model and world it uses, and how to switch to Stable Diffusion."""
     what = {"tiny": "random weights: its numbers mean nothing",
@@ -327,26 +361,56 @@ class Run:
         """Rank 0 computes the edit of N (or finds it on disk) and saves it; every rank loads the file.
 
         Returns ``(tensors, sidecar)`` of the saved edit file."""
-        from editors.run import NonFiniteEditError, make_editor, run_editor
-
         inst, stem = self.instances[n], self.run_dir / "edits" / f"n{n}"
         with self.dist.collective():
             if self.dist.main and not files.delta_ok(stem, inst):
-                if self.editor is None:
-                    self.editor = make_editor(self.editor_cls, self.hp, cache_dir=self.out_root / "cache" / "editors",
-                                              progress=self.progress)
-                try:
-                    result = run_editor(self.editor, self.loaded.pipe, inst.requests, self.mode)
-                except NonFiniteEditError as e:
-                    raise FloatingPointError(
-                        f"editor {self.cfg.editor} produced non-finite values at N={n} ({e.detail}); nothing of "
-                        f"N={n} was written, and the rows of the edit counts already finished are kept in "
-                        f"{self.results_path}") from None
+                result = self._compute_edit(n)
                 _crash_point(f"edit:{n}")
                 files.save_delta(stem, result, inst, self.mode,
                                  {"editor": self.cfg.editor, "hparams": self.hp_dict, "model": self.loaded})
                 _crash_point(f"saved:{n}")
         return files.load_delta(stem)
+
+    def _compute_edit(self, n: int):
+        """The edit of N on the shared editor caches, or (``cold_cost``) twice on caches of its own: first
+        cold (empty), then warm (what the first filled); the cold result is the edit, the warm one adds its
+        cost (``info["cost_warm"]``) and whether it gave the same tensors bit for bit."""
+        import torch
+
+        from editors.run import NonFiniteEditError, make_editor, run_editor
+
+        def edit_with(editor):
+            try:
+                return run_editor(editor, self.loaded.pipe, self.instances[n].requests, self.mode)
+            except NonFiniteEditError as e:
+                raise FloatingPointError(
+                    f"editor {self.cfg.editor} produced non-finite values at N={n} ({e.detail}); nothing of "
+                    f"N={n} was written, and the rows of the edit counts already finished are kept in "
+                    f"{self.results_path}") from None
+
+        if not self.cfg.cold_cost:
+            if self.editor is None:
+                self.editor = make_editor(self.editor_cls, self.hp, cache_dir=self.out_root / "cache" / "editors",
+                                          progress=self.progress)
+            return edit_with(self.editor)
+        cold_dir = self.run_dir / "work" / f"n{n}" / "cold-editor-cache"
+        shutil.rmtree(cold_dir, ignore_errors=True)
+        try:
+            editor = make_editor(self.editor_cls, self.hp, cache_dir=cold_dir, progress=self.progress)
+            result = edit_with(editor)
+            if not any(phase for kind, phase in getattr(editor, "cache_phases", {}).items()
+                       if kind in result.info["cost"]["cache"]):
+                self.say(f"[iceb] N={n}: cold edit {result.timings['edit_seconds']:.1f}s; the editor read no "
+                         f"cache, so there is no warm cost to measure")
+                return result
+            self.say(f"[iceb] N={n}: cold edit {result.timings['edit_seconds']:.1f}s; repeating it warm")
+            warm = edit_with(editor)
+        finally:
+            shutil.rmtree(cold_dir, ignore_errors=True)
+        same = result.tensors.keys() == warm.tensors.keys() and all(
+            torch.equal(result.tensors[k], warm.tensors[k]) for k in result.tensors)
+        result.info["cost_warm"] = {**warm.info["cost"], "same_tensors": same}
+        return result
 
     def _post_keys(self, n: int) -> list[str]:
         from iceb.generation import image_key
@@ -463,8 +527,8 @@ class Run:
                 cols = {f.name for f in dataclasses.fields(ResultRow)}
                 fields = {k: x for k, x in dataclasses.asdict(v).items() if k in cols}
                 rows.append(ResultRow(**base, **fields).to_dict())
-        rows.append(ResultRow(**base, subset="-", metric="edit_seconds", value=sidecar["edit_seconds"], bound=None,
-                              n=len(inst.requests), higher_is_better=False).to_dict())
+        path = self.run_dir / "edits" / f"n{n}.safetensors"
+        rows += [ResultRow(**base, **r).to_dict() for r in cost_rows(sidecar, len(inst.requests), path.stat().st_size)]
         return rows
 
     def _finish_edit_count(self, n: int, rows: list[dict[str, Any]], sidecar: dict[str, Any], t0: float) -> None:

@@ -65,7 +65,7 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
 
     for (task, model), d in df.groupby(["task", "model"], sort=True):
         smoke = " — " + SMOKE_MARK if d["smoke"].astype(bool).any() else ""
-        panels = sorted({(s, m) for s, m in zip(d["subset"], d["metric"])}, key=lambda x: (x[1] == "edit_seconds", x))
+        panels = sorted({(s, m) for s, m in zip(d["subset"], d["metric"])}, key=lambda x: (x[0].startswith("cost"), x))
         for subset, metric in panels:
             g = d[(d["subset"] == subset) & (d["metric"] == metric)]
             fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -8,6 +8,7 @@ run killed mid-write resumes to exactly the rows an uninterrupted run writes.
 """
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from pathlib import Path
@@ -100,6 +101,25 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             except ValueError as err:
                 raise ValueError(f"{path}:{i}: {err}") from None
     return out
+
+
+def is_cost_row(row: dict[str, Any]) -> bool:
+    """A row of the edit's cost (seconds, memory, file size: measurements of this machine, not of the edit)."""
+    return row["subset"] == "cost" or row["subset"].startswith("cost:") or row["metric"] == "edit_seconds"
+
+
+def comparable(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as two runs of one configuration must give them identically: cost rows keep their metric but
+    lose their value and cache state (which depend on the machine and on what was cached), sorted.
+
+    Args:
+        rows: Result rows (e.g. :func:`read_rows`).
+
+    Returns:
+        New row dicts, sorted by their JSON form.
+    """
+    out = [{**r, "value": None, "subset": "cost"} if is_cost_row(r) else dict(r) for r in rows]
+    return sorted(out, key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
 
 def completed_keys(path: str | Path) -> set[str]:

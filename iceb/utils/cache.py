@@ -113,6 +113,15 @@ PNG = PNGCodec()
 JSON = JSONCodec()
 
 
+_TALLY: dict[str, list[int]] = {}  # kind -> [hits, misses] over every ContentCache of this process
+
+
+def cache_tally() -> dict[str, tuple[int, int]]:
+    """A snapshot of ``{kind: (hits, misses)}`` summed over every :class:`ContentCache` of this process so far;
+    the difference of two snapshots is what happened in between."""
+    return {k: (h, m) for k, (h, m) in _TALLY.items()}
+
+
 class ContentCache(Generic[V]):
     """A content-addressed store of values under ``root``, sharded by the first two key characters.
 
@@ -124,7 +133,9 @@ class ContentCache(Generic[V]):
 
     Attributes:
         hits, misses: counts of :meth:`get`/:meth:`entry` calls that found / did not find a usable entry
-            (plain ints: callers that count on their own may add to them).
+            (callers that count on their own may add to them); every change is also added to the process-wide
+            :func:`cache_tally` of the cache's ``kind``, which is how an edit's cost says which of its phases
+            ran from cache (:func:`editors.run.run_editor`), whatever cache object the editor made.
         puts: entries written.
         corrupt: unreadable entries met (each also counts as a miss).
     """
@@ -134,12 +145,30 @@ class ContentCache(Generic[V]):
         self.root = Path(root) if root is not None else None
         self.kind = kind
         self.codec: Codec[V] = codec if codec is not None else TENSORS  # type: ignore[assignment]
-        self.hits = 0
-        self.misses = 0
+        self._hits = 0
+        self._misses = 0
         self.puts = 0
         self.corrupt = 0
         if self.root is not None:
             self.clean_stale_tmp(stale_tmp_seconds)
+
+    @property
+    def hits(self) -> int:
+        return self._hits
+
+    @hits.setter
+    def hits(self, value: int) -> None:
+        _TALLY.setdefault(self.kind, [0, 0])[0] += value - self._hits
+        self._hits = value
+
+    @property
+    def misses(self) -> int:
+        return self._misses
+
+    @misses.setter
+    def misses(self, value: int) -> None:
+        _TALLY.setdefault(self.kind, [0, 0])[1] += value - self._misses
+        self._misses = value
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -239,4 +268,4 @@ class ContentCache(Generic[V]):
                 f"puts={self.puts})")
 
 
-__all__ = ["PNG", "STALE_TMP_SECONDS", "TENSORS", "Codec", "ContentCache", "PNGCodec", "TensorCodec"]
+__all__ = ["PNG", "STALE_TMP_SECONDS", "TENSORS", "Codec", "ContentCache", "PNGCodec", "TensorCodec", "cache_tally"]

@@ -87,7 +87,8 @@ def test_sequential_mode_is_edit_in_rounds_as_before(tiny_pipe):
     assert ed.calls == [1, 1, 1]
     want = edit_in_rounds(_Scale(_Hp()), tiny_pipe, REQS, 3)
     assert torch.equal(res.tensors[TO_V], want.tensors[TO_V])
-    assert res.info == {"mode": "sequential", "rounds": 3} and res.timings["solve"] == 3.0
+    info = {k: v for k, v in res.info.items() if k != "cost"}
+    assert info == {"mode": "sequential", "rounds": 3} and res.timings["solve"] == 3.0
     assert torch.equal(get_tensor(tiny_pipe, TO_V), before)  # the pipeline is left clean
     import editors
 

@@ -74,16 +74,10 @@ def _cfg(out, editor="test_harness:ScaleVEditor", edits=(1, 3), **kw):
 
 
 def _rows(run_dir):
-    """Result rows without timing values (edit_seconds is wall time)."""
-    from iceb.leaderboard.results import read_rows
+    """Result rows without the cost measurements (wall time, memory, cache state)."""
+    from iceb.leaderboard.results import comparable, read_rows
 
-    out = []
-    for r in read_rows(Path(run_dir) / "results.jsonl"):
-        r = dict(r)
-        if r["metric"] == "edit_seconds":
-            r["value"] = None
-        out.append(r)
-    return sorted(out, key=lambda r: json.dumps(r, sort_keys=True))
+    return comparable(read_rows(Path(run_dir) / "results.jsonl"))
 
 
 class _Killed(BaseException):

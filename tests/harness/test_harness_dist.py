@@ -31,11 +31,9 @@ def _free_port() -> int:
 
 
 def _rows(run_dir):
-    from iceb.leaderboard.results import read_rows
+    from iceb.leaderboard.results import comparable, read_rows
 
-    rows = [{**r, "value": None if r["metric"] == "edit_seconds" else r["value"]}
-            for r in read_rows(Path(run_dir) / "results.jsonl")]
-    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+    return comparable(read_rows(Path(run_dir) / "results.jsonl"))
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
