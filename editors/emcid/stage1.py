@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editors.base import EditRequest
-from editors.hooks import add_at_positions, capture, subject_last_positions, text_layers, tokenize
+from editors.hooks import capture, layer_call, subject_last_positions, text_layers, text_model, tokenize
 from editors.weights import frozen
 
 #: Offset between a request's seed for its training images and for its training noise.
@@ -60,25 +60,114 @@ class ConceptTarget:
         return self.v_src + self.delta
 
 
+#: Schedulers whose sampling draws no random numbers after the initial latents (DDIM at its default eta = 0,
+#: DPM-Solver++ unless an SDE variant): with them the training images of many requests can be generated in one
+#: pipeline call from the latents each request's own generator draws, leaving that generator exactly where a
+#: call of its own leaves it (the flip draw that follows sees the same state).
+DETERMINISTIC_SCHEDULERS = frozenset({"DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+                                      "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"})
+
+
+def _batchable(pipe) -> bool:
+    sch = pipe.scheduler
+    name = type(sch).__name__
+    if name not in DETERMINISTIC_SCHEDULERS or not hasattr(pipe, "vae_scale_factor"):
+        return False
+    if name == "DDIMScheduler":
+        return True  # eta is a call argument, 0 unless given; stage I never gives it
+    return "sde" not in str(getattr(sch.config, "algorithm_type", ""))
+
+
 @torch.no_grad()
-def training_latent_dists(pipe, request: EditRequest, s: Stage1Settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the VAE posterior of the request's training images (generated from the source prompts).
+def training_latent_dists(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
+                          max_images: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and std of the VAE posterior of each request's training images (generated from its source prompts
+    with its seed), in as few pipeline calls as the batch budget allows.
 
     The VAE encoder is deterministic, so sampling this posterior each step is the same as re-encoding the image
-    each step as the official code does, at a fraction of the cost.
+    each step as the official code does, at a fraction of the cost. Each request draws its initial latents from
+    its own generator exactly as the pipeline would (``randn_tensor`` of its prompts' shape), so batching the
+    requests changes only the floating-point order of the UNet's batch, not which images are made; with a
+    scheduler that draws noise while sampling (not in :data:`DETERMINISTIC_SCHEDULERS`) each request keeps a
+    call of its own.
+
+    Args:
+        pipe: The (unedited) diffusers pipeline.
+        requests: The requests.
+        s: Stage I settings (``train_steps``, ``train_size``, ``train_guidance``, ``random_flip``).
+        max_images: Images per pipeline call; None: 96 for small latents (toy, tiny), 8 at SD size.
+
+    Returns:
+        One ``(mean, std)`` pair of ``(P, C, h, w)`` float tensors per request.
     """
-    g = torch.Generator("cpu").manual_seed(request.seed)
-    prompts = request.source_prompts()
+    from diffusers.utils.torch_utils import randn_tensor
+
     pipe.set_progress_bar_config(disable=True)
     kw = {"height": s.train_size, "width": s.train_size} if s.train_size else {}
-    images = pipe(prompts, num_inference_steps=s.train_steps or 50, guidance_scale=s.train_guidance,
-                  generator=g, output_type="pt", **kw).images  # (P, 3, H, W) in [0, 1]
-    images = images.to(device=pipe.vae.device, dtype=pipe.vae.dtype) * 2 - 1
+    call = {"num_inference_steps": s.train_steps or 50, "guidance_scale": s.train_guidance, "output_type": "pt"}
+    gens = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
+    prompts = [r.source_prompts() for r in requests]
+    sizes = [len(p) for p in prompts]
+    cap = max_images or (96 if pipe.unet.config.sample_size <= 32 else 8)
+    if _batchable(pipe):
+        size = s.train_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        dtype = pipe.text_encoder.dtype  # the prompt embeddings' dtype, which the pipeline draws latents in
+        shape = (pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
+        flat = torch.cat([randn_tensor((k, *shape), generator=g, device=pipe.unet.device, dtype=dtype)
+                          for k, g in zip(sizes, gens)])
+        everything = [x for ps in prompts for x in ps]
+        images = torch.cat([pipe(everything[i:i + cap], latents=flat[i:i + cap], **call, **kw).images
+                            for i in range(0, len(everything), cap)])
+    else:
+        images = torch.cat([pipe(ps, generator=g, **call, **kw).images for ps, g in zip(prompts, gens)])
+    images = images.to(device=pipe.vae.device, dtype=pipe.vae.dtype) * 2 - 1  # (ΣP, 3, H, W) in [-1, 1]
     if s.random_flip:  # flipped once, at load time, as the official dataset transform does
-        flip = torch.rand(len(prompts), generator=g) < 0.5
+        flip = torch.cat([torch.rand(k, generator=g) < 0.5 for k, g in zip(sizes, gens)])
         images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    dist = pipe.vae.encode(images).latent_dist
-    return dist.mean.float(), dist.std.float()
+    dists = [pipe.vae.encode(images[i:i + cap]).latent_dist for i in range(0, len(images), cap)]
+    means = torch.cat([d.mean for d in dists]).float().split(sizes)
+    stds = torch.cat([d.std for d in dists]).float().split(sizes)
+    return list(zip(means, stds))
+
+
+class TextTail:
+    """The text encoder's forward from block L on, for prompts whose blocks 0…L never change.
+
+    δ is added to block L's output, so blocks 0…L give the same hidden states at every step: they run once
+    (here), and each step replays only blocks L+1… and the final layer norm with the encoder's own recorded
+    masks (:func:`~editors.hooks.layer_call`), which is the full forward's arithmetic minus the blocks whose
+    output is fixed. The pooled (EOS) position of each prompt is read off the full forward once, so the
+    pooling rule of the installed transformers version is followed, not re-implemented.
+    """
+
+    def __init__(self, text_encoder, input_ids: torch.Tensor, layer: int):
+        self.blocks = list(text_layers(text_encoder))[layer + 1:]
+        self.final_norm = text_model(text_encoder).final_layer_norm
+        with torch.no_grad():
+            if self.blocks:
+                self.call = layer_call(text_encoder, input_ids, layer + 1)
+                self.hidden = self.call.hidden
+            else:
+                with capture({"L": text_layers(text_encoder)[layer]}, inputs=False, outputs=True) as rec:
+                    text_encoder(input_ids)
+                self.call, self.hidden = None, rec.outputs["L"]
+            out = text_encoder(input_ids)
+            gap = (out.last_hidden_state - out.pooler_output[:, None]).abs().amax(-1)  # (B, T)
+            self.eos = gap.argmin(-1)
+            if not torch.all(gap[torch.arange(len(gap)), self.eos] == 0):
+                raise RuntimeError("the text encoder's pooled output is not one of its last hidden states; "
+                                   "EMCID stage I needs a CLIP-style (EOS-pooled) text encoder")
+            self.arange = torch.arange(len(gap), device=gap.device)
+
+    def __call__(self, rows: torch.Tensor, cols: torch.Tensor,
+                 vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(last_hidden_state, pooler_output)`` with ``vectors[i]`` added to block L's output at
+        ``[rows[i], cols[i]]`` (differentiable in ``vectors``)."""
+        h = self.hidden.index_put((rows, cols), vectors.to(self.hidden.dtype), accumulate=True)
+        for block in self.blocks:
+            h = self.call.run(block, h)
+        last = self.final_norm(h)
+        return last, last[self.arange, self.eos]
 
 
 class StageBatch:
@@ -105,16 +194,15 @@ class StageBatch:
         self.src_ids, _ = tokenize(tok, src, self.device)
         dst_ids, _ = tokenize(tok, dst, self.device)
         with torch.no_grad():
-            with capture({"L": self.block}, inputs=False, outputs=True) as rec:
-                te(self.src_ids)
+            self.tail = TextTail(te, self.src_ids, s.layer)
             first_t = torch.tensor(first, device=self.device)
-            self.v_src = rec.outputs["L"][first_t, self.cols[first_t]].float()  # (n, d)
+            self.v_src = self.tail.hidden[first_t, self.cols[first_t]].float()  # (n, d)
             out = te(dst_ids)
             self.dst_emb = out.last_hidden_state
             self.dst_pooled = out.pooler_output.float()
         self.ddpm = DDPMScheduler.from_config(pipe.scheduler.config)
         self.n_train_t = int(self.ddpm.config.num_train_timesteps)
-        dists = [training_latent_dists(pipe, r, s) for r in requests]
+        dists = training_latent_dists(pipe, requests, s)
         self.means = [m for m, _ in dists]
         self.stds = [sd for _, sd in dists]
         self.gens = [torch.Generator("cpu").manual_seed(r.seed + NOISE_SEED_OFFSET) for r in requests]
@@ -129,11 +217,10 @@ class StageBatch:
         x_t = x_t.to(unet.dtype)
         with torch.no_grad():
             eps_dst = unet(x_t, t, encoder_hidden_states=self.dst_emb).sample.float()
-        with add_at_positions(self.block, self.rows, self.cols, delta[self.owners]):
-            out = te(self.src_ids)
-        eps_src = unet(x_t, t, encoder_hidden_states=out.last_hidden_state).sample.float()
+        last, pooled = self.tail(self.rows, self.cols, delta[self.owners])
+        eps_src = unet(x_t, t, encoder_hidden_states=last).sample.float()
         noise_l = self.per_concept(((eps_src - eps_dst) ** 2).flatten(1).mean(1))
-        text_l = self.per_concept(((out.pooler_output.float() - self.dst_pooled) ** 2).mean(1))
+        text_l = self.per_concept(((pooled.float() - self.dst_pooled) ** 2).mean(1))
         decay_l = s.v_weight_decay * delta.norm(dim=1) / self.v_src.norm(dim=1) ** 2
         return noise_l, text_l, decay_l
 
