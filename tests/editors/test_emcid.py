@@ -61,6 +61,49 @@ def test_erase_uses_the_empty_prompt_as_destination(tiny_pipe):
     torch.testing.assert_close(b.dst_emb, ref)
 
 
+@pytest.mark.parametrize("layer", [1, 10, 11])  # the tail: many blocks, one block, none (L is the last block)
+def test_text_tail_is_the_full_forward_with_delta_added(tiny_pipe, layer):
+    from editors.emcid.stage1 import TextTail
+    from editors.hooks import add_at_positions, text_layers
+
+    te = tiny_pipe.text_encoder
+    ids, _ = tokenize(tiny_pipe.tokenizer, ["a photo of a cat", "dog", "an image of a red apple tree"])
+    rows, cols = torch.tensor([0, 1, 2]), torch.tensor([5, 1, 7])
+    vec = torch.randn(3, te.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with add_at_positions(text_layers(te)[layer], rows, cols, vec):
+            ref = te(ids)
+        last, pooled = TextTail(te, ids, layer)(rows, cols, vec)
+    torch.testing.assert_close(last, ref.last_hidden_state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled, ref.pooler_output, rtol=0, atol=1e-6)
+    v = vec.clone().requires_grad_(True)  # and the gradient reaches the added vectors
+    TextTail(te, ids, layer)(rows, cols, v)[0].sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_training_images_batched_across_requests_are_the_per_request_images(tiny_pipe, monkeypatch):
+    """One pipeline call from each request's own latents makes the images per-request calls make (the flip
+    draw after them included); a scheduler that draws noise while sampling keeps the per-request calls."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from editors.emcid import stage1
+
+    s = _settings(train_steps=2)
+    reqs = REQS + [EditRequest("car", "bus", templates=("a {}", "{} on a road"), seed=14)]
+    batched = stage1.training_latent_dists(tiny_pipe, reqs, s, max_images=5)  # calls that split a request
+    assert stage1._batchable(tiny_pipe)
+    monkeypatch.setattr(stage1, "_batchable", lambda pipe: False)
+    single = stage1.training_latent_dists(tiny_pipe, reqs, s)
+    assert [m.shape[0] for m, _ in batched] == [len(r.templates) for r in reqs]
+    for (m1, s1), (m2, s2) in zip(batched, single):
+        torch.testing.assert_close(m1, m2, rtol=0, atol=1e-5)
+        torch.testing.assert_close(s1, s2, rtol=0, atol=1e-5)
+    monkeypatch.undo()
+    ancestral = type(tiny_pipe)(**{**tiny_pipe.components,
+                                    "scheduler": EulerAncestralDiscreteScheduler.from_config(tiny_pipe.scheduler.config)})
+    assert not stage1._batchable(ancestral)
+
+
 def test_batched_equals_one_at_a_time(tiny_pipe):
     """Summed per-concept losses, elementwise Adam and per-concept generators: a batch of concepts gives each
     concept the δ it gets alone (to float32 reordering: relative difference < 1e-4)."""

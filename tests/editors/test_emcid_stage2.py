@@ -162,3 +162,41 @@ def test_walk_equals_naive_per_layer_full_forwards(tiny_pipe, covs):
         # float32 forwards in a different order (grouped, truncated): agree to 1e-4 of the update's scale
         assert float((fast[l] - delta).abs().max()) <= 1e-4 * float(delta.abs().max())
         new[fc2_name(te, l)] = fc2.weight + delta.float()
+
+
+def test_small_edits_run_on_one_thread_and_leave_the_count_as_found(tiny_pipe, covs, monkeypatch):
+    """The loaded-machine thread policy: a small edit's walk and solves run on one torch thread (two threads'
+    barriers collapse when another process holds a core), a large solve keeps every thread, and the caller's
+    thread count is restored whatever happens."""
+    from editors.emcid import stage2
+
+    te, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
+    prompts, owners, positions = _flatten(tok, REQS)
+    z = torch.randn(len(REQS), te.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = torch.linalg.solve_triangular
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(torch.linalg, "solve_triangular", spy)
+        ref = compute_deltas(te, tok, prompts, owners, positions, z, [0, 3], covs, 100.0, 0.6,
+                             factors={l: cov_factor(covs[l]) for l in (0, 3)})
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(stage2, "SMALL_WALK_PROMPTS", 0)
+        monkeypatch.setattr(stage2, "SMALL_SOLVE_WORK", 0)
+        seen.clear()
+        big = compute_deltas(te, tok, prompts, owners, positions, z, [0, 3], covs, 100.0, 0.6,
+                             factors={l: cov_factor(covs[l]) for l in (0, 3)})
+        assert set(seen) == {2} and torch.get_num_threads() == 2
+        for l in (0, 3):  # threads change the order of sums, not the answer
+            torch.testing.assert_close(big.deltas[l], ref.deltas[l], rtol=1e-9, atol=1e-12)
+        with pytest.raises(RuntimeError), stage2.one_cpu_thread(True):
+            raise RuntimeError
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
