@@ -97,14 +97,14 @@ def factors_for(covs, cache: Path) -> tuple[dict, float | None]:
     from editors.emcid.stage2 import cov_factor
 
     path = cache / "synthetic_chol_3072.safetensors"
-    if path.is_file():
+    if path.is_file():  # in float64 in memory, as the editor holds them (converted once per model)
         d = load_file(str(path))
-        return {l: d[str(l)] for l in LAYERS}, None
+        return {l: d[str(l)].double() for l in LAYERS}, None
     t0 = time.perf_counter()
     f = {l: cov_factor(c) for l, c in covs.items()}
     took = time.perf_counter() - t0
     save_file({str(l): c for l, c in f.items()}, str(path))
-    return f, took
+    return {l: c.double() for l, c in f.items()}, took
 
 
 def names_and_requests(n: int) -> tuple[list[str], list[tuple[str, str, int]]]:

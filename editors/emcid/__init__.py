@@ -182,18 +182,20 @@ class EMCIDEditor(BaseEditor):
                 {l: stats_key(fp, names[l], hp.mom2_dataset, hp.mom2_n_samples) for l in hp.layers})
 
     def layer_factors(self, covs: dict[int, torch.Tensor], keys: dict[int, str]) -> dict[int, torch.Tensor]:
-        """Cholesky factors of the C_l (float32), kept in memory and on disk beside the statistics: computed
-        once per model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
+        """Cholesky factors of the C_l, on disk in float32 beside the statistics and in memory in float64 (the
+        solves' precision, converted once per model rather than once per layer and edit): computed once per
+        model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
         out = {}
         for l, cov in covs.items():
             key = stable_hash("cholesky", keys[l])
             if key not in self._factors:
                 hit = self.factor_cache.get(key)
                 if hit is not None:
-                    self._factors[key] = hit["chol"]
+                    chol = hit["chol"]
                 else:
-                    self._factors[key] = cov_factor(cov)
-                    self.factor_cache.put(key, {"chol": self._factors[key]}, {"stats_key": keys[l]})
+                    chol = cov_factor(cov)
+                    self.factor_cache.put(key, {"chol": chol}, {"stats_key": keys[l]})
+                self._factors[key] = chol.to(torch.float64)
             out[l] = self._factors[key]
         return out
 

@@ -19,6 +19,7 @@ the number of prompts; the only N² term is ``K Kᵀ``-sized solves that do not 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Mapping, Sequence
 
@@ -31,13 +32,31 @@ from iceb.utils.timing import Timer
 Residual = Literal["fc2_output", "hidden"]
 
 
-#: Thread policy for a loaded CPU. Small solves and small layer walks run on one torch thread: their products
-#: are memory-bound or tiny, so a second thread buys little on an idle machine, and once another process holds a
-#: core the threads' barriers collapse. Measured on the 2-core machine at load ~3.6, a 3072² triangular solve
-#: took 1.0 s on 2 threads against 3 ms on 1 for one column (0.2 s against 6 ms for 10, 0.23 s against 26 ms
-#: for 100), and the N = 10 walk 12.4 s against 1.5 s idle. Solve work is rows² × right-hand sides.
+#: Thread policy for a busy CPU. When other processes are running, small solves and small layer walks run on
+#: one torch thread: once another process holds a core, the threads' barriers collapse. Measured on the 2-core
+#: machine: a 3072² triangular solve at load ~3.6 took 1.0 s on 2 threads against 3 ms on 1 for one column
+#: (0.2 s against 6 ms for 10 columns, 0.23 s against 26 ms for 100); the whole N = 10 edit with 3 busy-loop
+#: processes beside it 5.0–6.0 s on 2 threads against 2.3–2.5 s on 1. On an idle machine 2 threads win
+#: (N = 10: 0.67 s against 0.88 s), so the policy asks the kernel first (:func:`cpu_busy`). Solve work is
+#: rows² × right-hand sides.
 SMALL_SOLVE_WORK = 3072 * 3072 * 256
 SMALL_WALK_PROMPTS = 128  # N ≈ 40 concepts of 3 prompts
+
+
+def cpu_busy(samples: int = 5, interval: float = 0.01) -> bool:
+    """Whether another process is running now: the median over a few samples of the kernel's count of runnable
+    tasks (``/proc/loadavg``, 4th field, this one included) is above one. The 1-minute load average lags by a
+    minute; this count does not. False where ``/proc`` is not there."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return False
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sorted(counts)[len(counts) // 2] > 1
 
 
 @contextlib.contextmanager
@@ -56,7 +75,7 @@ def one_cpu_thread(when: bool) -> Iterator[None]:
 
 def _chol_solve(chol: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``A⁻¹ B`` from A's lower Cholesky factor: two triangular solves (torch.cholesky_solve copies more on CPU),
-    on one thread when the solve is small (:data:`SMALL_SOLVE_WORK`)."""
+    on one thread when the solve is small (:data:`SMALL_SOLVE_WORK`): memory-bound, it loses nothing by it idle."""
     with one_cpu_thread(rhs.device.type == "cpu" and chol.shape[0] ** 2 * rhs.shape[-1] <= SMALL_SOLVE_WORK):
         y = torch.linalg.solve_triangular(chol, rhs, upper=False)
         return torch.linalg.solve_triangular(chol.T, y, upper=True)
@@ -171,10 +190,11 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
 
     The text encoder is not modified; the deltas are returned for the caller to add to the fc2 weights.
     ``factors`` (layer -> Cholesky factor of C, :func:`cov_factor`) selects the cheaper solve for N <= d_k.
-    A small edit (:data:`SMALL_WALK_PROMPTS`) on the CPU runs on one thread, which keeps it fast on a busy machine.
+    A small edit (:data:`SMALL_WALK_PROMPTS`) on a busy CPU (:func:`cpu_busy`) runs on one thread, which keeps it
+    fast there; on an idle one it uses every thread.
     """
     small = next(text_encoder.parameters()).device.type == "cpu" and len(prompts) <= SMALL_WALK_PROMPTS
-    with one_cpu_thread(small):
+    with one_cpu_thread(small and torch.get_num_threads() > 1 and cpu_busy()):
         return _compute_deltas(text_encoder, tokenizer, prompts, owners, positions, targets, layers, covs, lam,
                                alpha, residual=residual, z_layer=z_layer, diagnostics=diagnostics,
                                progress=progress, factors=factors)

@@ -184,6 +184,7 @@ def test_small_edits_run_on_one_thread_and_leave_the_count_as_found(tiny_pipe, c
     torch.set_num_threads(2)
     try:
         monkeypatch.setattr(torch.linalg, "solve_triangular", spy)
+        monkeypatch.setattr(stage2, "cpu_busy", lambda *a, **k: True)  # another process holds a core
         ref = compute_deltas(te, tok, prompts, owners, positions, z, [0, 3], covs, 100.0, 0.6,
                              factors={l: cov_factor(covs[l]) for l in (0, 3)})
         assert seen and set(seen) == {1} and torch.get_num_threads() == 2
@@ -195,6 +196,22 @@ def test_small_edits_run_on_one_thread_and_leave_the_count_as_found(tiny_pipe, c
         assert set(seen) == {2} and torch.get_num_threads() == 2
         for l in (0, 3):  # threads change the order of sums, not the answer
             torch.testing.assert_close(big.deltas[l], ref.deltas[l], rtol=1e-9, atol=1e-12)
+        monkeypatch.undo()
+        monkeypatch.setattr(torch.linalg, "solve_triangular", spy)
+        monkeypatch.setattr(stage2, "cpu_busy", lambda *a, **k: False)  # idle: the walk keeps both threads
+        threads_in_walk = []
+        real_run = stage2.layer_call
+
+        def call_spy(*a, **k):
+            threads_in_walk.append(torch.get_num_threads())
+            return real_run(*a, **k)
+
+        monkeypatch.setattr(stage2, "layer_call", call_spy)
+        seen.clear()
+        compute_deltas(te, tok, prompts, owners, positions, z, [0, 3], covs, 100.0, 0.6,
+                       factors={l: cov_factor(covs[l]) for l in (0, 3)})
+        assert set(threads_in_walk) == {2} and set(seen) == {1}  # small solves: one thread regardless
+        assert isinstance(stage2.cpu_busy(samples=2, interval=0.0), bool)
         with pytest.raises(RuntimeError), stage2.one_cpu_thread(True):
             raise RuntimeError
         assert torch.get_num_threads() == 2
