@@ -1,7 +1,7 @@
 """Efficacy curves on the toy world: every editor, 1 edit to the maximum, both tasks; then leaderboard files.
 
     python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,8,16,32] [--out runs/toy]
-                                 [--leaderboard leaderboard/toy]
+                                 [--leaderboard leaderboard/toy] [--cold-cost]
 
 Resumable (each run is an `iceb evaluate` run folder). ESD is erase-only: on `ace` it runs with
 `treat_updates_as_erase=true` and only its Forget and Holdout panels are meaningful, as in EMCID's figure.
@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--edits", default=None, help="default: the task's own sweep")
     ap.add_argument("--out", default="runs/toy")
     ap.add_argument("--leaderboard", default="leaderboard/toy")
+    ap.add_argument("--cold-cost", action="store_true",
+                    help="measure every edit from empty editor caches, then again warm (cost:cold / cost:warm rows)")
     args = ap.parse_args()
 
     from iceb import EvalConfig, evaluate
@@ -39,7 +41,8 @@ def main() -> int:
                 continue  # erasing a misunderstood alias is not rectifying it
             t0 = time.perf_counter()
             cfg = EvalConfig(editor=editor, task=task, model="toy", edits=edits, out=args.out, device="cpu",
-                             editor_args={"treat_updates_as_erase": True} if editor in ERASE_ONLY else {})
+                             editor_args={"treat_updates_as_erase": True} if editor in ERASE_ONLY else {},
+                             cold_cost=args.cold_cost)
             runs.append(evaluate(cfg))
             print(f"[toy-curves] {editor} on {task}: {time.perf_counter() - t0:.0f}s", flush=True)
     for path in build_leaderboard(runs, args.leaderboard):

@@ -154,6 +154,18 @@ def test_result_names_pipeline_tensors_with_their_shapes_and_dtypes(name, tiny_m
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_cost_phases_name_real_timer_keys_and_phases(name, first_edits):
+    """The cost split (editors.run.edit_cost) trusts these declarations: every phase is one of COST_PHASES and
+    every declared timer key is one the editor really times, so a renamed key cannot silently drop a phase."""
+    from editors.base import COST_PHASES
+
+    result, _ = first_edits(name)
+    cls = type(_editor(name))
+    assert set(cls.cost_phases.values()) <= set(COST_PHASES) and set(cls.cache_phases.values()) <= set(COST_PHASES)
+    assert set(cls.cost_phases) <= set(result.timings), (cls.cost_phases, sorted(result.timings))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_pipeline_is_left_bit_identical(name, tiny_model, first_edits):
     _, before = first_edits(name)
     _assert_unchanged(tiny_model.pipe, before)
