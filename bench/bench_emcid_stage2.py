@@ -240,15 +240,18 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str, sa
         owners += [c] * len(r.templates)
         positions += subject_last_positions(tok, r.templates, r.source)
     out = compute_deltas(te, tok, prompts, owners, positions, z, LAYERS, covs, 4000.0, 0.6, factors=factors)
-    with torch.no_grad():
-        new = {l: (text_layers(te)[l].mlp.fc2.weight.double() + out.deltas[l]).float() for l in LAYERS}
     wall = time.perf_counter() - t0
+    saved = {str(l): out.deltas[l].double().clone() for l in LAYERS} if save is not None else None  # not timed
+    t1 = time.perf_counter()
+    with torch.no_grad():  # W + ΔW as the editor writes it (added into ΔW, rounded once)
+        new = {l: out.deltas[l].add_(text_layers(te)[l].mlp.fc2.weight).float() for l in LAYERS}
+    wall += time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     del new
     if save is not None:
         from safetensors.torch import save_file
 
-        save_file({str(l): out.deltas[l].double().contiguous() for l in LAYERS}, str(save))
+        save_file(saved, str(save))
     rec = {"n": n, "solver": solver, "stage2_s": round(wall, 3), "solve_s": round(out.solve_seconds, 3),
            "walk_s": round(wall - out.solve_seconds, 3), "prompts": out.n_prompts, "tokens": out.n_tokens,
            "rss_before_gb": round(rss_before, 3), "peak_rss_gb": round(peak, 3)}
