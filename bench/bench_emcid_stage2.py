@@ -121,15 +121,10 @@ def targets(n: int):
 
 
 def sd14_te():
-    """The spec's random SD-1.4-size text encoder (seed 0), the same in every process."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """The spec's random SD-1.4-size text encoder (seed 0, its token ids), the same in every process."""
+    from common import sd14_text_encoder
 
-    torch.manual_seed(0)
-    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                        hidden_act="quick_gelu", projection_dim=768, bos_token_id=0, eos_token_id=2,
-                                        pad_token_id=1)).eval()
+    return sd14_text_encoder(0, token_ids=(0, 2, 1))
 
 
 def official_single(n: int, threads: int, cache: Path, root: Path, save: Path | None) -> dict:

@@ -36,15 +36,18 @@ def timed(out: dict[str, Any], key: str) -> Iterator[None]:
     out[key] = round(time.perf_counter() - t0, 4)
 
 
-def sd14_text_encoder(seed: int = 0):
-    """CLIP ViT-L/14's text encoder shape (SD-1.4), random weights, fp32, eval."""
+def sd14_text_encoder(seed: int = 0, token_ids: tuple[int, int, int] = (49406, 49407, 49407)):
+    """CLIP ViT-L/14's text encoder shape (SD-1.4), random weights, fp32, eval.
+
+    ``token_ids`` are (bos, eos, pad): CLIP's by default; the official stage-II timing spec used (0, 2, 1)."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    bos, eos, pad = token_ids
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                         projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+                         projection_dim=768, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     return CLIPTextModel(cfg).eval()
 
 

@@ -144,14 +144,11 @@ class TextTail:
         self.blocks = list(text_layers(text_encoder))[layer + 1:]
         self.final_norm = text_model(text_encoder).final_layer_norm
         with torch.no_grad():
-            if self.blocks:
-                self.call = layer_call(text_encoder, input_ids, layer + 1)
-                self.hidden = self.call.hidden
-            else:
-                with capture({"L": text_layers(text_encoder)[layer]}, inputs=False, outputs=True) as rec:
-                    text_encoder(input_ids)
-                self.call, self.hidden = None, rec.outputs["L"]
-            out = text_encoder(input_ids)
+            # the masks block L+1 is called with (the forward stops there), when there is a tail to replay
+            self.call = layer_call(text_encoder, input_ids, layer + 1) if self.blocks else None
+            with capture({"L": text_layers(text_encoder)[layer]}, inputs=False, outputs=True) as rec:
+                out = text_encoder(input_ids)
+            self.hidden = rec.outputs["L"]
             gap = (out.last_hidden_state - out.pooler_output[:, None]).abs().amax(-1)  # (B, T)
             self.eos = gap.argmin(-1)
             if not torch.all(gap[torch.arange(len(gap)), self.eos] == 0):
@@ -178,7 +175,6 @@ class StageBatch:
 
         te, tok = pipe.text_encoder, pipe.tokenizer
         self.device = te.device
-        self.block = text_layers(te)[s.layer]
         src, dst, owners, cols, first = [], [], [], [], []
         for c, r in enumerate(requests):
             first.append(len(src))

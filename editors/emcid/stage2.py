@@ -43,19 +43,29 @@ SMALL_SOLVE_WORK = 3072 * 3072 * 256
 SMALL_WALK_PROMPTS = 128  # N ≈ 40 concepts of 3 prompts
 
 
+def _runnable() -> int | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_busy(samples: int = 5, interval: float = 0.01) -> bool:
-    """Whether another process is running now: the median over a few samples of the kernel's count of runnable
-    tasks (``/proc/loadavg``, 4th field, this one included) is above one. The 1-minute load average lags by a
-    minute; this count does not. False where ``/proc`` is not there."""
-    counts = []
-    for i in range(samples):
-        try:
-            with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]))
-        except (OSError, ValueError, IndexError):
+    """Whether another process is running now: the kernel's count of runnable tasks (``/proc/loadavg``, 4th
+    field, this one included) is above one, in the median of ``samples`` looks ``interval`` s apart. The
+    1-minute load average lags by a minute; this count does not. A first look at one (idle: the usual case)
+    answers at once, without the further looks. False where ``/proc`` is not there."""
+    first = _runnable()
+    if first is None or first <= 1:
+        return False
+    counts = [first]
+    for _ in range(samples - 1):
+        time.sleep(interval)
+        n = _runnable()
+        if n is None:
             return False
-        if i + 1 < samples:
-            time.sleep(interval)
+        counts.append(n)
     return sorted(counts)[len(counts) // 2] > 1
 
 

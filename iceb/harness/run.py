@@ -77,7 +77,8 @@ def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list
     (``--cold-cost`` adds the warm repeat); the edit file's size under ``cost``. A sidecar from before the split has only ``edit_seconds`` (subset ``cost:unknown``).
 
     Args:
-        sidecar: The edit file's sidecar (``cost``, ``cost_warm``, ``edit_seconds``).
+        sidecar: The edit file's sidecar (``info.cost``, ``info.cost_warm`` from :func:`editors.run.run_editor`
+            and the harness; ``edit_seconds``).
         n_requests: The edit's request count (each row's ``n``).
         file_bytes: The edit file's size.
 
@@ -89,7 +90,8 @@ def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list
                 "higher_is_better": False}
 
     out = []
-    costs = [c for c in (sidecar.get("cost"), sidecar.get("cost_warm")) if c]
+    info = sidecar.get("info") or {}
+    costs = [c for c in (info.get("cost"), info.get("cost_warm")) if c]
     if not costs:
         out.append(row("cost:unknown", "edit_seconds", sidecar["edit_seconds"]))
     for cost in costs:
@@ -398,8 +400,7 @@ class Run:
         try:
             editor = make_editor(self.editor_cls, self.hp, cache_dir=cold_dir, progress=self.progress)
             result = edit_with(editor)
-            if not any(phase for kind, phase in getattr(editor, "cache_phases", {}).items()
-                       if kind in result.info["cost"]["cache"]):
+            if not set(getattr(editor, "cache_phases", {})) & set(result.info["cost"]["cache"]):
                 self.say(f"[iceb] N={n}: cold edit {result.timings['edit_seconds']:.1f}s; the editor read no "
                          f"cache, so there is no warm cost to measure")
                 return result

@@ -101,7 +101,8 @@ def _cost(state: str, edit: float) -> dict:
 
 
 def test_cost_rows_by_hand():
-    rows = cost_rows({"edit_seconds": 3.6, "cost": _cost("cold", 3.6), "cost_warm": _cost("warm", 0.7)}, 4, 3 * 2**20)
+    rows = cost_rows({"edit_seconds": 3.6, "info": {"cost": _cost("cold", 3.6), "cost_warm": _cost("warm", 0.7)}},
+                     4, 3 * 2**20)
     got = {(r["subset"], r["metric"]): r["value"] for r in rows}
     assert got == {("cost:cold", "precompute_seconds"): 1.0, ("cost:cold", "per_concept_seconds"): 2.0,
                    ("cost:cold", "solve_seconds"): 0.5, ("cost:cold", "edit_seconds"): 3.6,

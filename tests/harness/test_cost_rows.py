@@ -35,7 +35,7 @@ def test_cold_cost_measures_cold_then_warm(tiny_model, tmp_path):
         assert got[("cost", "edit_file_mb")] * 2**20 == (run / "edits" / f"n{n}.safetensors").stat().st_size
     import json
 
-    side = json.loads((run / "edits" / "n2.safetensors.json").read_text())
+    side = json.loads((run / "edits" / "n2.safetensors.json").read_text())["info"]  # where run_editor puts it
     assert side["cost"]["state"]["edit"] == "cold" and side["cost_warm"]["state"]["edit"] == "warm"
     assert side["cost_warm"]["same_tensors"] is True
     assert side["cost"]["cache"]["emcid-stage1"] == [0, 2]  # a fresh cache for each N: no reuse of N=1's concept
