@@ -236,11 +236,11 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str, sa
         positions += subject_last_positions(tok, r.templates, r.source)
     out = compute_deltas(te, tok, prompts, owners, positions, z, LAYERS, covs, 4000.0, 0.6, factors=factors)
     wall = time.perf_counter() - t0
-    saved = ({str(l): out.deltas[l].double().clone(memory_format=torch.contiguous_format) for l in LAYERS}
+    saved = ({str(l): out.updates[l].dense().contiguous() for l in LAYERS}
              if save is not None else None)  # not timed
     t1 = time.perf_counter()
-    with torch.no_grad():  # W + ΔW as the editor writes it (added into ΔW, rounded once)
-        new = {l: out.deltas[l].add_(text_layers(te)[l].mlp.fc2.weight).float() for l in LAYERS}
+    with torch.no_grad():  # W + ΔW as the editor writes it (one addmm from the rank-N factors)
+        new = {l: out.updates[l].added_to(text_layers(te)[l].mlp.fc2.weight) for l in LAYERS}
     wall += time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     del new

@@ -230,12 +230,8 @@ class EMCIDEditor(BaseEditor):
                                  factors=factors)
             tensors = {}
             with torch.no_grad():
-                for l, delta in res.deltas.items():
-                    w = text_layers(te)[l].mlp.fc2.weight
-                    # W + ΔW in float64, rounded once: the same bits as (w.double() + delta), but added into
-                    # ΔW (not used after this) instead of fresh float64 copies, whose page faults cost more
-                    # than the add in a fresh process (~27 ms per SD-size layer here)
-                    tensors[fc2_name(te, l)] = delta.to(w.device).add_(w.detach()).to(w.dtype)
+                for l, update in res.updates.items():  # W + L Rᵀ, no d×d_k float64 temporary
+                    tensors[fc2_name(te, l)] = update.added_to(text_layers(te)[l].mlp.fc2.weight)
         losses = {}
         for c, (r, t) in enumerate(zip(requests, targets)):
             losses[f"stage1/{r.request_id or f'{c}:{r.source}'}"] = t.losses.sum(1).tolist()

@@ -105,17 +105,57 @@ def cov_factor(cov: torch.Tensor) -> torch.Tensor:
     return chol.float().contiguous()
 
 
-def closed_form_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
-                      alpha: float, chol_c: torch.Tensor | None = None) -> torch.Tensor:
-    """``ΔW = R Kᵀ (λ(1-α)/α · C + K Kᵀ)⁻¹`` in float64 (``resid``: d×N, ``keys``: d_k×N, ``cov``: d_k×d_k).
+@dataclass
+class LowRankDelta:
+    """``ΔW = L Rᵀ`` kept as its two float64 factors (``left``: d×N, ``right``: d_k×N).
+
+    Every EMCID update is exactly rank N (``R Kᵀ A⁻¹`` = ``R (A⁻¹K)ᵀ``), so the d×d_k float64 matrix is never
+    needed: for few concepts its fresh pages cost more than all the arithmetic (measured ~27 ms per SD-size
+    layer in a fresh process, 11 layers at N = 10). :meth:`dense` builds it when asked (tests, diagnostics).
+    """
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    def _factored(self) -> bool:
+        d, d_k = self.left.shape[0], self.right.shape[0]
+        return self.rank * (d + d_k) < d * d_k
+
+    def dense(self) -> torch.Tensor:
+        """ΔW as one float64 d×d_k matrix."""
+        return self.left @ self.right.T
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ ΔWᵀ`` in ``x``'s dtype, through the factors when that is cheaper than the dense product."""
+        if self._factored():
+            return (x @ self.right.to(x.dtype)) @ self.left.to(x.dtype).T
+        return x @ self.dense().to(x.dtype).T
+
+    def added_to(self, w: torch.Tensor) -> torch.Tensor:
+        """``W + ΔW`` in W's dtype and device: one fused multiply-add, no d×d_k float64 temporary.
+
+        Differs from rounding ``W.double() + ΔW`` once by at most an ulp or two of W's dtype per entry.
+        """
+        return torch.addmm(w.detach(), self.left.to(w.device, w.dtype), self.right.to(w.device, w.dtype).T)
+
+
+def closed_form_factors(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
+                        alpha: float, chol_c: torch.Tensor | None = None) -> LowRankDelta:
+    """``ΔW = R Kᵀ (λ(1-α)/α · C + K Kᵀ)⁻¹`` in float64 as rank-N factors (``resid``: d×N, ``keys``:
+    d_k×N, ``cov``: d_k×d_k).
 
     It minimises ``(1-α)·λ·tr(ΔW C ΔWᵀ) + α·||ΔW K - R||²`` (the paper's preserve/edit weighting).
 
     - Direct: Cholesky of the SPD d_k×d_k system ``λ'C + K Kᵀ`` (a singular system, λ(1-α) = 0 with
-      N < d_k, falls back to the pseudo-inverse).
+      N < d_k, falls back to the pseudo-inverse); ``ΔW = R (A⁻¹K)ᵀ``.
     - With ``chol_c`` (the Cholesky factor of C, see :func:`cov_factor`) and N <= d_k: the push-through
       identity ``(λ'C + KKᵀ)⁻¹K = C⁻¹K (λ'I + KᵀC⁻¹K)⁻¹`` replaces the d_k³ factorisation per edit by two
-      triangular solves and an N×N system — the same ΔW, far cheaper for few concepts.
+      triangular solves and an N×N system — the same ΔW, far cheaper for few concepts:
+      ``ΔW = (M⁻¹Rᵀ)ᵀ (C⁻¹K)ᵀ`` with ``M = λ'I + KᵀC⁻¹K``.
     """
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"edit_weight (alpha) must be in (0, 1], got {alpha}")
@@ -129,7 +169,7 @@ def closed_form_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor
         chol_m, info = torch.linalg.cholesky_ex(m)
         if int(info) == 0:
             s = _chol_solve(chol_m, resid.T)  # M⁻¹Rᵀ (N×d)
-            return (y @ s).T
+            return LowRankDelta(s.T, y)
     a = cov.to(device=keys.device, dtype=torch.float64) * lam_eff
     a.addmm_(keys, keys.T)
     chol, info = torch.linalg.cholesky_ex(a)
@@ -137,7 +177,13 @@ def closed_form_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor
         x = _chol_solve(chol, keys)  # (d_k, N) = A⁻¹ K
     else:
         x = torch.linalg.pinv(a, hermitian=True) @ keys
-    return resid @ x.T
+    return LowRankDelta(resid, x)
+
+
+def closed_form_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
+                      alpha: float, chol_c: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`closed_form_factors` as one dense float64 d×d_k matrix."""
+    return closed_form_factors(resid, keys, cov, lam, alpha, chol_c).dense()
 
 
 @dataclass
@@ -153,11 +199,16 @@ class LayerDiagnostics:
 
 @dataclass
 class Stage2Output:
-    deltas: dict[int, torch.Tensor]  # layer -> ΔW (d × d_k, float64)
+    updates: dict[int, LowRankDelta]  # layer -> ΔW as its rank-N factors
     diagnostics: list[LayerDiagnostics] = field(default_factory=list)
     n_prompts: int = 0
     n_tokens: int = 0
     solve_seconds: float = 0.0  # of the total, the float64 solves (the rest is the layer walk)
+
+    @property
+    def deltas(self) -> dict[int, torch.Tensor]:
+        """Every layer's ΔW as a dense float64 matrix (built on each call: for tests and inspection)."""
+        return {l: u.dense() for l, u in self.updates.items()}
 
 
 @dataclass
@@ -198,7 +249,8 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
     """ΔW for every layer in ``layers`` (ascending), writing ``targets[c]`` (the block-``z_layer`` output
     wanted for concept ``c``) for the concepts that own the ``prompts`` at token ``positions``.
 
-    The text encoder is not modified; the deltas are returned for the caller to add to the fc2 weights.
+    The text encoder is not modified; the updates are returned, as rank-N factors, for the caller to add to the
+    fc2 weights (:meth:`LowRankDelta.added_to`).
     ``factors`` (layer -> Cholesky factor of C, :func:`cov_factor`) selects the cheaper solve for N <= d_k.
     A small edit (:data:`SMALL_WALK_PROMPTS`) on a busy CPU (:func:`cpu_busy`) runs on one thread, which keeps it
     fast there; on an idle one it uses every thread.
@@ -267,13 +319,12 @@ def _compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Seq
         cur = cur_sum / counts[:, None]  # (N, d)
         resid = ((targets - cur) / (len(layers) - i)).T  # (d, N)
         with timer("solve"):
-            delta = closed_form_delta(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
+            update = closed_form_factors(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
         out.solve_seconds = timer["solve"]
-        out.deltas[l] = delta
+        out.updates[l] = update
         if diagnostics:
-            out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), delta.cpu()))
-        delta_f = delta.to(acts[0].dtype)
+            out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), update.dense().cpu()))
         for g, act in zip(groups, acts):  # the block's output under W + ΔW (fc2 is linear in W)
-            g.hidden = g.hidden + act @ delta_f.T
+            g.hidden = g.hidden + update.apply(act)
         del acts
     return out

@@ -194,8 +194,8 @@ def test_small_edits_run_on_one_thread_and_leave_the_count_as_found(tiny_pipe, c
         big = compute_deltas(te, tok, prompts, owners, positions, z, [0, 3], covs, 100.0, 0.6,
                              factors={l: cov_factor(covs[l]) for l in (0, 3)})
         assert set(seen) == {2} and torch.get_num_threads() == 2
-        for l in (0, 3):  # threads change the order of sums, not the answer
-            torch.testing.assert_close(big.deltas[l], ref.deltas[l], rtol=1e-9, atol=1e-12)
+        for l in (0, 3):  # threads change the order of the walk's float32 sums, not the answer
+            assert float((big.deltas[l] - ref.deltas[l]).norm()) <= 1e-5 * float(ref.deltas[l].norm())
         monkeypatch.undo()
         monkeypatch.setattr(torch.linalg, "solve_triangular", spy)
         monkeypatch.setattr(stage2, "cpu_busy", lambda *a, **k: False)  # idle: the walk keeps both threads
@@ -217,3 +217,27 @@ def test_small_edits_run_on_one_thread_and_leave_the_count_as_found(tiny_pipe, c
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [3, 40])  # factored product (N(d + d_k) < d·d_k) and dense
+def test_low_rank_update_is_its_dense_matrix(n):
+    """The factors stand for ΔW exactly: applied to activations and added to W as the dense float64 ΔW would."""
+    from editors.emcid.stage2 import LowRankDelta
+
+    g = torch.Generator().manual_seed(n)
+    d, d_k = 32, 48
+    u = LowRankDelta(torch.randn(d, n, generator=g, dtype=torch.float64),
+                     torch.randn(d_k, n, generator=g, dtype=torch.float64) * 1e-2)
+    dense = u.dense()
+    assert dense.shape == (d, d_k) and int(torch.linalg.matrix_rank(dense)) == min(n, d)
+    assert u._factored() == (n * (d + d_k) < d * d_k)
+    x = torch.randn(5, 7, d_k, generator=g)
+    torch.testing.assert_close(u.apply(x), x @ dense.float().T, rtol=1e-5, atol=1e-5)
+    w = torch.randn(d, d_k, generator=g)
+    new = u.added_to(w)
+    exact = w.double() + dense
+    assert new.dtype == w.dtype and new.shape == w.shape
+    # float32 multiply-add error bound (γ_{n+1}): eps·(|W + ΔW| + (n + 1)·|L||R|ᵀ) per entry, never a lost ΔW
+    bound = torch.finfo(torch.float32).eps * (exact.abs() + (n + 1) * (u.left.abs() @ u.right.abs().T))
+    assert bool(((new.double() - exact).abs() <= bound).all())
+    assert not torch.equal(new, w)
