@@ -1,9 +1,16 @@
 """Named tensors of a diffusers pipeline: read, apply an edit, restore bit for bit.
 
-Names are the pipeline's own: ``<component>.<parameter name inside that module>``, e.g.
+Names are ``<component>.<parameter name inside that module>``, e.g.
 ``text_encoder.text_model.encoder.layers.3.mlp.fc2.weight`` or
-``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight``. These are the keys of every
-``EditResult`` and of the edit files written by ``iceb edit``.
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight``.
+
+Two layouts of the CLIP text encoder's names exist: transformers 4 keeps the blocks under ``text_model.``
+(``text_encoder.text_model.encoder.layers.3…``), as every Stable Diffusion checkpoint on the hub stores them;
+transformers 5 drops that level (``text_encoder.encoder.layers.3…``) in its modules *and* in the files its
+``save_pretrained`` writes, which transformers 4 then loads as fresh random weights with only a warning.
+Live names (``EditResult`` keys) are the running version's; what is written for others to read — edit files,
+exported models — uses the checkpoint layout (:func:`checkpoint_name`), and every lookup here accepts either
+(:func:`live_name`), so an edit made under one version applies under the other.
 """
 from __future__ import annotations
 
@@ -32,9 +39,59 @@ def component(pipe, name: str) -> tuple[torch.nn.Module, str]:
     return module, inner
 
 
+#: the top-level children of a CLIP text transformer (``CLIPTextTransformer``), under ``text_model.`` in the
+#: checkpoint layout
+_TEXT_TOP = ("embeddings", "encoder", "final_layer_norm")
+
+
+def _clip_text(module: torch.nn.Module) -> bool:
+    return type(module).__name__.startswith("CLIPText")
+
+
+def checkpoint_name(pipe, name: str) -> str:
+    """``name`` in the checkpoint layout: the text encoder's blocks under ``text_model.`` (module docstring).
+
+    Args:
+        pipe: The pipeline the name belongs to; ``None``: ``text_encoder`` and ``text_encoder_2`` are taken
+            to be CLIP text encoders (as in every Stable Diffusion 1.x, 2.x and XL pipeline).
+        name: A pipeline tensor name in either layout.
+
+    Returns:
+        The name as Stable Diffusion checkpoints (and transformers 4 and 5 alike) read it.
+    """
+    comp_name, _, inner = name.partition(".")
+    module = getattr(pipe, comp_name, None) if pipe is not None else None
+    clip = _clip_text(module) if isinstance(module, torch.nn.Module) else comp_name in ("text_encoder", "text_encoder_2")
+    if clip and inner.split(".", 1)[0] in _TEXT_TOP:
+        return f"{comp_name}.text_model.{inner}"
+    return name
+
+
+def live_name(pipe, name: str) -> str:
+    """``name`` as the running transformers version names the module (either layout accepted).
+
+    Args:
+        pipe: The pipeline to look the name up in.
+        name: A pipeline tensor name in the checkpoint layout or in the live one.
+
+    Returns:
+        The name of the live parameter (unchanged where the layouts agree, e.g. for the UNet).
+    """
+    comp_name, _, inner = name.partition(".")
+    module = getattr(pipe, comp_name, None)
+    if not isinstance(module, torch.nn.Module) or not _clip_text(module):
+        return name
+    has_level = isinstance(getattr(module, "text_model", None), torch.nn.Module)
+    if not has_level and inner.startswith("text_model."):
+        return f"{comp_name}.{inner[len('text_model.'):]}"
+    if has_level and inner.split(".", 1)[0] in _TEXT_TOP:
+        return f"{comp_name}.text_model.{inner}"
+    return name
+
+
 def get_tensor(pipe, name: str) -> torch.Tensor:
-    """The live parameter (or buffer) called ``name`` in the pipeline."""
-    module, inner = component(pipe, name)
+    """The live parameter (or buffer) called ``name`` in the pipeline (either name layout)."""
+    module, inner = component(pipe, live_name(pipe, name))
     try:
         return module.get_parameter(inner)
     except AttributeError:

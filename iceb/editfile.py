@@ -199,6 +199,7 @@ def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None
                           info=getattr(result, "info", None), mode=mode)
     if extra:
         meta.update(_jsonable(dict(extra)))
+    tensors, meta = _checkpoint_layout(_pipe_of(model), tensors, meta)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
@@ -209,6 +210,24 @@ def save_edit(path: str | Path, result: Any, *, editor: str, hparams: Any = None
         save_file(tensors, str(tmp), metadata={HEADER_KEY: header})
     write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def _checkpoint_layout(pipe: Any, tensors: Mapping[str, torch.Tensor],
+                       meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensor names as checkpoints store them (:func:`editors.weights.checkpoint_name`), in the tensors, the
+    sidecar's tensor table and its history: an edit made under transformers 5 applies under 4 and back."""
+    from editors.weights import checkpoint_name
+
+    def rename(name: str) -> str:
+        return checkpoint_name(pipe, name)
+
+    meta = dict(meta)
+    if isinstance(meta.get("tensors"), Mapping):
+        meta["tensors"] = {rename(k): v for k, v in meta["tensors"].items()}
+    if isinstance(meta.get("history"), list):
+        meta["history"] = [{**h, "tensors": sorted(rename(t) for t in h.get("tensors", []))}
+                           if isinstance(h, Mapping) else h for h in meta["history"]]
+    return {rename(k): v for k, v in tensors.items()}, meta
 
 
 def load_edit(path: str | Path) -> EditFile:
@@ -254,6 +273,7 @@ def load_edit(path: str | Path) -> EditFile:
     if isinstance(recorded, Mapping) and set(recorded) != set(tensors):
         raise EditFileError(f"{side}: the sidecar lists tensors {sorted(set(recorded) ^ set(tensors))} that the "
                             f"safetensors file does not match; the two files belong to different edits")
+    tensors, meta = _checkpoint_layout(None, tensors, meta)  # files from before the layout was fixed
     return EditFile(tensors, meta, path)
 
 
@@ -429,12 +449,18 @@ def save_applied(model: Any, edits: Sequence[Any], out: str | Path, *, force: bo
         model.pipe.save_pretrained(str(out), safe_serialization=True)
     finally:
         restore_edit(model.pipe, originals)
+    from iceb.weight_layout import write_checkpoint_layout
+
+    write_checkpoint_layout(out)  # readable by transformers 4 and 5 (iceb.weight_layout)
     info = dict(model.info)
+    info.pop("note", None)  # the base's note (e.g. "stored in float16") need not hold for what was saved
+    info["dtype"] = str(next(model.pipe.unet.parameters()).dtype).replace("torch.", "")
     info.update({"family": model.family, "world": model.world, "classifier": model.classifier,
                  "generation": dataclasses.asdict(model.generation),
                  "model_id": f"{model.model_id}+{merged.editor}:{_digest([f.path for f in files])}",
                  "edits": {"base_model": merged.meta.get("base_model"), "history": merged.meta["history"],
-                           "files": [str(Path(f.path).resolve()) for f in files]}})
+                           # names and content hashes, not local paths: the folder is meant to be shared
+                           "files": [{"name": Path(f.path).name, "digest": _digest([f.path])} for f in files]}})
     write_json(out / ICEB_MODEL_INFO, info)
     return info
 
@@ -458,6 +484,7 @@ def merge_edits(edits: Sequence[Any]) -> EditFile:
     files = [_as_editfile(e) for e in edits]
     if not files:
         raise EditFileError("merge_edits needs at least one edit")
+    files = [EditFile(*_checkpoint_layout(None, f.tensors, f.meta), f.path) for f in files]  # one name layout
     ids = {str((f.meta.get("base_model") or {}).get("id")) for f in files if (f.meta.get("base_model") or {}).get("id")}
     if len(ids) > 1:
         raise EditFileError(f"cannot merge edits made on different base models: {sorted(ids)}")
@@ -474,7 +501,7 @@ def merge_edits(edits: Sequence[Any]) -> EditFile:
                     entry[key] = described[name].get(key)
             described[name] = entry
         for h in f.meta.get("history") or [{"editor": f.editor, "tensors": sorted(f.tensors)}]:
-            history.append({**h, "order": len(history), "file": str(f.path) if f.path else h.get("file")})
+            history.append({**h, "order": len(history), "file": Path(f.path).name if f.path else h.get("file")})
         requests.extend(f.meta.get("requests") or [])
     from iceb.data.request_files import requests_from_data, requests_hash
 

@@ -176,7 +176,7 @@ def _folder_fingerprint(folder: Path) -> str:
 
 
 #: keys of ``iceb_model.json`` (anything else is a typo, refused with the file named)
-INFO_KEYS = ("family", "world", "classifier", "generation", "model_id", "world_config", "note", "edits")
+INFO_KEYS = ("family", "world", "classifier", "generation", "model_id", "world_config", "note", "edits", "dtype")
 WORLDS = ("imagenet", "toy")
 #: the components a Stable Diffusion folder needs; those with weights must hold safetensors files
 _COMPONENTS = {"unet": True, "vae": True, "text_encoder": True, "tokenizer": False, "scheduler": False}
@@ -415,6 +415,9 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, local_files_only=True,
         use_safetensors=True)
+    from iceb.weight_layout import check_text_encoder_readable
+
+    check_text_encoder_readable(pipe, folder)  # an error, never a text encoder left at random weights
     info = _read_info(folder)
     family = info.get("family") or _family_from_pipe(pipe)
     gen = GenerationConfig(**info["generation"]) if "generation" in info else ICEB_PROTOCOL

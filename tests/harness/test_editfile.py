@@ -9,7 +9,7 @@ import torch
 
 from editors import EDITORS, EditRequest
 from editors.base import BaseEditor, EditResult
-from editors.weights import applied, get_tensor
+from editors.weights import applied, checkpoint_name, get_tensor
 from iceb.editfile import (
     EditFile,
     EditFileError,
@@ -180,7 +180,7 @@ def test_composition_in_sequence_equals_merged(tiny_model, tiny_pipe, tmp_path):
     restore_edit(tiny_pipe, oa)
     assert all(torch.equal(v, clean[k]) for k, v in full_state(tiny_pipe).items())
     merged = merge_edits([pa, pb])
-    assert set(merged.tensors) == {TO_V, TO_K, fc2}
+    assert set(merged.tensors) == {TO_V, TO_K, checkpoint_name(None, fc2)}  # files keep the checkpoint layout
     assert torch.equal(merged.tensors[TO_V], res_b.tensors[TO_V])
     assert [h["editor"] for h in merged.meta["history"]] == ["a", "b"]
     assert merged.meta["composition"]["shared_tensors"] == [TO_V]
@@ -191,7 +191,7 @@ def test_composition_in_sequence_equals_merged(tiny_model, tiny_pipe, tmp_path):
         assert all(torch.equal(v, sequential[k]) for k, v in full_state(tiny_pipe).items())
     with edited(tiny_pipe, [pa, pb]):  # a list means the composition
         assert torch.equal(get_tensor(tiny_pipe, TO_K), sequential[TO_K])
-    assert load_edit(pm).meta["history"][1]["file"] == str(pb)
+    assert load_edit(pm).meta["history"][1]["file"] == pb.name  # a name, not a local path
 
 
 def test_merge_refuses_different_base_models(tmp_path):
@@ -229,7 +229,7 @@ def test_save_applied_writes_the_edited_folder_and_leaves_the_model_clean(tiny_m
     info = save_applied(tiny_model, [path], tmp_path / "edited")
     assert all(torch.equal(v, before[k]) for k, v in full_state(tiny_model.pipe).items())
     assert info["model_id"].startswith(f"{tiny_model.model_id}+test-nudge:")
-    assert info["edits"]["files"] == [str(path.resolve())]
+    assert info["edits"]["files"] == [{"name": path.name, "digest": info["model_id"].rsplit(":", 1)[1]}]  # no local path
     reloaded = load_model(str(tmp_path / "edited"), device="cpu")
     assert torch.equal(get_tensor(reloaded.pipe, TO_V), result.tensors[TO_V])
     with pytest.raises(ValueError, match="not empty"):

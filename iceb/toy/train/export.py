@@ -29,6 +29,9 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     shutil.rmtree(tmp_dir, ignore_errors=True)
     pipe.to(dtype=torch.float16)
     pipe.save_pretrained(tmp_dir, safe_serialization=True)
+    from iceb.weight_layout import write_checkpoint_layout
+
+    write_checkpoint_layout(tmp_dir)  # the hub's name layout: transformers 4 and 5 both read it
     info = {"family": "toy", "world": "toy", "classifier": "toy", "model_id": "iceb/toy-world",
             "world_config": world.config,
             "generation": {"height": 32, "width": 32, "num_inference_steps": cfg.gen_steps,
