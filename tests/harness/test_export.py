@@ -1,0 +1,98 @@
+"""Exports: an EMCID edit as a LoRA that diffusers' own loader turns back into the edited weights, truncation with
+its error reported, formats a LoRA cannot hold refused, and the diffusers folder with its model card."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from editors import EditRequest
+from editors.weights import get_tensor
+from iceb.editfile import edit_model, save_edit
+from iceb.export import ExportError, export_edit, lora_factors
+
+EMCID_ARGS = {"layers": [1, 3], "v_num_grad_steps": 2, "train_steps": 1, "train_size": 8, "mom2_n_samples": 100}
+REQS = [EditRequest("cat", "dog", seed=1), EditRequest("apple", "orange", seed=2), EditRequest("car", "boat", seed=3)]
+
+
+@pytest.fixture(scope="module")
+def emcid_edit(tiny_model, tmp_path_factory):
+    res, hp = edit_model("emcid", tiny_model, REQS, overrides=EMCID_ARGS, progress=False,
+                         cache_dir=tmp_path_factory.mktemp("cache"))
+    path = save_edit(tmp_path_factory.mktemp("edit") / "e.safetensors", res, editor="emcid", hparams=hp,
+                     model=tiny_model, requests=REQS)
+    return res, path
+
+
+def test_emcid_lora_is_exact_through_load_lora_weights(tiny_model, emcid_edit, tmp_path):
+    from iceb.models import load_model
+
+    res, path = emcid_edit
+    out = export_edit(tiny_model, [path], tmp_path / "lora", fmt="lora")
+    assert out["exact"] and out["rank"]["text_encoder"] == len(REQS)  # EMCID's ΔW is exactly rank N
+    assert out["rel_error"] < 1e-6
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert "base_model: " in card and "emcid" in card and "cat → dog" in card
+    assert json.loads((tmp_path / "lora" / "iceb_lora.json").read_text())["requests_hash"]
+    fresh = load_model("tiny", device="cpu").pipe  # another copy of the base: load, fuse at strength 1
+    fresh.load_lora_weights(str(tmp_path / "lora"), adapter_name="iceb")
+    fresh.fuse_lora(lora_scale=1.0)
+    fresh.unload_lora_weights()
+    for name, want in res.tensors.items():
+        got = get_tensor(fresh, name).detach()
+        base = get_tensor(tiny_model.pipe, name).detach()
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()), name
+        assert not torch.equal(got, base)
+    half = load_model("tiny", device="cpu").pipe  # the strength knob scales ΔW
+    half.load_lora_weights(str(tmp_path / "lora"), adapter_name="iceb")
+    half.fuse_lora(lora_scale=0.5)
+    name = next(iter(res.tensors))
+    base = get_tensor(tiny_model.pipe, name).detach()
+    torch.testing.assert_close(get_tensor(half, name).detach(), base + 0.5 * (res.tensors[name] - base),
+                               rtol=0, atol=1e-5 * float(base.abs().max()))
+
+
+def test_truncated_lora_reports_its_error():
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(20, 5, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(30, 5, generator=g, dtype=torch.float64))
+    s = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    delta = (u * s) @ v.T
+    exact = lora_factors(delta)
+    assert exact.rank == exact.full_rank == 5 and exact.rel_error < 1e-12
+    torch.testing.assert_close(exact.up @ exact.down, delta, rtol=0, atol=1e-12)
+    cut = lora_factors(delta, max_rank=2)
+    assert cut.rank == 2 and cut.full_rank == 5
+    assert cut.rel_error == pytest.approx(float((s[2:] ** 2).sum().sqrt() / (s ** 2).sum().sqrt()), rel=1e-9)
+
+
+def test_a_lora_cannot_hold_a_convolution_or_a_bias(tiny_model, tmp_path):
+    conv = "unet.conv_in.weight"
+    w = get_tensor(tiny_model.pipe, conv).detach()
+    path = save_edit(tmp_path / "c.safetensors", {conv: w + 0.1}, editor="manual", model=tiny_model)
+    with pytest.raises(ExportError, match="--format diffusers"):
+        export_edit(tiny_model, [path], tmp_path / "lora", fmt="lora")
+    with pytest.raises(ExportError, match="did you mean 'lora'"):
+        export_edit(tiny_model, [path], tmp_path / "x", fmt="loar")
+
+
+def test_diffusers_export_is_the_applied_folder_with_a_card(tiny_model, emcid_edit, tmp_path):
+    from iceb.models import load_model
+
+    res, path = emcid_edit
+    export_edit(tiny_model, [path], tmp_path / "full", fmt="diffusers")
+    assert "# emcid edit of" in (tmp_path / "full" / "README.md").read_text()
+    reloaded = load_model(str(tmp_path / "full"), device="cpu")
+    for name, want in res.tensors.items():
+        assert torch.equal(get_tensor(reloaded.pipe, name), want)
+
+
+def test_export_command(emcid_edit, tmp_path, capsys):
+    from iceb.cli import main
+
+    _, path = emcid_edit
+    assert main(["export", str(path), "--model", "tiny", "--out", str(tmp_path / "l")]) == 0
+    assert "exact" in capsys.readouterr().out and (tmp_path / "l" / "pytorch_lora_weights.safetensors").is_file()
+    assert main(["export", str(path), "--model", "tiny", "--format", "lora2", "--out", str(tmp_path / "m")]) == 2
+    assert "did you mean 'lora'" in capsys.readouterr().err and not (tmp_path / "m").exists()
