@@ -50,4 +50,29 @@ def _plan_n(inst, chunk: int) -> dict[str, Any]:
     grid = grid_indices(inst)
     return {"requests": len(inst.requests), "prompts": len(inst.prompts),
             "chunks": len(chunks(len(inst.prompts), chunk)), "fingerprint": inst.fingerprint(), "grid": grid,
-            "grid_prompts": [inst.prompts[i].prompt for i in grid]}
+            "grid_prompts": [inst.prompts[i].prompt for i in grid],
+            "grid_rows": [grid_row_label(inst, inst.prompts[i]) for i in grid]}
+
+
+#: manifest keys that describe the run for readers (the report), not the work: a resume ignores them
+DISPLAY_KEYS = ("grid_rows",)
+
+
+def grid_row_label(inst, prompt) -> str:
+    """What a grid row shows: ``source → destination`` for an edit prompt (``source → (erased)`` for an
+    erasure), ``holdout: <prompt>`` for a holdout one."""
+    if prompt.subset == "holdout":
+        return f"holdout (should not change): {prompt.prompt}"
+    for r in inst.requests:
+        if (r.request_id or "") == prompt.group or (not r.request_id and r.source in prompt.prompt):
+            return f"{r.source} → {r.destination or '(erased)'}: {prompt.prompt}"
+    return prompt.prompt
+
+
+def same_work(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two manifests plan the same work (:data:`DISPLAY_KEYS` aside, so older run folders resume)."""
+    def strip(m: dict[str, Any]) -> dict[str, Any]:
+        return {**m, "edit_counts": {n: {k: v for k, v in e.items() if k not in DISPLAY_KEYS}
+                                     for n, e in (m.get("edit_counts") or {}).items()}}
+
+    return strip(old) == strip(new)

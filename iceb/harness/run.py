@@ -46,7 +46,7 @@ from iceb.harness.caches import RecordCache
 from iceb.harness.config import SMOKE_WARNING, EvalConfig
 from iceb.harness.dist import Dist
 from iceb.harness.logs import ensure_console, logger
-from iceb.harness.plan import ManifestMismatchError, build_plan, chunks
+from iceb.harness.plan import ManifestMismatchError, build_plan, chunks, same_work
 from iceb.leaderboard.results import (
     RunLockedError,
     append_block,
@@ -274,7 +274,7 @@ class Run:
             self.say(f"[iceb] resuming with the run's chunk size {old['chunk_size']} (not --batch-size {chunk})")
             chunk = int(old["chunk_size"])
         plan = build_plan(self.run_id, self.instances, self.pre_keys, chunk)
-        if old is not None and old != plan:
+        if old is not None and not same_work(old, plan):
             raise ManifestMismatchError(
                 f"{path} plans different work than this command (the task data changed?); "
                 f"use --overwrite to start this run again, or another --out")
@@ -291,6 +291,7 @@ class Run:
                      "requests": {str(n): len(self.instances[n].requests) for n in edits},
                      "prompts": {str(n): len(self.instances[n].prompts) for n in edits}},
             "hparams": self.hp_dict, "hparams_hash": config_hash({"hp": self.hp_dict}),
+            "editor_supports": sorted(getattr(self.editor_cls, "supports", ())),
             "generation": dataclasses.asdict(self.gen), "processes": self.dist.world,
             "smoke": self.smoke, "smoke_note": SMOKE_WARNING if self.smoke else None})
 

@@ -65,9 +65,10 @@ def pivot_tables(df):
 
     Returns:
         A list of ``(task, model, table)``, sorted by task and model; each table is indexed by
-        (label, subset, metric).
+        (subset, metric, label) — metric-major, so the editors of one metric sit together.
     """
-    return [(task, model, pivot(d).droplevel(["task", "model"]))
+    return [(task, model, pivot(d).droplevel(["task", "model"]).reorder_levels(["subset", "metric", "label"])
+             .sort_index(kind="stable"))
             for (task, model), d in df.groupby(["task", "model"], sort=True)]
 
 
@@ -85,7 +86,10 @@ def fmt(v: Any) -> str:
     """A table cell: 4 significant digits, empty for a missing value."""
     if v is None or (isinstance(v, float) and v != v):
         return ""
-    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        text = f"{v:.4g}"
+        return "0" if text in ("-0", "-0.0") else text  # no "-0" cells
+    return str(v)
 
 
 def fmt_se(v: Any, se: Any) -> str:
@@ -99,7 +103,10 @@ def fmt_se(v: Any, se: Any) -> str:
     if se == 0:
         return f"{fmt(v)} ± 0"
     decimals = min(12, max(0, 1 - math.floor(math.log10(abs(se)))))
-    return f"{float(v):.{decimals}f} ± {se:.{decimals}f}"
+    text = f"{float(v):.{decimals}f}"
+    if text.startswith("-") and float(text) == 0:  # "-0.00": rounding, not a sign
+        text = text[1:]
+    return f"{text} ± {se:.{decimals}f}"
 
 
 def cell(row: Any, n_column: str) -> str:

@@ -1,8 +1,11 @@
-"""Plots of each panel metric against the number of edits (log x), one line per editor, as EMCID's figure.
+"""Plots against the number of edits (log x), one line per editor: the headline figure first
+(:mod:`iceb.leaderboard.headline`), then one plot per (subset, metric) for the appendix.
 
-Drawn from tidy rows (never from parsed keys) with matplotlib's Agg backend, so they work headless.
-Bounds, where a metric gives one, are dashed lines in the editor's colour; the bootstrap 95% interval, where
-the rows have one, is a translucent band in that colour. Smoke runs say so in the title.
+Drawn from tidy rows (never from parsed keys) with matplotlib's Agg backend, so they work headless. The
+bootstrap 95% interval, where the rows have one, is a translucent band in the editor's colour. A bound, where
+a metric has one, is one grey dashed line per plot (the unedited model's, shared by every editor), labelled by
+what it is: the best value reachable, or for Holdout Delta and Dest Forget the floor. Smoke runs say so in the
+title.
 """
 from __future__ import annotations
 
@@ -11,12 +14,21 @@ from pathlib import Path
 from iceb.leaderboard.results import SMOKE_MARK
 
 
-def _draw(ax, d, colors) -> None:
+def draw_lines(ax, d, colors, *, bounds: bool = True) -> None:
+    """One line per legend label, its 95% band, and (``bounds``) the shared bound line.
+
+    Args:
+        ax: A matplotlib axis.
+        d: Rows of one (subset, metric).
+        colors: Legend label -> colour.
+        bounds: Draw the metric's bound (once, grey, labelled by its kind).
+    """
+    from iceb.leaderboard.headline import bound_label
+
     for label, g in d.groupby("label", sort=True):
         g = g.sort_values("n_edits")
         color = colors[label]
         ax.plot(g["n_edits"], g["value"], marker="o", ms=3, lw=1.5, color=color, label=label)
-        # the bootstrap 95% interval (requests as clusters), where the rows have one
         ci = g.reindex(columns=["n_edits", "ci_low", "ci_high"]).dropna()
         if len(ci) > 1:
             ax.fill_between(ci["n_edits"].astype(float), ci["ci_low"].astype(float), ci["ci_high"].astype(float),
@@ -24,12 +36,14 @@ def _draw(ax, d, colors) -> None:
         elif len(ci) == 1:  # a band of one point has no width: a vertical bar instead
             ax.vlines(ci["n_edits"].astype(float), ci["ci_low"].astype(float), ci["ci_high"].astype(float),
                       color=color, alpha=0.4, lw=3)
-        b = g.dropna(subset=["bound"])
+    if bounds and len(d):
+        b = d.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
         if len(b):
-            ax.plot(b["n_edits"], b["bound"].astype(float), ls="--", lw=1, color=color, label=f"{label} bound")
+            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45",
+                    label=bound_label(str(d["metric"].iloc[0])))
     ax.set_xscale("log")
     ns = sorted({int(n) for n in d["n_edits"]})
-    if len(ns) <= 12:  # label the edit counts themselves, not powers of ten
+    if ns and len(ns) <= 12:  # label the edit counts themselves, not powers of ten
         from matplotlib.ticker import NullLocator, ScalarFormatter
 
         ax.set_xticks(ns)
@@ -38,14 +52,41 @@ def _draw(ax, d, colors) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def plot_all(df, out_dir: str | Path) -> list[Path]:
-    """One PNG per (task, model, subset, metric) plus one panel figure per (task, model); returns the paths."""
+def save_png(fig, path: Path) -> None:
+    """Write a figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from iceb.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def label_colors(df) -> dict:
+    """One colour per legend label, stable across all plots of a leaderboard."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from iceb.utils.io import atomic_path
+    cmap = plt.get_cmap("tab10")
+    return {lab: cmap(i % 10) for i, lab in enumerate(sorted(df["label"].unique()))}
+
+
+def plot_all(df, out_dir: str | Path) -> list[Path]:
+    """Per (task, model) the headline figure (``<task>__<model>__headline.png``) and one PNG per (subset, metric).
+
+    Args:
+        df: Leaderboard rows (:func:`iceb.leaderboard.tables.frame`).
+        out_dir: The folder to write into.
+
+    Returns:
+        The files written, each task's headline figure first.
+    """
+    import matplotlib.pyplot as plt
+
+    from iceb.leaderboard.headline import plot_headline
     from iceb.utils.paths import inside, safe_filename
 
     out_dir = Path(out_dir)
@@ -53,49 +94,24 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
     written: list[Path] = []
     if df.empty:
         return written
-    cmap = plt.get_cmap("tab10")
-    labels = sorted(df["label"].unique())
-    colors = {lab: cmap(i % 10) for i, lab in enumerate(labels)}
-
-    def save(fig, path: Path) -> None:
-        with atomic_path(inside(out_dir, path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
+    colors = label_colors(df)
     for (task, model), d in df.groupby(["task", "model"], sort=True):
         smoke = " — " + SMOKE_MARK if d["smoke"].astype(bool).any() else ""
-        panels = sorted({(s, m) for s, m in zip(d["subset"], d["metric"])}, key=lambda x: (x[0].startswith("cost"), x))
-        for subset, metric in panels:
+        stem = f"{safe_filename(task)}__{safe_filename(model)}"
+        head = inside(out_dir, out_dir / f"{stem}__headline.png")
+        if plot_headline(d, task, model, head, colors, smoke):
+            written.append(head)
+        for subset, metric in sorted({(s, m) for s, m in zip(d["subset"], d["metric"])},
+                                     key=lambda x: (x[0].startswith("cost"), x)):
             g = d[(d["subset"] == subset) & (d["metric"] == metric)]
             fig, ax = plt.subplots(figsize=(5, 3.5))
-            _draw(ax, g, colors)
+            draw_lines(ax, g, colors)
             arrow = "↑" if bool(g["higher_is_better"].iloc[0]) else "↓"
             ax.set_title(f"{task} on {model}: {subset}/{metric} {arrow}{smoke}", fontsize=9)
             ax.set_xlabel("number of edited concepts (log)")
             ax.set_ylabel(metric)
             ax.legend(fontsize=7)
-            save(fig, out_dir / f"{safe_filename(task)}__{safe_filename(model)}__{safe_filename(subset)}__{safe_filename(metric)}.png")
-        cols = min(3, len(panels))
-        rows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-        for ax, (subset, metric) in zip(axes.flat, panels):
-            g = d[(d["subset"] == subset) & (d["metric"] == metric)]
-            _draw(ax, g, colors)
-            ax.set_title(f"{subset}/{metric}", fontsize=9)
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        legend: dict[str, object] = {}
-        for ax in axes.flat:
-            for h, name in zip(*ax.get_legend_handles_labels()):
-                legend.setdefault(name, h)
-        handles, names = list(legend.values()), list(legend)
-        rows = 1 + (len(names) - 1) // 4
-        fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8,
-                   bbox_to_anchor=(0.5, 0.0), frameon=False)
-        fig.suptitle(f"{task} on {model}: metrics vs number of edits{smoke}", fontsize=10)
-        # the axis label sits above the legend rows, never under them
-        fig.supxlabel("number of edited concepts (log)", fontsize=9, y=0.035 + 0.035 * rows)
-        fig.tight_layout(rect=(0, 0.07 + 0.035 * rows, 1, 1))
-        save(fig, out_dir / f"{safe_filename(task)}__{safe_filename(model)}__panel.png")
+            path = inside(out_dir, out_dir / f"{stem}__{safe_filename(subset)}__{safe_filename(metric)}.png")
+            save_png(fig, path)
+            written.append(path)
     return written

@@ -1,10 +1,12 @@
-"""A single self-contained HTML report: the leaderboard tables, the plots, and per run the before/after grids.
+"""A single self-contained HTML report that opens on the answer.
 
+Order, as ``leaderboard.md``'s: per task and model the headline table (the paper's metrics × N, ± SE, best
+per column marked; :mod:`iceb.leaderboard.headline`) and the headline figure; then the runs' before/after
+grids, each row labelled ``source → destination``; then, folded away, every raw metric (the same
+:func:`~iceb.leaderboard.pivot.pivot` as ``leaderboard.md``'s appendix, metric-major) and one plot per metric.
 Images are embedded as base64 PNG so the file can be mailed or opened anywhere. Grids come from the run
-folders (``grids/n<N>.png``, written by ``iceb evaluate``): one row per edited concept (the first edit
-prompt of each of the first requests), then holdout prompts; left column before the edit, right after.
-The page is ``templates/report.html.j2`` (jinja2, autoescaped); its tables are the same
-:func:`~iceb.leaderboard.pivot.pivot` as ``leaderboard.md``'s.
+folders (``grids/n<N>.png``, written by ``iceb evaluate``): one row per edited concept, then holdout prompts;
+left column before the edit, right after. The page is ``templates/report.html.j2`` (jinja2, autoescaped).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import base64
 from pathlib import Path
 from typing import Any, Sequence
 
+from iceb.leaderboard.headline import ERASER_NA
 from iceb.leaderboard.pivot import arrow, cell, n_columns, pivot_tables
 from iceb.leaderboard.results import SMOKE_MARK
 from iceb.utils.io import read_json
@@ -26,11 +29,15 @@ def _b64(path: Path) -> str:
 def _tables(df) -> list[dict[str, Any]]:
     """The pivot tables as the template shows them (no bound column: the plots draw the bounds)."""
     out = []
+    from iceb.leaderboard.headline import headline_table
+
     for task, model, table in pivot_tables(df):
         ns = n_columns(table)
         rows = [{"label": label, "subset": subset, "metric": metric, "arrow": arrow(r["higher_is_better"]),
-                 "cells": [cell(r, n) for n in ns]} for (label, subset, metric), r in table.iterrows()]
-        out.append({"task": task, "model": model, "smoke": bool(table["smoke"].any()), "ns": ns, "rows": rows})
+                 "cells": [cell(r, n) for n in ns]} for (subset, metric, label), r in table.iterrows()]
+        head = headline_table(df[(df["task"] == task) & (df["model"] == model)], task)
+        out.append({"task": task, "model": model, "smoke": bool(table["smoke"].any()), "ns": ns, "rows": rows,
+                    "headline": head, "stem": f"{task}__{model}"})
     return out
 
 
@@ -43,9 +50,13 @@ def _run_section(run: Path) -> dict[str, Any]:
     return {"title": f"{c.get('editor', '?')} on {c.get('task', '?')} ({(cfg.get('model') or {}).get('spec', '?')})",
             "smoke": bool(cfg.get("smoke") or run.name.endswith("-smoke")), "name": run.name,
             "mode": str(c.get("mode")), "git": str(cfg.get("git_revision")), "iceb": str(cfg.get("iceb_version")),
-            "grids": [{"n": g.stem[1:], "data": _b64(g),
-                       "prompts": (man.get("edit_counts", {}).get(g.stem[1:]) or {}).get("grid_prompts") or []}
-                      for g in grids]}
+            "grids": [{"n": g.stem[1:], "data": _b64(g), "prompts": _grid_rows(man, g.stem[1:])} for g in grids]}
+
+
+def _grid_rows(manifest: dict[str, Any], n: str) -> list[str]:
+    """The grid's row labels (``source → destination: prompt``); the bare prompts for runs made before them."""
+    plan = manifest.get("edit_counts", {}).get(n) or {}
+    return plan.get("grid_rows") or plan.get("grid_prompts") or []
 
 
 def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
@@ -53,7 +64,7 @@ def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
 
     Args:
         df: leaderboard rows (:func:`iceb.leaderboard.tables.frame`).
-        plot_files: PNGs from :func:`iceb.leaderboard.plots.plot_all` (``*__panel.png`` shown first).
+        plot_files: PNGs from :func:`iceb.leaderboard.plots.plot_all` (``*__headline.png`` shown first).
         runs: the run folders, for their before/after grids.
 
     Returns:
@@ -63,11 +74,15 @@ def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("iceb.leaderboard", "templates"),
                              autoescape=True, keep_trailing_newline=True)
-    plots = [{"name": p.stem, "data": _b64(p), "panel": p.name.endswith("__panel.png")} for p in plot_files]
+    plots = [{"name": p.stem, "data": _b64(p), "headline": p.name.endswith("__headline.png")} for p in plot_files]
+    tables = _tables(df)
+    heads = {p["name"][: -len("__headline")]: p for p in plots if p["headline"]}
+    for t in tables:
+        t["figure"] = heads.get(t["stem"])
     return env.get_template(TEMPLATE).render(
         smoke=bool(df["smoke"].astype(bool).any()) if not df.empty else False, smoke_mark=SMOKE_MARK,
-        n_runs=len(runs), n_rows=len(df), tables=_tables(df), panels=[p for p in plots if p["panel"]],
-        singles=[p for p in plots if not p["panel"]], runs=[_run_section(Path(r)) for r in runs])
+        n_runs=len(runs), n_rows=len(df), tables=tables, eraser_na=ERASER_NA,
+        singles=[p for p in plots if not p["headline"]], runs=[_run_section(Path(r)) for r in runs])
 
 
 def write_report(path: str | Path, df, plot_files: Sequence[Path], runs: Sequence[Path]) -> Path:

@@ -100,6 +100,6 @@ def check_row(data: Mapping[str, Any]) -> ResultRow:
 
 
 #: what a leaderboard adds to every row: where it came from
-PROVENANCE_COLUMNS: list[str] = ["label", "git_revision", "data_hash", "hparams_hash", "versions"]
+PROVENANCE_COLUMNS: list[str] = ["label", "git_revision", "data_hash", "hparams_hash", "versions", "erase_only"]
 #: columns of the leaderboard CSVs, in order
 LEADERBOARD_COLUMNS: list[str] = ROW_COLUMNS + PROVENANCE_COLUMNS

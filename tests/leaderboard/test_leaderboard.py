@@ -40,21 +40,23 @@ def test_leaderboard_files_and_columns(runs, tmp_path):
     assert not combined[combined.run_id == full.name].smoke.any()
 
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "SMOKE (--limit): not comparable" in md and "| noop [SMOKE] | edit | image_change" in md
-    header = next(line for line in md.splitlines() if line.startswith("| editor"))
-    assert header.endswith("| N=1 | N=3 |")
+    assert "SMOKE (--limit): not comparable" in md and "| edit | image_change ↑ | noop [SMOKE] |" in md
+    header = next(line for line in md.splitlines() if line.startswith("| subset"))
+    assert header.endswith("| N=1 | N=3 |")  # metric-major appendix: the editors of one metric together
 
     plots = sorted((tmp_path / "plots").glob("*.png"))
     names = {p.name for p in plots}
-    assert "smoke__tiny__edit__image_change.png" in names and "smoke__tiny__panel.png" in names
+    assert "smoke__tiny__edit__image_change.png" in names
+    assert not any(n.endswith("__headline.png") for n in names)  # the smoke task has no headline panels
     from PIL import Image
 
-    with Image.open(tmp_path / "plots" / "smoke__tiny__panel.png") as im:
+    with Image.open(tmp_path / "plots" / "smoke__tiny__edit__image_change.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
 
     html = (tmp_path / "report.html").read_text()
     assert "SMOKE (--limit): not comparable" in html
-    assert "<li>An image of cat</li>" in html  # grid row labels
+    assert re.search(r"<li>cat → [^<]*: An image of cat</li>", html)  # grid rows say which concept became which
+    assert "<li>holdout (should not change): " in html
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(imgs) == len(plots) + 4  # every plot plus two grids (N=1, N=3) per run
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)

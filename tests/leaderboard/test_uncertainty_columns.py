@@ -57,7 +57,7 @@ def test_plots_draw_a_band_where_the_interval_is_known():
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    from iceb.leaderboard.plots import _draw
+    from iceb.leaderboard.plots import draw_lines as _draw
 
     d = pd.DataFrame([{"label": "uce", "n_edits": n, "value": v, "bound": None, "ci_low": v - 0.1,
                        "ci_high": v + 0.1} for n, v in ((1, 0.5), (3, 0.6), (10, 0.7))])

@@ -1,0 +1,214 @@
+"""The answer first: the paper's headline metrics as one table and one six-panel figure per task and model.
+
+EMCID's summary figure (``shared/reference/emcid_aice_summary.png``) draws six panels for arbitrary concept
+editing — Holdout Delta, Efficacy and Generalization × (Source Forget, Source2Dest), Alias2Dest — with fixed
+y ranges and one legend; rectification has its own four (Holdout Delta, Rectify Gain on the edit, free-form
+and alias prompts). :data:`HEADLINE` names them; everything else is the appendix.
+
+- **Erase-only editors** (ESD: they take no destination) appear only where their numbers mean something: the
+  Forget and Holdout panels. Elsewhere the table says ``n/a (eraser)`` and the figure leaves them out.
+- **Bounds** are drawn once per panel, labelled by what they are: for most panels the best value reachable
+  (everything forgotten, every image the destination), for Holdout Delta the *floor* (every holdout concept
+  lost); they come from the unedited model, so every editor shares them.
+- **Best per column**: the highest (or, for lower-is-better metrics, the lowest) value among the editors that
+  the column means something for, marked ``**bold**`` in Markdown and shaded in HTML; ties are all marked; the
+  reference row (``noop``: no edit) is shown last and never marked.
+- **Cells** are ``value ± SE`` (requests as clusters) with three decimals; a value resting on one request has
+  no SE and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import math
+
+
+@dataclass(frozen=True)
+class Panel:
+    subset: str
+    metric: str
+    title: str
+    ylim: tuple[float, float]
+    for_erasers: bool  # does the number mean something for an editor that takes no destination?
+
+
+_SCORE = (-0.1, 1.05)
+HEADLINE: dict[str, tuple[Panel, ...]] = {
+    "ace": (
+        Panel("holdout", "holdout_delta", "Holdout Delta", (-1.0, 0.1), True),
+        Panel("edit", "source_forget", "Efficacy: Source Forget", _SCORE, True),
+        Panel("edit", "source2dest", "Efficacy: Source2Dest", _SCORE, False),
+        Panel("general", "source_forget", "Generalization: Source Forget", _SCORE, True),
+        Panel("general", "source2dest", "Generalization: Source2Dest", _SCORE, False),
+        Panel("alias", "alias2dest", "Alias2Dest", _SCORE, False),
+    ),
+    "rectification": (
+        Panel("holdout", "holdout_delta", "Holdout Delta", (-1.0, 0.1), True),
+        Panel("edit", "rectify_gain", "Efficacy: Rectify Gain", _SCORE, False),
+        Panel("general", "rectify_gain", "Generalization: Rectify Gain", _SCORE, False),
+        Panel("edit_dest", "dest_forget", "Dest Forget", (-0.1, 1.05), True),
+    ),
+}
+#: editors that edit nothing: a reference row, shown last and never marked best
+REFERENCE_EDITORS = frozenset({"noop"})
+#: metrics whose bound is the worst value, not the best (the unedited model's probability lost entirely)
+FLOOR_BOUNDS = frozenset({"holdout_delta", "dest_forget"})
+ERASER_NA = "n/a (eraser)"
+
+
+def panels_for(task: str) -> tuple[Panel, ...]:
+    """The headline panels of a task (``()`` for a task without any, e.g. a user task of other metrics)."""
+    return HEADLINE.get(task, ())
+
+
+def bound_label(metric: str) -> str:
+    return "floor: all lost" if metric in FLOOR_BOUNDS else "best reachable"
+
+
+def fmt_cell(value: float, se: Any, n_groups: Any = None) -> str:
+    """A headline cell: three decimals (scores live in [-1, 1]), ``± SE`` where there is one, and the reason
+    where there is none (one request: no spread to measure)."""
+    v = f"{value:.3f}"
+    v = v[1:] if v.startswith("-") and float(v) == 0 else v
+    try:
+        se = float(se)
+    except (TypeError, ValueError):
+        se = float("nan")
+    if math.isfinite(se):
+        return f"{v} ± {se:.3f}" if se >= 0.0005 else f"{v} ± <0.001"
+    try:
+        one = int(n_groups) == 1
+    except (TypeError, ValueError):
+        one = False
+    return f"{v} ± (1 request)" if one else v
+
+
+def _erase_only(d) -> dict[str, bool]:
+    if "erase_only" not in d.columns:
+        return {}
+    return {lab: bool(g["erase_only"].fillna(False).astype(bool).any()) for lab, g in d.groupby("label")}
+
+
+def headline_table(d, task: str) -> dict[str, Any] | None:
+    """The headline table of one (task, model) frame: editors × (panel, N) with ``value ± SE`` cells.
+
+    Args:
+        d: Leaderboard rows of one task and model.
+        task: Its task name (selects the panels).
+
+    Returns:
+        ``{"columns": [(panel title, arrow, "N=n")...], "rows": [{"label", "cells": [{"text", "best"}]}]}``,
+        or None when the task has no headline panels or none of them is in the rows.
+    """
+    panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
+    if not panels:
+        return None
+    ns = sorted({int(n) for n in d["n_edits"]})
+    erasers = _erase_only(d)
+    labels = sorted(d["label"].unique(), key=lambda lab: (_editor(d, lab) in REFERENCE_EDITORS, lab))
+    columns, grid = [], {lab: [] for lab in labels}
+    for p in panels:
+        sel = d[(d["subset"] == p.subset) & (d["metric"] == p.metric)]
+        hib = bool(sel["higher_is_better"].iloc[0])
+        for n in ns:
+            at = sel[sel["n_edits"] == n].set_index("label")
+            columns.append({"title": p.title, "arrow": "↑" if hib else "↓", "n": f"N={n}"})
+            vals = {}
+            for lab in labels:
+                if lab not in at.index:
+                    grid[lab].append({"text": "", "best": False})
+                    continue
+                if erasers.get(lab) and not p.for_erasers:
+                    grid[lab].append({"text": ERASER_NA, "best": False})
+                    continue
+                r = at.loc[lab]
+                if hasattr(r, "ndim") and r.ndim > 1:  # duplicate labels: first row
+                    r = r.iloc[0]
+                if _editor(d, lab) not in REFERENCE_EDITORS:
+                    vals[lab] = round(float(r["value"]), 3)  # as shown: equal cells tie
+                grid[lab].append({"text": fmt_cell(float(r["value"]), r.get("stderr"), r.get("n_groups")),
+                                  "best": False})
+            if vals:
+                best = max(vals.values()) if hib else min(vals.values())
+                for lab, v in vals.items():
+                    if v == best and len(vals) > 1:
+                        grid[lab][-1]["best"] = True
+    return {"columns": columns, "panels": [p.title for p in panels], "ns": [f"N={n}" for n in ns],
+            "rows": [{"label": lab + (" (reference: no edit)" if _editor(d, lab) in REFERENCE_EDITORS else ""),
+                      "cells": grid[lab]} for lab in labels]}
+
+
+def _editor(d, label: str) -> str:
+    return str(d.loc[d["label"] == label, "editor"].iloc[0])
+
+
+def headline_markdown(table: dict[str, Any]) -> list[str]:
+    """The headline table as Markdown lines (best values in bold)."""
+    head = ["editor"] + [f"{c['title']} {c['arrow']} {c['n']}" for c in table["columns"]]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * len(table["columns"])]
+    for r in table["rows"]:
+        cells = [f"**{c['text']}**" if c["best"] else c["text"] for c in r["cells"]]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], smoke: str = "") -> bool:
+    """The six-panel (four for rectification) figure of one (task, model), as the paper draws it.
+
+    Args:
+        d: Leaderboard rows of one task and model.
+        task: Its task (selects the panels).
+        model: Its model (for the title).
+        path: The PNG to write.
+        colors: Legend label -> colour (shared with the other plots).
+        smoke: A note for the title when rows come from smoke runs.
+
+    Returns:
+        Whether a figure was written (False when the task has no headline panels in the rows).
+    """
+    import matplotlib.pyplot as plt
+
+    from iceb.leaderboard.plots import draw_lines, save_png
+
+    panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
+    if not panels:
+        return False
+    erasers = _erase_only(d)
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows + 0.9), squeeze=False)
+    legend: dict[str, Any] = {}
+    for ax, p in zip(axes.flat, panels):
+        sel = d[(d["subset"] == p.subset) & (d["metric"] == p.metric)]
+        if not p.for_erasers:
+            sel = sel[[not erasers.get(lab, False) for lab in sel["label"]]]
+        draw_lines(ax, sel, colors, bounds=False)
+        b = sel.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
+        if len(b):
+            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45", label=bound_label(p.metric))
+        hib = bool(sel["higher_is_better"].iloc[0]) if len(sel) else True
+        ax.set_title(f"{p.title} {'↑' if hib else '↓'}", fontsize=10)
+        ax.set_ylim(*p.ylim)
+        ax.set_xlabel("number of edited concepts (log)", fontsize=8)
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, h)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("classifier score")
+    names = sorted(legend, key=lambda n: (n in ("best reachable", "floor: all lost"), n))
+    # one legend for all panels, at the top under the title, where a reader looks first
+    height = fig.get_size_inches()[1]
+    legend_rows = 1 + (len(names) - 1) // 8
+    top = 1 - (0.45 + 0.22 * legend_rows) / height
+    fig.suptitle(f"{task} on {model}{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
+    fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
+               ncol=min(8, len(names)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    save_png(fig, path)
+    return True
+
+
+__all__ = ["ERASER_NA", "FLOOR_BOUNDS", "HEADLINE", "Panel", "bound_label", "headline_markdown",
+           "headline_table", "panels_for", "plot_headline"]
