@@ -1,4 +1,5 @@
-"""Edits exported to the formats other tools load: a LoRA for diffusers, a full diffusers folder, a model card.
+"""Edits exported to the formats other tools load: a LoRA for diffusers, one single-file checkpoint in the original
+layout the Stable Diffusion UIs load (:mod:`iceb.single_file`), a full diffusers folder; each with a model card.
 
 **LoRA.** An edit replaces weights ``W`` by ``W' = W + ΔW``. EMCID's and ReFACT's ``ΔW`` are exactly rank N
 (EMCID: ``R (A⁻¹K)ᵀ`` per layer), UCE's and TIME's rank ≤ the number of distinct prompts, so a LoRA
@@ -26,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-FORMATS = ("lora", "diffusers")
+FORMATS = ("lora", "single-file", "diffusers")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -177,7 +178,8 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
         model: The base :class:`~iceb.models.LoadedModel` the edits were made on.
         edits: Edit file paths (or loaded :class:`~iceb.editfile.EditFile` values), in order.
         out: A new (or empty) folder.
-        fmt: ``lora`` or ``diffusers``.
+        fmt: ``lora``, ``single-file`` (one checkpoint in the original layout the SD UIs load,
+            :mod:`iceb.single_file`) or ``diffusers``.
         max_rank: For ``lora``: truncate to this rank (the error is reported).
         force: Apply even where the recorded base model differs.
 
@@ -208,6 +210,24 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
         info = save_applied(model, files, out, force=force)
         write_text(out / "README.md", model_card(merged.meta, fmt=fmt))
         return {"format": fmt, "out": str(out), "model_id": info["model_id"]}
+    if fmt == "single-file":
+        from iceb.editfile import apply_edit, restore_edit
+        from iceb.single_file import save_single_file
+
+        for e in files:
+            hard, soft = check_base(model.pipe, e, model_id=model.model_id)
+            if hard or (soft and not force):
+                raise EditFileError(f"edit {e.path} does not fit {model.spec}: " + "; ".join(hard + soft)
+                                    + ("" if hard else "; pass --force to export it anyway"))
+        out.mkdir(parents=True, exist_ok=True)
+        name = "model.safetensors"
+        originals = apply_edit(model.pipe, merged, force=True)
+        try:
+            save_single_file(model.pipe, out / name)
+        finally:
+            restore_edit(model.pipe, originals)
+        write_text(out / "README.md", model_card(merged.meta, fmt=fmt))
+        return {"format": fmt, "out": str(out), "files": [name, "README.md"]}
     for e in files:
         hard, soft = check_base(model.pipe, e, model_id=model.model_id)
         if hard or (soft and not force):

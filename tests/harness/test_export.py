@@ -96,3 +96,51 @@ def test_export_command(emcid_edit, tmp_path, capsys):
     assert "exact" in capsys.readouterr().out and (tmp_path / "l" / "pytorch_lora_weights.safetensors").is_file()
     assert main(["export", str(path), "--model", "tiny", "--format", "lora2", "--out", str(tmp_path / "m")]) == 2
     assert "did you mean 'lora'" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("spec", ["tiny", "toy"])  # two block layouts (toy: three down blocks, the first plain)
+def test_single_file_round_trips_through_from_single_file(spec, tiny_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from iceb.models import load_model
+    from iceb.single_file import save_single_file
+
+    pipe = tiny_model.pipe if spec == "tiny" else load_model("toy", device="cpu").pipe
+    pipe.save_pretrained(str(tmp_path / "base"), safe_serialization=True)  # configs for the loader, offline
+    save_single_file(pipe, tmp_path / "one.safetensors")
+    back = StableDiffusionPipeline.from_single_file(str(tmp_path / "one.safetensors"), config=str(tmp_path / "base"),
+                                                    local_files_only=True, safety_checker=None,
+                                                    requires_safety_checker=False)
+    for comp in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, comp).state_dict(), getattr(back, comp).state_dict()
+        assert set(a) == set(b), comp
+        for k, v in a.items():
+            assert torch.equal(v, b[k].reshape(v.shape)), (comp, k)
+
+
+def test_single_file_names_are_the_sd14_checkpoint_names():
+    """On SD-1.4's own architecture (empty weights: names only) the keys are those of the original v1-4 file."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from iceb.single_file import _unet_key, _unet_prefixes, _vae_key
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # the SD-1.x defaults
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    pre = _unet_prefixes(unet.config)
+    names = {_unet_key(k, pre) for k in unet.state_dict()}
+    for want in ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "input_blocks.3.0.op.weight",
+                 "input_blocks.11.0.out_layers.3.weight", "middle_block.1.proj_in.weight",
+                 "middle_block.2.emb_layers.1.weight", "output_blocks.2.1.conv.weight",
+                 "output_blocks.5.2.conv.weight", "output_blocks.11.1.proj_out.weight",
+                 "output_blocks.3.0.skip_connection.weight", "time_embed.2.bias", "out.2.weight"):
+        assert want in names, want
+    assert len(names) == len(unet.state_dict()) == 686
+    vnames = {_vae_key(k, 4)[0] for k in vae.state_dict()}
+    for want in ("decoder.up.3.block.0.conv1.weight", "decoder.up.0.block.2.nin_shortcut.weight" if False else
+                 "decoder.up.1.upsample.conv.weight", "encoder.down.0.downsample.conv.weight",
+                 "encoder.mid.attn_1.q.weight", "decoder.mid.block_2.norm2.bias", "encoder.norm_out.weight",
+                 "decoder.up.0.block.0.nin_shortcut.weight", "quant_conv.weight"):
+        assert want in vnames, want
