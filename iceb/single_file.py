@@ -23,6 +23,7 @@ compares every tensor.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,6 @@ def _vae_key(key: str, n: int) -> tuple[str, bool]:
     part, _, rest = key.partition(".")
     k = rest
     conv = False
-    import re
-
     m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets\.(\d+)|downsamplers\.0|upsamplers\.0)\.(.*)", k)
     if m:
         kind, i, inner, j, tail = m.groups()

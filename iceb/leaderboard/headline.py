@@ -18,11 +18,10 @@ and alias prompts). :data:`HEADLINE` names them; everything else is the appendix
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import math
 
 
 @dataclass(frozen=True)

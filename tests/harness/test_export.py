@@ -139,8 +139,7 @@ def test_single_file_names_are_the_sd14_checkpoint_names():
         assert want in names, want
     assert len(names) == len(unet.state_dict()) == 686
     vnames = {_vae_key(k, 4)[0] for k in vae.state_dict()}
-    for want in ("decoder.up.3.block.0.conv1.weight", "decoder.up.0.block.2.nin_shortcut.weight" if False else
-                 "decoder.up.1.upsample.conv.weight", "encoder.down.0.downsample.conv.weight",
+    for want in ("decoder.up.3.block.0.conv1.weight", "decoder.up.1.upsample.conv.weight", "encoder.down.0.downsample.conv.weight",
                  "encoder.mid.attn_1.q.weight", "decoder.mid.block_2.norm2.bias", "encoder.norm_out.weight",
                  "decoder.up.0.block.0.nin_shortcut.weight", "quant_conv.weight"):
         assert want in vnames, want
