@@ -13,7 +13,8 @@
 
 The harness then applies those tensors where it would have run an editor; the task's requests still define
 what is scored. The rows carry ``editor = "file:<basename>"``, ``external = true`` and ``sidecar``
-(whether the edit came with ICEB's metadata); the run's ``config.json`` records where the tensors came from.
+(whether the edit came with ICEB's metadata: its ``.json`` sidecar, or the copy embedded in the safetensors
+header when the ``.json`` is gone); the run's ``config.json`` records where the tensors came from.
 Every problem (no such file, a tensor the model does not have, another shape, another base model, other
 requests) is one :class:`~iceb.editfile.EditFileError` line before any image is generated.
 """
@@ -109,6 +110,8 @@ class ExternalEdit:
         tensors: The changed tensors by pipeline name.
         meta: ICEB's sidecar (``{}`` without one).
         digest: A hash of the tensors' names and bytes: the edit's identity in the run id.
+        metadata: Where ICEB's metadata was read: ``sidecar-file`` (``PATH.json``), ``header`` (the copy in
+            the safetensors header, the ``.json`` being gone) or None.
     """
 
     path: Path
@@ -116,6 +119,7 @@ class ExternalEdit:
     tensors: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    metadata: str | None = None
 
     @property
     def sidecar(self) -> bool:
@@ -134,7 +138,8 @@ class ExternalEdit:
     def describe(self) -> dict[str, Any]:
         """Where the edit came from, for ``config.json`` and the run's edit sidecar."""
         m = self.meta
-        return {"external": True, "sidecar": self.sidecar, "kind": self.kind, "path": str(self.path.resolve()),
+        return {"external": True, "sidecar": self.sidecar, "metadata": self.metadata, "kind": self.kind,
+                "path": str(self.path.resolve()),
                 "digest": self.digest, "n_tensors": len(self.tensors), "editor": m.get("editor"),
                 "hparams": m.get("hparams"), "mode": m.get("mode"), "n_requests": m.get("n_requests"),
                 "requests_hash": m.get("requests_hash"), "base_model": m.get("base_model")}
@@ -166,10 +171,11 @@ def load_external(editor: str, model: Any) -> ExternalEdit:
         EditFileError: the file cannot be read, names tensors the model does not have, holds other shapes,
             or (with ICEB metadata) was made on another base model.
     """
-    from iceb.editfile import FORMAT, check_base, load_edit
+    from iceb.editfile import FORMAT, check_base, load_edit, sidecar_path
 
     path = external_path(editor)
     pipe = model.pipe
+    metadata = None
     if path.is_dir():
         tensors, kind, meta = folder_delta(path, pipe, editor), "diffusers-folder", {}
     else:
@@ -179,12 +185,14 @@ def load_external(editor: str, model: Any) -> ExternalEdit:
             raise _error(f"--editor {editor}: no such file") from None
         kind = "edit-file" if ef.meta.get("format") == FORMAT else "safetensors"
         meta = ef.meta if kind == "edit-file" else {}
+        if kind == "edit-file":
+            metadata = "sidecar-file" if sidecar_path(path).is_file() else "header"
         hard, soft = check_base(pipe, ef, model_id=model.model_id)
         problems = hard + (soft if kind == "edit-file" else [])
         if problems:
             raise _error(f"--editor {editor} does not fit model {model.spec}: {_join(problems)}")
         tensors = dict(ef.tensors) if kind == "edit-file" else _changed(pipe, ef.tensors)
-    return ExternalEdit(path, kind, tensors, meta, tensor_digest(tensors))
+    return ExternalEdit(path, kind, tensors, meta, tensor_digest(tensors), metadata)
 
 
 def check_requests(ext: ExternalEdit, requests: Sequence[Any], task: str, n: int) -> None:

@@ -11,7 +11,8 @@ them in a row:
    unedited model into the shared image cache (``<out>/cache/images``) and scored once per metric into the
    shared record cache (``<out>/cache/records``). Every editor and edit count that uses the same model,
    prompt, seed and generation settings reuses them.
-3. per edit count N: :meth:`Run.edit` (rank 0; saved as ``edits/n<N>.safetensors`` + JSON sidecar), then
+3. per edit count N: :meth:`Run.edit` (rank 0; saved as ``edits/n<N>.safetensors`` + JSON sidecar; with
+   ``--editor file:PATH`` the tensors of an edit made elsewhere, :mod:`iceb.harness.external`), then
    :meth:`Run.render_post_edit` (generate and score with the edit applied; one atomic file of records per
    chunk in ``work/n<N>/``), then :meth:`Run.aggregate` (rank 0 appends the N's rows to ``results.jsonl`` in
    one write that ends with a completion marker, saves a before/after grid, and drops ``work/n<N>``).
@@ -186,6 +187,9 @@ class Run:
         self.task = get_task(cfg.task, world=self.loaded.world)
         if is_file:
             self.external = external.load_external(cfg.editor, self.loaded)  # names, shapes, base: before images
+            if not self.external.tensors:
+                self.say(f"[iceb] note: {cfg.editor} changes no tensor of {self.loaded.spec}; its rows are the "
+                         f"unedited model's")
         if cfg.edits:
             self.edits = tuple(cfg.edits)
         else:  # an edit file: the request count it records; an editor: the task's sweep

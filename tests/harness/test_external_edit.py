@@ -59,6 +59,7 @@ def test_an_edit_file_scores_like_the_direct_run(made, tiny_model):
     source = json.loads((run / "config.json").read_text())["editor_source"]
     assert source["external"] is True and source["sidecar"] is True and source["kind"] == "edit-file"
     assert source["editor"] == "uce" and source["n_requests"] == N
+    assert source["metadata"] == "sidecar-file"
     assert run.name.startswith("file_uce_safetensors-smoke-")
     # the cost measured when the edit was made travels with it
     assert {r["metric"] for r in rows if is_cost_row(r)} >= {"edit_seconds", "edit_file_mb"}
@@ -76,6 +77,25 @@ def test_a_sidecar_free_safetensors_gives_the_same_rows_marked(made, tiny_model)
     source = json.loads((run / "config.json").read_text())["editor_source"]
     assert (source["sidecar"], source["kind"], source["editor"]) == (False, "safetensors", None)
     assert not any(r["metric"] == "edit_seconds" for r in rows)  # no time is made up for an edit made elsewhere
+
+
+def test_cli_evaluate_scores_a_file_and_an_edit_file_without_its_json(made, tiny_model, monkeypatch, capsys):
+    """Through the command line; an ICEB edit file whose .json sidecar is gone still has the copy in its header."""
+    import shutil
+
+    import iceb.models
+
+    root, direct, path, _ = made
+    monkeypatch.setattr(iceb.models, "load_model", lambda spec, **kw: tiny_model)
+    lone = root / "lone" / "uce.safetensors"
+    lone.parent.mkdir()
+    shutil.copy(path, lone)  # without uce.safetensors.json
+    assert main(["evaluate", "--editor", f"file:{lone}", "--task", "smoke", "--model", "tiny", "--edits", str(N),
+                 "--out", str(root / "runs"), "--no-progress", "--batch-size", "4", "--no-log-samples"]) == 0
+    (run,) = [p for p in (root / "runs").iterdir() if p.name.startswith("file_uce_safetensors") and
+              json.loads((p / "config.json").read_text())["editor_source"]["metadata"] == "header"]
+    assert {(r["external"], r["sidecar"]) for r in read_rows(run / "results.jsonl")} == {(True, True)}
+    assert _metric_rows(run) == _metric_rows(direct)
 
 
 def test_an_edited_pipeline_folder_is_diffed_against_the_base(made, tiny_model):

@@ -51,7 +51,7 @@ def test_model_picks_the_world(capsys):
 
 @pytest.mark.parametrize("name,model,n", [("smoke", "tiny", 4), ("ace", "toy", 3)])
 def test_esd_csv_reads_back_with_generates_reader(tmp_path, capsys, name, model, n):
-    from iceb.rendering import read_prompts
+    from iceb.rendering import read_prompt_items, read_prompts
 
     out = tmp_path / "prompts.csv"
     assert main(["tasks", "export", name, "--format", "esd-csv", "--edits", str(n), "--model", model,
@@ -60,6 +60,7 @@ def test_esd_csv_reads_back_with_generates_reader(tmp_path, capsys, name, model,
     header = out.read_text().splitlines()[0]
     assert header.startswith("case_number,prompt,evaluation_seed,") and header.split(",") == list(ESD_COLUMNS)
     assert read_prompts(out) == [(p.prompt, p.seed) for p in inst.prompts]
+    assert [it.case for it in read_prompt_items(out)] == [str(k) for k in range(len(inst.prompts))]
     rows = list(csv.DictReader(out.open()))
     assert [int(r["case_number"]) for r in rows] == list(range(len(inst.prompts)))
     assert [r["subset"] for r in rows] == [p.subset for p in inst.prompts]
