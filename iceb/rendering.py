@@ -9,7 +9,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 GRID_ROWS = 32  # rows per grid image; more images give grid_2.png, ...
 
@@ -35,16 +35,38 @@ def parse_seed(value: Any, where: str) -> int:
         raise ValueError(f"{where}: seed {value!r} is not an integer") from None
 
 
+class PromptItem(NamedTuple):
+    """One prompt of a prompt file: its text, the seed the file gives (None: none) and, for ESD/UCE CSVs, its
+    ``case_number`` (None: none), which ``iceb generate`` keeps in the image file names."""
+
+    prompt: str
+    seed: int | None
+    case: str | None = None
+
+
 def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
-    """(prompt, seed) pairs from a prompt file.
+    """(prompt, seed) pairs from a prompt file (:func:`read_prompt_items` without the case numbers).
 
     Args:
-        path: ``.txt`` (one prompt a line, ``#`` comments), ``.csv`` (a ``prompt`` column, optional ``seed``
-            or ``evaluation_seed``), ``.json``/``.yaml`` (a list of strings or of ``{"prompt", "seed"}``
-            objects, or an object with ``prompts`` or EMCID's ``val_prompts``).
+        path: A prompt file, as for :func:`read_prompt_items`.
 
     Returns:
         The prompts in file order, each with its seed or None where the file gives none.
+    """
+    return [(it.prompt, it.seed) for it in read_prompt_items(path)]
+
+
+def read_prompt_items(path: str | Path) -> list[PromptItem]:
+    """The prompts of a prompt file, each with its seed and (ESD/UCE CSVs) case number.
+
+    Args:
+        path: ``.txt`` (one prompt a line, ``#`` comments), ``.csv`` (a ``prompt`` column, optional ``seed``
+            or ``evaluation_seed`` and ``case_number``, as ESD's and UCE's CSVs), ``.json``/``.yaml`` (a list of strings or of ``{"prompt", "seed"}``
+            objects, or an object with ``prompts`` or EMCID's ``val_prompts``).
+
+    Returns:
+        The prompts in file order, each with its seed or None where the file gives none, and its case
+        number (text) or None.
 
     Raises:
         FileNotFoundError: no such file.
@@ -55,9 +77,9 @@ def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
         raise FileNotFoundError(f"prompt file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
-    out: list[tuple[str, int | None]] = []
+    out: list[PromptItem] = []
     if suffix == ".txt":
-        out = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        out = [PromptItem(line.strip(), None) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     elif suffix == ".csv":
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline=""), strict=True))
@@ -67,8 +89,9 @@ def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
             raise ValueError(f"{path}: no 'prompt' column (columns: {', '.join(rows[0])})")
         for n, row in enumerate(rows, start=1):
             seed = row.get("seed") or row.get("evaluation_seed")
-            out.append((row["prompt"].strip(),
-                        parse_seed(seed, f"{path} row {n}") if seed not in (None, "") else None))
+            case = (row.get("case_number") or "").strip() or None
+            out.append(PromptItem(row["prompt"].strip(),
+                                  parse_seed(seed, f"{path} row {n}") if seed not in (None, "") else None, case))
     elif suffix in (".json", ".yaml", ".yml"):
         if suffix == ".json":
             try:
@@ -93,19 +116,25 @@ def read_prompts(path: str | Path) -> list[tuple[str, int | None]]:
             raise ValueError(f"{path}: expected a list of prompts")
         for n, item in enumerate(data, start=1):
             if isinstance(item, str):
-                out.append((item, None))
+                out.append(PromptItem(item, None))
             elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-                out.append((item["prompt"], parse_seed(item["seed"], f"{path} row {n}") if "seed" in item else None))
+                out.append(PromptItem(item["prompt"],
+                                      parse_seed(item["seed"], f"{path} row {n}") if "seed" in item else None))
             else:
                 raise ValueError(f"{path} row {n}: expected a string or an object with 'prompt', got {item!r}")
     else:
         raise ValueError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .csv, .json or .yaml")
-    empty = [i + 1 for i, (p, _) in enumerate(out) if not p]
+    empty = [i + 1 for i, it in enumerate(out) if not it.prompt]
     if empty:
         raise ValueError(f"{path} row {empty[0]}: empty prompt")
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
+
+
+def _file_part(case: str) -> str:
+    """A case number as a safe piece of a file name (anything but letters, digits, ``-`` and ``.`` is ``_``)."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in str(case))[:64] or "_"
 
 
 def _grid(images: Sequence[Any], rows: int, cols: int):
@@ -118,7 +147,8 @@ def _grid(images: Sequence[Any], rows: int, cols: int):
 
 
 def render_prompts(loaded, items: Sequence[tuple[str, int]], out: str | Path, edits: Sequence[Any] = (),
-                   config=None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+                   config=None, force: bool = False, progress: bool = True,
+                   cases: Sequence[str | None] | None = None) -> dict[str, Any]:
     """Render (prompt, seed) items with the base model and, given edits, with the edited model.
 
     Writes ``images/NNNN_sSEED.png`` (with edits ``..._before.png`` and ``..._after.png``), ``grid.png``
@@ -134,6 +164,8 @@ def render_prompts(loaded, items: Sequence[tuple[str, int]], out: str | Path, ed
         config: generation settings (default: the model's own).
         force: apply edits even where the recorded base model differs.
         progress: show progress bars.
+        cases: one case number (or None) per item, e.g. an ESD CSV's ``case_number``: kept in the file names
+            (``NNNN_cCASE_sSEED.png``) and in the manifest, so images can be matched to the file's rows.
 
     Returns:
         The manifest written to ``images.json``.
@@ -164,13 +196,21 @@ def render_prompts(loaded, items: Sequence[tuple[str, int]], out: str | Path, ed
             Image.fromarray(img).save(tmp, format="PNG")
         return f"images/{name}"
 
-    for i, (p, s) in enumerate(items):
+    case_of = list(cases) if cases is not None else [None] * len(items)
+    if len(case_of) != len(items):
+        raise ValueError(f"{len(items)} items but {len(case_of)} case numbers")
+    with_cases = any(c is not None for c in case_of)
+    for i, ((p, s), case) in enumerate(zip(items, case_of)):
         row = {"index": i, "prompt": p, "seed": s}
+        stem = f"{i:04d}_s{s}"
+        if with_cases:
+            row["case_number"] = case if case is not None else ""
+            stem = f"{i:04d}_c{_file_part(case)}_s{s}" if case is not None else stem
         if after is None:
-            row["file"] = save_png(before[i], f"{i:04d}_s{s}.png")
+            row["file"] = save_png(before[i], f"{stem}.png")
         else:
-            row["file_before"] = save_png(before[i], f"{i:04d}_s{s}_before.png")
-            row["file_after"] = save_png(after[i], f"{i:04d}_s{s}_after.png")
+            row["file_before"] = save_png(before[i], f"{stem}_before.png")
+            row["file_after"] = save_png(after[i], f"{stem}_after.png")
         rows.append(row)
     grids = []
     for g, start in enumerate(range(0, len(items), GRID_ROWS)):
@@ -194,7 +234,8 @@ def render_prompts(loaded, items: Sequence[tuple[str, int]], out: str | Path, ed
         "grids": grids, "images": rows,
     }
     write_json(out / "images.json", manifest)
-    cols = ["index", "prompt", "seed"] + (["file_before", "file_after"] if files else ["file"])
+    cols = (["index"] + (["case_number"] if with_cases else []) + ["prompt", "seed"]
+            + (["file_before", "file_after"] if files else ["file"]))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()

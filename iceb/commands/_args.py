@@ -290,7 +290,15 @@ def preflight(args: argparse.Namespace) -> None:
 def _check_editor(args: argparse.Namespace) -> None:
     from editors import get_editor
     from editors.hparams import Hparams, parse_overrides
+    from iceb.harness.external import check_options, is_external
 
+    if is_external(args.editor):
+        if args.command != "evaluate":
+            raise UsageError(f"--editor {args.editor}: 'file:' scores an edit made elsewhere with 'iceb evaluate'; "
+                             f"'iceb {args.command}' needs an editor (see 'iceb list editors')")
+        check_options(args.editor, hparams=args.hparams, editor_args=args.editor_args, preset=args.preset,
+                      mode=args.mode, cold_cost=args.cold_cost)
+        return
     cls = get_editor(args.editor)
     hp_cls = getattr(cls, "hparams_class", None)
     if not (isinstance(hp_cls, type) and issubclass(hp_cls, Hparams)) or not hasattr(cls, "load_hparams"):

@@ -23,7 +23,10 @@ def register(sub) -> None:
                                    "command resumes. Multi-GPU: 'accelerate launch --num_processes K -m iceb "
                                    "evaluate ...' (CPU processes: 'torchrun --nproc_per_node K -m iceb evaluate "
                                    "... --device cpu') splits image generation and scoring; rank 0 writes.")
-    p.add_argument("--editor", "-e", default="noop", help="registered name, entry point, or package.module:Class")
+    p.add_argument("--editor", "-e", default="noop",
+                   help="registered name, entry point, package.module:Class, or file:PATH to score an edit made "
+                        "elsewhere (an ICEB edit file, a safetensors file of changed tensors, or an edited "
+                        "diffusers pipeline folder; rows say editor file:<basename>, external true)")
     p.add_argument("--task", "-t", default="smoke", help="task name (see 'iceb list tasks') or a task file")
     p.add_argument("--model", "-m", default=None,
                    help="hub id (CompVis/stable-diffusion-v1-4), local diffusers folder, 'toy' or 'tiny' "

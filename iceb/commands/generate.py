@@ -3,11 +3,13 @@
     iceb generate --model tiny --edit edit.safetensors --prompts prompts.txt --seeds 0,1 --out renders/
     iceb generate --model tiny "A photo of a cat" "A photo of a dog" --out renders/
 
-Every prompt is rendered with every seed (or with the seed its file gives). Writes ``images/NNNN_sSEED.png``
+Every prompt is rendered with the seed its file gives (default 0), or with each of ``--seeds``, which
+overrides the file's seeds (with a one-line warning on stderr). Writes ``images/NNNN_sSEED.png``
 (with edits: ``..._before.png`` and ``..._after.png``), ``grid.png`` (one row per image; with edits the
 columns are before | after), and ``images.json``/``images.csv`` with each prompt, seed and file.
 Prompt files: ``.txt`` (one prompt a line, ``#`` comments), ``.csv`` (a ``prompt`` column, optional ``seed``
-or ``evaluation_seed``; other columns are ignored), ``.json``/``.yaml`` (a list of strings or of
+or ``evaluation_seed``; an ESD/UCE CSV's ``case_number`` is kept in the file names, ``NNNN_cCASE_sSEED.png``,
+and the manifest; other columns are ignored), ``.json``/``.yaml`` (a list of strings or of
 ``{"prompt", "seed"}`` objects, or an object with ``prompts`` or EMCID's ``val_prompts``).
 """
 from __future__ import annotations
@@ -37,27 +39,34 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from iceb.editfile import load_edit
     from iceb.models import default_model_spec, load_model
-    from iceb.rendering import parse_seed, read_prompts, render_prompts
+    from iceb.rendering import PromptItem, parse_seed, read_prompt_items, render_prompts
 
     if args.prompts and args.prompt:
         raise ValueError("give prompts either as arguments or with --prompts FILE, not both")
-    pairs = read_prompts(args.prompts) if args.prompts else [(p, None) for p in args.prompt]
+    pairs = read_prompt_items(args.prompts) if args.prompts else [PromptItem(p, None) for p in args.prompt]
     if not pairs:
         raise ValueError("no prompts: pass them as arguments or with --prompts FILE")
     seeds = [parse_seed(s, "--seeds") for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    given = sum(it.seed is not None for it in pairs)
+    if seeds is not None and given:
+        print(f"iceb: warning: --seeds {','.join(map(str, seeds))} overrides the seeds {args.prompts} gives "
+              f"({given} of {len(pairs)} prompts); every prompt is rendered with each of --seeds", file=sys.stderr)
     items: list[tuple[str, int]] = []
-    for p, s in pairs:
-        if seeds is not None:
-            items.extend((p, x) for x in seeds)
-        else:
-            items.append((p, s if s is not None else 0))
+    cases: list[str | None] = []
+    for it in pairs:
+        for x in (seeds if seeds is not None else [it.seed if it.seed is not None else 0]):
+            items.append((it.prompt, x))
+            cases.append(it.case)
     edits = [load_edit(e) for e in args.edit]  # fail on a bad edit file before the model loads
     loaded = load_model(args.model or default_model_spec(), device=args.device, dtype=args.dtype)
     cfg = loaded.generation.replace(num_inference_steps=args.steps, guidance_scale=args.guidance,
                                     batch_size=args.batch_size, height=args.size, width=args.size)
-    manifest = render_prompts(loaded, items, args.out, edits, cfg, force=args.force, progress=not args.no_progress)
+    manifest = render_prompts(loaded, items, args.out, edits, cfg, force=args.force, progress=not args.no_progress,
+                              cases=cases)
     print(f"[iceb] {len(items)} image(s){' before and after the edit' if edits else ''} in {args.out}/images; "
           f"grid: {Path(args.out) / manifest['grids'][0]['file']}; seeds: {Path(args.out) / 'images.json'}")
     return 0

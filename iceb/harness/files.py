@@ -94,7 +94,7 @@ def save_delta(stem: Path, result, inst, mode, common: Mapping[str, Any]) -> Non
 
     save_edit(stem.with_suffix(".safetensors"), result, **common, requests=inst.requests, mode=str(mode),
               extra={"task": inst.task, "n_edits": inst.n_edits, "task_fingerprint": inst.fingerprint(),
-                     "edit_seconds": result.timings["edit_seconds"], "rounds": mode.rounds})
+                     "edit_seconds": result.timings.get("edit_seconds"), "rounds": mode.rounds})
 
 
 def load_delta(stem: Path):

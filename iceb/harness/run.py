@@ -11,7 +11,8 @@ them in a row:
    unedited model into the shared image cache (``<out>/cache/images``) and scored once per metric into the
    shared record cache (``<out>/cache/records``). Every editor and edit count that uses the same model,
    prompt, seed and generation settings reuses them.
-3. per edit count N: :meth:`Run.edit` (rank 0; saved as ``edits/n<N>.safetensors`` + JSON sidecar), then
+3. per edit count N: :meth:`Run.edit` (rank 0; saved as ``edits/n<N>.safetensors`` + JSON sidecar; with
+   ``--editor file:PATH`` the tensors of an edit made elsewhere, :mod:`iceb.harness.external`), then
    :meth:`Run.render_post_edit` (generate and score with the edit applied; one atomic file of records per
    chunk in ``work/n<N>/``), then :meth:`Run.aggregate` (rank 0 appends the N's rows to ``results.jsonl`` in
    one write that ends with a completion marker, saves a before/after grid, and drops ``work/n<N>``).
@@ -92,7 +93,7 @@ def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list
     out = []
     info = sidecar.get("info") or {}
     costs = [c for c in (info.get("cost"), info.get("cost_warm")) if c]
-    if not costs:
+    if not costs and sidecar.get("edit_seconds") is not None:  # None: an edit made elsewhere, time unknown
         out.append(row("cost:unknown", "edit_seconds", sidecar["edit_seconds"]))
     for cost in costs:
         subset = f"cost:{cost['state']['edit']}"
@@ -154,6 +155,7 @@ class Run:
         self.loaded = model
         self.progress = cfg.progress and self.dist.main
         self.editor = None
+        self.external = None  # an ExternalEdit for --editor file:PATH
         self._lock = None
 
     def say(self, msg: str) -> None:
@@ -165,12 +167,17 @@ class Run:
     def resolve(self) -> "Run":
         """Check the configuration and the editor name (before any model loads), then load what the run uses."""
         from editors import get_editor
+        from iceb.harness import external
         from iceb.models import default_model_spec, load_model
         from iceb.tasks import get_task
 
         cfg = self.cfg.validate()
         self.mode = cfg.edit_mode
-        self.editor_cls = get_editor(cfg.editor)  # unknown names fail before the model loads
+        is_file = external.is_external(cfg.editor)
+        if is_file:  # a missing file or a flag that only an editor takes fails before the model loads
+            external.check_options(cfg.editor, hparams=cfg.hparams, editor_args=cfg.editor_args, preset=cfg.preset,
+                                   mode=cfg.mode, cold_cost=cfg.cold_cost)
+        self.editor_cls = None if is_file else get_editor(cfg.editor)  # unknown names fail before the model loads
         if self.loaded is None:
             if cfg.model is None:
                 cfg.model = default_model_spec()
@@ -178,13 +185,26 @@ class Run:
         else:
             cfg.model = self.loaded.spec
         self.task = get_task(cfg.task, world=self.loaded.world)
-        self.edits = tuple(cfg.edits) if cfg.edits else tuple(self.task.default_edits)
+        if is_file:
+            self.external = external.load_external(cfg.editor, self.loaded)  # names, shapes, base: before images
+            if not self.external.tensors:
+                self.say(f"[iceb] note: {cfg.editor} changes no tensor of {self.loaded.spec}; its rows are the "
+                         f"unedited model's")
+        if cfg.edits:
+            self.edits = tuple(cfg.edits)
+        else:  # an edit file: the request count it records; an editor: the task's sweep
+            self.edits = external.default_edits(self.external) if is_file else tuple(self.task.default_edits)
         if len(set(self.edits)) != len(self.edits):
             raise ValueError(f"--edits lists an edit count twice: {list(self.edits)}")
+        if is_file and len(self.edits) != 1:
+            raise ValueError(f"--editor {cfg.editor} is one edit, so it has one edit count; pass --edits N (got "
+                             f"{list(self.edits)})")
         for n in self.edits:
             self.task.check_n(n)
         cfg.check_rounds(self.edits)
-        self.hp = self.editor_cls.load_hparams(self.loaded.family, cfg.hparams, cfg.editor_args, preset=cfg.preset)
+        self.editor_name = self.external.name if is_file else cfg.editor
+        self.hp = None if is_file else self.editor_cls.load_hparams(self.loaded.family, cfg.hparams, cfg.editor_args,
+                                                                    preset=cfg.preset)
         self.say(model_banner(self.loaded))
         return self
 
@@ -200,8 +220,15 @@ class Run:
                                              batch_size=cfg.batch_size)
         self.metric_names = tuple(cfg.metrics) if cfg.metrics else tuple(self.task.default_metrics)
         self.instances = {n: self.task.build(n).limited(cfg.limit) for n in self.edits}
-        # refuse unservable requests before heavy work
-        make_editor(self.editor_cls, self.hp, progress=False).check_requests(self.instances[max(self.edits)].requests)
+        # refuse unservable requests (or an edit file made for other requests) before heavy work
+        if self.external is not None:
+            from iceb.harness.external import check_requests
+
+            for n in self.edits:
+                check_requests(self.external, self.instances[n].requests, self.task.name, n)
+        else:
+            make_editor(self.editor_cls, self.hp, progress=False).check_requests(
+                self.instances[max(self.edits)].requests)
         self._identify()
         self._open_run_folder()
         # pre-edit keys: the union over edit counts, in first-appearance order (a fixed chunking)
@@ -217,7 +244,7 @@ class Run:
         self.chunk = int(self.manifest["chunk_size"])
         self.gen = self.gen.replace(batch_size=self.chunk)
         self.say(f"[iceb] model {loaded.spec} ({loaded.model_id}, world: {loaded.world}); task {self.task.name}; "
-                 f"editor {cfg.editor}; edits {list(self.edits)}; mode {cfg.mode}; {self.dist.world} process(es); "
+                 f"editor {self.editor_name}; edits {list(self.edits)}; mode {cfg.mode}; {self.dist.world} process(es); "
                  f"run folder {self.run_dir}")
         if self.smoke:
             self.say(f"[iceb] WARNING: {SMOKE_WARNING}")
@@ -235,9 +262,11 @@ class Run:
         self.identity = {**cfg.identity(), "edits": list(self.edits), "metrics": list(self.metric_names),
                          "hparams_resolved": self.hp_dict, "generation": self.gen.key(),
                          "model_fingerprint": self.loaded.fingerprint, "task_fingerprints": self.data_hashes}
+        if self.external is not None:  # the edit's tensors, not where its file lies, define the run
+            self.identity.update(editor=self.editor_name, external=self.external.identity())
         self.smoke = bool(cfg.limit)
         self.run_hash = config_hash(self.identity)
-        self.run_id = (f"{cfg.editor.replace(':', '_').replace('/', '_').replace('.', '_')}-{self.task.name}-"
+        self.run_id = (f"{self.editor_name.replace(':', '_').replace('/', '_').replace('.', '_')}-{self.task.name}-"
                        f"{self.run_hash}{'-smoke' if self.smoke else ''}")
         self.out_root = Path(cfg.out)
         self.run_dir = self.out_root / self.run_id
@@ -292,6 +321,7 @@ class Run:
                      "prompts": {str(n): len(self.instances[n].prompts) for n in edits}},
             "hparams": self.hp_dict, "hparams_hash": config_hash({"hp": self.hp_dict}),
             "editor_supports": sorted(getattr(self.editor_cls, "supports", ())),
+            "editor_source": self.external.describe() if self.external is not None else {"external": False},
             "generation": dataclasses.asdict(self.gen), "processes": self.dist.world,
             "smoke": self.smoke, "smoke_note": SMOKE_WARNING if self.smoke else None})
 
@@ -367,10 +397,12 @@ class Run:
         inst, stem = self.instances[n], self.run_dir / "edits" / f"n{n}"
         with self.dist.collective():
             if self.dist.main and not files.delta_ok(stem, inst):
-                result = self._compute_edit(n)
+                ext = self.external
+                result = self._compute_edit(n) if ext is None else ext.result()
                 _crash_point(f"edit:{n}")
+                hp = self.hp_dict if ext is None else ext.meta.get("hparams")
                 files.save_delta(stem, result, inst, self.mode,
-                                 {"editor": self.cfg.editor, "hparams": self.hp_dict, "model": self.loaded})
+                                 {"editor": self.editor_name, "hparams": hp, "model": self.loaded})
                 _crash_point(f"saved:{n}")
         return files.load_delta(stem)
 
@@ -512,7 +544,9 @@ class Run:
             for m in self.metrics:
                 for i, r in zip(data["indices"], data["records"][m.name]):
                     post_recs[m.name][i] = r
-        base = {"editor": self.cfg.editor, "model": self.loaded.spec, "task": self.task.name,
+        ext = self.external
+        base = {"editor": self.editor_name, "external": ext is not None, "sidecar": ext.sidecar if ext else None,
+                "model": self.loaded.spec, "task": self.task.name,
                 "world": self.loaded.world, "n_edits": n, "mode": str(self.mode), "smoke": self.smoke,
                 "run_id": self.run_id, "run_hash": self.run_hash, "iceb_version": __version__}
         rows = []
@@ -544,7 +578,9 @@ class Run:
             self.say(f"[iceb] note: could not save the N={n} grid: {e}")
         shutil.rmtree(work, ignore_errors=True)
         summary = ", ".join(f"{r['subset']}/{r['metric']}={r['value']:.4g}" for r in rows[:6])
-        self.say(f"[iceb] N={n}: {len(self.instances[n].prompts)} images, edit {sidecar['edit_seconds']:.1f}s, "
+        secs = sidecar.get("edit_seconds")
+        edit = f"edit {secs:.1f}s" if secs is not None else "edit made elsewhere"
+        self.say(f"[iceb] N={n}: {len(self.instances[n].prompts)} images, {edit}, "
                  f"total {time.perf_counter() - t0:.1f}s; {summary}")
 
     # -- 4. finish ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A row is one number: (editor, model, task, N, subset, metric) -> value, with what it rests on (``n``), the
 run it came from (``run_id``, and its ``run_hash`` and ``smoke`` flag as fields of their own, never parsed
-back out of the id) and the ICEB version, and its uncertainty (``stderr``, ``ci_low``, ``ci_high``: requests as
+back out of the id) and the ICEB version, where the edit came from (``external``: made elsewhere and scored
+with ``--editor file:PATH``; ``sidecar``: whether such an edit came with ICEB's metadata), and its uncertainty (``stderr``, ``ci_low``, ``ci_high``: requests as
 clusters; optional, so rows written before them still read). ``results.jsonl``, ``results.csv`` and every leaderboard CSV take
 their columns from here: :data:`ROW_COLUMNS` for run files, :data:`LEADERBOARD_COLUMNS` for leaderboards,
 which add the run's provenance.
@@ -40,6 +41,9 @@ class ResultRow:
     ci_low: float | None = None  # bootstrap 95% percentile interval (1000 resamples of requests, seed 0)
     ci_high: float | None = None
     n_groups: int | None = None  # the clusters (requests, holdout classes) the uncertainty rests on
+    # where the edit came from (None in rows written before these fields existed)
+    external: bool | None = None  # True: an edit made elsewhere (--editor file:PATH); False: the run's editor made it
+    sidecar: bool | None = None  # external edits: whether the file came with ICEB's metadata (None otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,7 +74,8 @@ OPTIONAL_COLUMNS: list[str] = [f.name for f in dataclasses.fields(ResultRow) if 
 REQUIRED_COLUMNS: list[str] = [f for f in ROW_COLUMNS if f not in OPTIONAL_COLUMNS]
 #: the JSON types each field accepts (``bool`` is never an ``int`` or ``float`` here)
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-                                       "float | None": (int, float, type(None)), "int | None": (int, type(None))}
+                                       "float | None": (int, float, type(None)), "int | None": (int, type(None)),
+                                       "bool | None": (bool, type(None))}
 
 
 def check_row(data: Mapping[str, Any]) -> ResultRow:

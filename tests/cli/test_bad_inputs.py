@@ -338,6 +338,13 @@ case("tasks-unknown", ["tasks", "show", "smok"], "Did you mean 'smoke'")
 case("tasks--world", ["tasks", "show", "smoke", "--world", "mars"], "--world")
 case("tasks--data-dir", ["tasks", "show", "ace", "--data-dir", "{d}/nope"], "--data-dir.*no such folder")
 case("tasks-no-action", ["tasks"], "required")
+case("tasks-csv-two-tables", ["tasks", "show", "smoke", "--requests", "--prompts", "--format", "csv"], "one table")
+case("tasks-subset-alone", ["tasks", "show", "smoke", "--subset", "edit"], "--subset needs --prompts")
+case("tasks-world-vs-model", ["tasks", "show", "smoke", "--model", "tiny", "--world", "toy"], "disagrees with --model")
+case("tasks-export-format", ["tasks", "export", "smoke", "--format", "xlsx", "--out", "{d}/t.csv"], "--format")
+case("tasks-export-suffix", ["tasks", "export", "smoke", "--format", "esd-csv", "--out", "{d}/t.txt"], "must end in .csv")
+case("tasks-export-edits", ["tasks", "export", "smoke", "--format", "esd-csv", "--edits", "11", "--out", "{d}/t.csv"],
+     "supports 1 to 10 edits")
 for flag, v in [("--images", "0"), ("--images", "-1"), ("--steps", "0"), ("--device", "tpu9"), ("--classes", "5000"),
                 ("--classes", "-3"), ("--classes", "1,,2"), ("--classes", "a"), ("--classes", "1,1")]:
     case(f"rectify-score{flag}={v}", ["rectify", "score", "--out", "{d}/s.json", flag, v], re.escape(flag))

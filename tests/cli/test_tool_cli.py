@@ -154,6 +154,51 @@ def test_generate_writes_grid_pngs_and_seeds(session_model, tmp_path):
     assert (out2 / "images" / "0000_s0.png").is_file() and Image.open(out2 / "grid.png").size == (128, 128)
 
 
+
+def test_generate_keeps_esd_case_numbers_and_seeds(session_model, tmp_path, capsys):
+    """An ESD CSV exported from a task renders each row with its evaluation_seed, names each image by its
+    case_number, and says nothing on stderr; ``--seeds`` overrides the file's seeds with one warning line."""
+    import csv
+
+    from PIL import Image
+
+    from iceb.generation import generate
+
+    esd = tmp_path / "smoke.csv"
+    assert main(["tasks", "export", "smoke", "--edits", "1", "--format", "esd-csv", "--out", str(esd)]) == 0
+    rows = list(csv.DictReader(esd.open()))
+    rows = rows[1:3] + rows[-1:]  # not starting at case 0, so an index is not mistaken for the case number
+    keep = tmp_path / "three.csv"
+    with keep.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    capsys.readouterr()
+    out = tmp_path / "esd"
+    assert main(["generate", "--model", "tiny", "--prompts", str(keep), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    manifest = json.loads((out / "images.json").read_text())["images"]
+    assert [(m["case_number"], m["prompt"], m["seed"]) for m in manifest] == [
+        (r["case_number"], r["prompt"], int(r["evaluation_seed"])) for r in rows]
+    for m, r in zip(manifest, rows):
+        assert m["file"] == f"images/{m['index']:04d}_c{r['case_number']}_s{r['evaluation_seed']}.png"
+        want = generate(session_model.pipe, [r["prompt"]], [int(r["evaluation_seed"])], session_model.generation,
+                        progress=False)[0]
+        assert np.array_equal(np.asarray(Image.open(out / m["file"]).convert("RGB")), want)
+    assert (out / "images.csv").read_text().splitlines()[0] == "index,case_number,prompt,seed,file"
+    out2 = tmp_path / "override"
+    assert main(["generate", "--model", "tiny", "--prompts", str(keep), "--seeds", "7", "--out", str(out2),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds 7 overrides the seeds" in err[0] and "3 of 3 prompts" in err[0]
+    names = sorted(p.name for p in (out2 / "images").glob("*.png"))
+    assert names == sorted(f"{i:04d}_c{r['case_number']}_s7.png" for i, r in enumerate(rows))
+    capsys.readouterr()
+    assert main(["generate", "--model", "tiny", "A photo of dog", "--seeds", "1", "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""  # no file seeds: nothing overridden, no warning
+
+
 TASK_YAML = """
 name: my edits
 requests:
