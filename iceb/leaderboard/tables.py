@@ -50,13 +50,16 @@ def csv_rows(path: str | Path) -> list[dict]:
     """
     import pandas as pd
 
-    from iceb.leaderboard.schema import ROW_COLUMNS
+    import dataclasses
+
+    from iceb.leaderboard.schema import ResultRow
 
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable leaderboard CSV: {err}") from None
-    required = [c for c in ROW_COLUMNS if c not in ("stderr", "ci_low", "ci_high", "n_groups")]
+    required = [f.name for f in dataclasses.fields(ResultRow)  # the fields every row has (no default)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a leaderboard CSV (no column {', '.join(missing)})")
