@@ -20,6 +20,8 @@ EDITORS: Registry = Registry("editor", entry_point_group="iceb.editors")
 EDITORS.register("noop", "editors.noop:NoopEditor", description="changes nothing; the harness's control")
 EDITORS.register("emcid", "editors.emcid:EMCIDEditor",
                  description="EMCID: dual self-distillation (stage I) + multi-layer closed form on text-encoder fc2 (stage II)")
+EDITORS.register("emcid-ns", "editors.emcid.ns:EMCIDNSEditor",
+                 description="EMCID with stage II in the null space of the preserved keys (AlphaEdit's projection)")
 EDITORS.register("uce", "editors.uce:UCEEditor",
                  description="UCE: closed-form edit of every cross-attention to_k/to_v, all concepts in one solve")
 EDITORS.register("time", "editors.uce:TIMEEditor",

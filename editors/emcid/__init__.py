@@ -221,13 +221,12 @@ class EMCIDEditor(BaseEditor):
             targets = self.compute_targets(pipe, requests)
         with timer("stats"):
             covs, stat_keys = self.layer_stats(pipe)
-            factors = (self.layer_factors(covs, stat_keys)
-                       if len(requests) <= min(c.shape[0] for c in covs.values()) else None)
+            factors, solver = self.stage2_solver(covs, stat_keys, len(requests))
         with timer("stage2"):
             z = torch.stack([t.target for t in targets]).float()
             res = compute_deltas(te, tok, prompts, owners, positions, z, hp.layers, covs, hp.mom2_update_weight,
                                  hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1], progress=self.progress,
-                                 factors=factors)
+                                 factors=factors, solver=solver, diagnostics=self.stage2_diagnostics)
             tensors = {}
             with torch.no_grad():
                 for l, update in res.updates.items():  # W + L Rᵀ, no d×d_k float64 temporary
@@ -237,8 +236,22 @@ class EMCIDEditor(BaseEditor):
             losses[f"stage1/{r.request_id or f'{c}:{r.source}'}"] = t.losses.sum(1).tolist()
         info = {"requests": len(requests), "layers": list(hp.layers), "stage1_cache_hits": self.stage1_cache.hits - hits_before,
                 "delta_norm_ratio": [float(t.delta.norm() / t.v_src.norm()) for t in targets],
-                "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens}
+                "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens,
+                **self.stage2_info(pipe, res, covs)}
         return EditResult(tensors, timer.timings, losses, info)
+
+    # -- stage II's solve: EMCID's; subclasses (emcid-ns) replace it ------------------------------------------
+    stage2_diagnostics = False  # keep each layer's keys and residuals (for stage2_info)
+
+    def stage2_solver(self, covs: dict[int, torch.Tensor], stat_keys: dict[int, str], n: int):
+        """``(factors, solver)`` for :func:`~editors.emcid.stage2.compute_deltas`: EMCID's own solve, with the
+        cached Cholesky factors when N fits under d_k."""
+        fits = n <= min(c.shape[0] for c in covs.values())
+        return (self.layer_factors(covs, stat_keys) if fits else None), None
+
+    def stage2_info(self, pipe, res, covs) -> dict[str, Any]:
+        """Extra per-edit information for the result's info (none for EMCID)."""
+        return {}
 
 
 __all__ = ["EMCIDEditor", "EMCIDHparams", "closed_form_delta"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -194,7 +194,12 @@ class LayerDiagnostics:
     keys: torch.Tensor  # (d_k, N)
     cur: torch.Tensor  # (N, d)
     resid: torch.Tensor  # (d, N), the share written at this layer
-    delta: torch.Tensor  # (d, d_k), float64
+    update: LowRankDelta  # ΔW as its factors
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """ΔW (d × d_k, float64), built when asked."""
+        return self.update.dense().cpu()
 
 
 @dataclass
@@ -245,13 +250,16 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
                    positions: Sequence[int], targets: torch.Tensor, layers: Sequence[int],
                    covs: Mapping[int, torch.Tensor], lam: float, alpha: float, *,
                    residual: Residual = "fc2_output", z_layer: int | None = None, diagnostics: bool = False,
-                   progress: bool = False, factors: Mapping[int, torch.Tensor] | None = None) -> Stage2Output:
+                   progress: bool = False, factors: Mapping[int, torch.Tensor] | None = None,
+                   solver: Solver | None = None) -> Stage2Output:
     """ΔW for every layer in ``layers`` (ascending), writing ``targets[c]`` (the block-``z_layer`` output
     wanted for concept ``c``) for the concepts that own the ``prompts`` at token ``positions``.
 
     The text encoder is not modified; the updates are returned, as rank-N factors, for the caller to add to the
     fc2 weights (:meth:`LowRankDelta.added_to`).
     ``factors`` (layer -> Cholesky factor of C, :func:`cov_factor`) selects the cheaper solve for N <= d_k.
+    ``solver(layer, resid, keys)`` replaces EMCID's solve (EMCID-NS: :mod:`editors.emcid.nullspace`); the walk,
+    keys, residuals and their 1/(n − i) spread stay the same.
     A small edit (:data:`SMALL_WALK_PROMPTS`) on a busy CPU (:func:`cpu_busy`) runs on one thread, which keeps it
     fast there; on an idle one it uses every thread.
     """
@@ -259,7 +267,11 @@ def compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Sequ
     with one_cpu_thread(small and torch.get_num_threads() > 1 and cpu_busy()):
         return _compute_deltas(text_encoder, tokenizer, prompts, owners, positions, targets, layers, covs, lam,
                                alpha, residual=residual, z_layer=z_layer, diagnostics=diagnostics,
-                               progress=progress, factors=factors)
+                               progress=progress, factors=factors, solver=solver)
+
+
+#: a stage-II solve: (layer, R (d×N), K (d_k×N)) -> ΔW
+Solver = Callable[[int, torch.Tensor, torch.Tensor], LowRankDelta]
 
 
 @torch.no_grad()
@@ -267,7 +279,7 @@ def _compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Seq
                     positions: Sequence[int], targets: torch.Tensor, layers: Sequence[int],
                     covs: Mapping[int, torch.Tensor], lam: float, alpha: float, *,
                     residual: Residual, z_layer: int | None, diagnostics: bool, progress: bool,
-                    factors: Mapping[int, torch.Tensor] | None) -> Stage2Output:
+                    factors: Mapping[int, torch.Tensor] | None, solver: Solver | None = None) -> Stage2Output:
     layers = list(layers)
     if layers != sorted(set(layers)) or not layers:
         raise ValueError(f"layers must be a non-empty ascending list without repeats, got {layers}")
@@ -319,11 +331,12 @@ def _compute_deltas(text_encoder, tokenizer, prompts: Sequence[str], owners: Seq
         cur = cur_sum / counts[:, None]  # (N, d)
         resid = ((targets - cur) / (len(layers) - i)).T  # (d, N)
         with timer("solve"):
-            update = closed_form_factors(resid, keys, covs[l], lam, alpha, (factors or {}).get(l))
+            update = (solver(l, resid, keys) if solver is not None
+                      else closed_form_factors(resid, keys, covs[l], lam, alpha, (factors or {}).get(l)))
         out.solve_seconds = timer["solve"]
         out.updates[l] = update
         if diagnostics:
-            out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), update.dense().cpu()))
+            out.diagnostics.append(LayerDiagnostics(l, keys.cpu(), cur.cpu(), resid.cpu(), update))
         for g, act in zip(groups, acts):  # the block's output under W + ΔW (fc2 is linear in W)
             g.hidden = g.hidden + update.apply(act)
         del acts

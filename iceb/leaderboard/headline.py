@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -84,7 +83,7 @@ def fmt_cell(value: float, se: Any, n_groups: Any = None) -> str:
     return f"{v} ± (1 request)" if one else v
 
 
-def _erase_only(d) -> dict[str, bool]:
+def erase_only_labels(d) -> dict[str, bool]:
     if "erase_only" not in d.columns:
         return {}
     return {lab: bool(g["erase_only"].fillna(False).astype(bool).any()) for lab, g in d.groupby("label")}
@@ -105,7 +104,7 @@ def headline_table(d, task: str) -> dict[str, Any] | None:
     if not panels:
         return None
     ns = sorted({int(n) for n in d["n_edits"]})
-    erasers = _erase_only(d)
+    erasers = erase_only_labels(d)
     labels = sorted(d["label"].unique(), key=lambda lab: (_editor(d, lab) in REFERENCE_EDITORS, lab))
     columns, grid = [], {lab: [] for lab in labels}
     for p in panels:
@@ -153,61 +152,5 @@ def headline_markdown(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], smoke: str = "") -> bool:
-    """The six-panel (four for rectification) figure of one (task, model), as the paper draws it.
-
-    Args:
-        d: Leaderboard rows of one task and model.
-        task: Its task (selects the panels).
-        model: Its model (for the title).
-        path: The PNG to write.
-        colors: Legend label -> colour (shared with the other plots).
-        smoke: A note for the title when rows come from smoke runs.
-
-    Returns:
-        Whether a figure was written (False when the task has no headline panels in the rows).
-    """
-    import matplotlib.pyplot as plt
-
-    from iceb.leaderboard.plots import draw_lines, save_png
-
-    panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
-    if not panels:
-        return False
-    erasers = _erase_only(d)
-    cols = 3 if len(panels) > 4 else 2
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows + 0.9), squeeze=False)
-    legend: dict[str, Any] = {}
-    for ax, p in zip(axes.flat, panels):
-        sel = d[(d["subset"] == p.subset) & (d["metric"] == p.metric)]
-        if not p.for_erasers:
-            sel = sel[[not erasers.get(lab, False) for lab in sel["label"]]]
-        draw_lines(ax, sel, colors, bounds=False)
-        b = sel.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
-        if len(b):
-            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45", label=bound_label(p.metric))
-        hib = bool(sel["higher_is_better"].iloc[0]) if len(sel) else True
-        ax.set_title(f"{p.title} {'↑' if hib else '↓'}", fontsize=10)
-        ax.set_ylim(*p.ylim)
-        ax.set_xlabel("number of edited concepts (log)", fontsize=8)
-        for h, name in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(name, h)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("classifier score")
-    names = sorted(legend, key=lambda n: (n in ("best reachable", "floor: all lost"), n))
-    # one legend for all panels, at the top under the title, where a reader looks first
-    height = fig.get_size_inches()[1]
-    legend_rows = 1 + (len(names) - 1) // 8
-    top = 1 - (0.45 + 0.22 * legend_rows) / height
-    fig.suptitle(f"{task} on {model}{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
-    fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
-               ncol=min(8, len(names)), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    save_png(fig, path)
-    return True
-
-
 __all__ = ["ERASER_NA", "FLOOR_BOUNDS", "HEADLINE", "Panel", "bound_label", "headline_markdown",
-           "headline_table", "panels_for", "plot_headline"]
+           "headline_table", "panels_for", "erase_only_labels"]

@@ -10,6 +10,7 @@ title.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from iceb.leaderboard.results import SMOKE_MARK
 
@@ -74,6 +75,62 @@ def label_colors(df) -> dict:
     return {lab: cmap(i % 10) for i, lab in enumerate(sorted(df["label"].unique()))}
 
 
+def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], smoke: str = "") -> bool:
+    """The six-panel (four for rectification) figure of one (task, model), as the paper draws it.
+
+    Args:
+        d: Leaderboard rows of one task and model.
+        task: Its task (selects the panels).
+        model: Its model (for the title).
+        path: The PNG to write.
+        colors: Legend label -> colour (shared with the other plots).
+        smoke: A note for the title when rows come from smoke runs.
+
+    Returns:
+        Whether a figure was written (False when the task has no headline panels in the rows).
+    """
+    import matplotlib.pyplot as plt
+
+    from iceb.leaderboard.headline import bound_label, erase_only_labels, panels_for
+
+    panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
+    if not panels:
+        return False
+    erasers = erase_only_labels(d)
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows + 0.9), squeeze=False)
+    legend: dict[str, Any] = {}
+    for ax, p in zip(axes.flat, panels):
+        sel = d[(d["subset"] == p.subset) & (d["metric"] == p.metric)]
+        if not p.for_erasers:
+            sel = sel[[not erasers.get(lab, False) for lab in sel["label"]]]
+        draw_lines(ax, sel, colors, bounds=False)
+        b = sel.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
+        if len(b):
+            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45", label=bound_label(p.metric))
+        hib = bool(sel["higher_is_better"].iloc[0]) if len(sel) else True
+        ax.set_title(f"{p.title} {'↑' if hib else '↓'}", fontsize=10)
+        ax.set_ylim(*p.ylim)
+        ax.set_xlabel("number of edited concepts (log)", fontsize=8)
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, h)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("classifier score")
+    names = sorted(legend, key=lambda n: (n in ("best reachable", "floor: all lost"), n))
+    # one legend for all panels, at the top under the title, where a reader looks first
+    height = fig.get_size_inches()[1]
+    legend_rows = 1 + (len(names) - 1) // 8
+    top = 1 - (0.45 + 0.22 * legend_rows) / height
+    fig.suptitle(f"{task} on {model}{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
+    fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
+               ncol=min(8, len(names)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    save_png(fig, path)
+    return True
+
+
 def plot_all(df, out_dir: str | Path) -> list[Path]:
     """Per (task, model) the headline figure (``<task>__<model>__headline.png``) and one PNG per (subset, metric).
 
@@ -86,7 +143,6 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
     """
     import matplotlib.pyplot as plt
 
-    from iceb.leaderboard.headline import plot_headline
     from iceb.utils.paths import inside, safe_filename
 
     out_dir = Path(out_dir)

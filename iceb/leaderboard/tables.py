@@ -48,9 +48,9 @@ def csv_rows(path: str | Path) -> list[dict]:
     Raises:
         ValueError: The file lacks a column every leaderboard row has.
     """
-    import pandas as pd
-
     import dataclasses
+
+    import pandas as pd
 
     from iceb.leaderboard.schema import ResultRow
 
