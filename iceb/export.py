@@ -170,6 +170,17 @@ def model_card(meta: Mapping[str, Any], *, fmt: str, report: Mapping[str, Any] |
     return "\n".join(lines) + "\n"
 
 
+def _check_fits(model: Any, files: Sequence[Any], force: bool) -> None:
+    """Every edit fits the clean base model (as :func:`~iceb.editfile.apply_edit` checks), before anything is written."""
+    from iceb.editfile import EditFileError, check_base
+
+    for e in files:
+        hard, soft = check_base(model.pipe, e, model_id=model.model_id)
+        if hard or (soft and not force):
+            raise EditFileError(f"edit {e.path} does not fit {model.spec}: " + "; ".join(hard + soft)
+                                + ("" if hard else "; pass --force to export it anyway"))
+
+
 def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str = "lora",
                 max_rank: int | None = None, force: bool = False) -> dict[str, Any]:
     """Write edit files (applied in order) as a LoRA folder or a full diffusers folder, with a model card.
@@ -192,7 +203,7 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
     """
     from diffusers import StableDiffusionPipeline
 
-    from iceb.editfile import EditFileError, _as_editfile, check_base, merge_edits, save_applied
+    from iceb.editfile import _as_editfile, merge_edits, save_applied
     from iceb.utils.io import write_json, write_text
 
     if fmt not in FORMATS:
@@ -214,11 +225,7 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
         from iceb.editfile import apply_edit, restore_edit
         from iceb.single_file import save_single_file
 
-        for e in files:
-            hard, soft = check_base(model.pipe, e, model_id=model.model_id)
-            if hard or (soft and not force):
-                raise EditFileError(f"edit {e.path} does not fit {model.spec}: " + "; ".join(hard + soft)
-                                    + ("" if hard else "; pass --force to export it anyway"))
+        _check_fits(model, files, force)
         out.mkdir(parents=True, exist_ok=True)
         name = "model.safetensors"
         originals = apply_edit(model.pipe, merged, force=True)
@@ -228,11 +235,7 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
             restore_edit(model.pipe, originals)
         write_text(out / "README.md", model_card(merged.meta, fmt=fmt))
         return {"format": fmt, "out": str(out), "files": [name, "README.md"]}
-    for e in files:
-        hard, soft = check_base(model.pipe, e, model_id=model.model_id)
-        if hard or (soft and not force):
-            raise EditFileError(f"edit {e.path} does not fit {model.spec}: " + "; ".join(hard + soft)
-                                + ("" if hard else "; pass --force to export it anyway"))
+    _check_fits(model, files, force)
     layers, report = lora_state_dicts(model.pipe, merged.tensors, max_rank=max_rank)
     out.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers.get("unet"),
