@@ -42,6 +42,7 @@ from pathlib import Path
 
 OFFICIAL_S = {1: 8.11, 10: 13.01, 100: 103.2, 300: 280.8}
 OFFICIAL_RSS_GB = {1: 2.22, 10: 2.24, 100: 2.27, 300: 2.80}
+NS_FRAC, NS_BETA = 0.7, 10.0  # EMCID-NS's shipped first guess (editors/hparams/emcid-ns)
 LAYERS = list(range(11))
 
 
@@ -105,6 +106,27 @@ def factors_for(covs, cache: Path) -> tuple[dict, float | None]:
     took = time.perf_counter() - t0
     save_file({str(l): c for l, c in f.items()}, str(path))
     return {l: c.double() for l, c in f.items()}, took
+
+
+def nullspace_bases(covs, cache: Path, frac: float = NS_FRAC) -> tuple[dict, float | None]:
+    """EMCID-NS's null-space bases (the smallest ``frac`` of C's eigen-directions), from eigendecompositions cached
+    like the editor caches them (float32 eigenvectors); seconds if computed now."""
+    from safetensors.torch import load_file, save_file
+
+    from editors.emcid.nullspace import eig_of, null_basis
+
+    path = cache / "synthetic_eigh_3072.safetensors"
+    took = None
+    if path.is_file():
+        d = load_file(str(path))
+        eig = {l: (d[f"{l}.evals"], d[f"{l}.evecs"]) for l in LAYERS}
+    else:
+        t0 = time.perf_counter()
+        eig = {l: eig_of(c) for l, c in covs.items()}
+        took = time.perf_counter() - t0
+        save_file({k: v for l, (e, u) in eig.items() for k, v in ((f"{l}.evals", e), (f"{l}.evecs", u.float()))},
+                  str(path))
+    return {l: null_basis(e.double(), u.float().double(), frac=frac).basis for l, (e, u) in eig.items()}, took
 
 
 def names_and_requests(n: int) -> tuple[list[str], list[tuple[str, str, int]]]:
@@ -215,6 +237,7 @@ def official_single(n: int, threads: int, cache: Path, root: Path, save: Path | 
 def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str, save: Path | None = None) -> dict:
     import torch
 
+    from editors.emcid.nullspace import null_space_factors
     from editors.emcid.stage2 import compute_deltas
     from editors.hooks import subject_last_positions, text_layers
     from editors.requests import EditRequest
@@ -225,6 +248,10 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str, sa
     te = sd14_te()
     covs = synthetic_covs(cache)
     factors, factor_s = factors_for(covs, cache) if solver == "factored" else (None, None)
+    solve_fn = None
+    if solver == "nullspace":
+        bases, factor_s = nullspace_bases(covs, cache)
+        solve_fn = lambda l, resid, keys: null_space_factors(resid, keys, bases[l], NS_BETA)  # noqa: E731
     reqs = [EditRequest(src, dst, seed=seed) for src, dst, seed in names_and_requests(n)[1]]
     z = targets(n)
     rss_before = rss_gb()
@@ -234,7 +261,8 @@ def single(n: int, threads: int, cache: Path, ref_forward: bool, solver: str, sa
         prompts += r.source_prompts()
         owners += [c] * len(r.templates)
         positions += subject_last_positions(tok, r.templates, r.source)
-    out = compute_deltas(te, tok, prompts, owners, positions, z, LAYERS, covs, 4000.0, 0.6, factors=factors)
+    out = compute_deltas(te, tok, prompts, owners, positions, z, LAYERS, covs, 4000.0, 0.6, factors=factors,
+                         solver=solve_fn)
     wall = time.perf_counter() - t0
     saved = ({str(l): out.updates[l].dense().contiguous() for l in LAYERS}
              if save is not None else None)  # not timed
@@ -305,9 +333,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ref-forward", action="store_true", help="skip the one-forward reference timing")
     ap.add_argument("--cache", default=os.environ.get("ICEB_BENCH_CACHE", "/tmp/iceb_bench_emcid"))
-    ap.add_argument("--solver", choices=["factored", "direct"], default="factored",
+    ap.add_argument("--solver", choices=["factored", "direct", "nullspace"], default="factored",
                     help="factored: C's Cholesky factor precomputed once per model (as the editor caches it) and "
-                         "the push-through solve; direct: factor λ'C + KKᵀ per layer, as the official code")
+                         "the push-through solve; direct: factor λ'C + KKᵀ per layer, as the official code; "
+                         "nullspace: EMCID-NS's solve (the smallest 70%% of C's directions, beta 10)")
+    ap.add_argument("--against-nullspace", action="store_true",
+                    help="per N, EMCID's factored stage II and EMCID-NS's, each in its own process, alternating "
+                         "order (target: EMCID-NS within 1.5x of plain at every N)")
     ap.add_argument("--official-root", type=Path, default=None,
                     help="a checkout of SilentView/EMCID at 10a392a: run its stage II side by side")
     ap.add_argument("--official-ns", default="1,10,100,300", help="the N at which the official code also runs")
@@ -336,6 +368,17 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     results = []
     for i, n in enumerate(int(x) for x in args.ns.split(",") if x.strip()):
+        if args.against_nullspace:
+            order = ["factored", "nullspace"] if i % 2 == 0 else ["nullspace", "factored"]
+            recs = {sv: _child(argparse.Namespace(**{**vars(args), "solver": sv}), n, "iceb", None) for sv in order}
+            rec = {"n": n, "order": order, "plain": recs["factored"], "emcid_ns": recs["nullspace"]}
+            if "error" not in recs["factored"] and "error" not in recs["nullspace"]:
+                rec["ratio"] = round(recs["nullspace"]["stage2_s"] / recs["factored"]["stage2_s"], 3)
+                rec["target"] = 1.5
+                rec["met"] = rec["ratio"] <= 1.5
+            results.append(rec)
+            print(json.dumps(rec), file=sys.stderr, flush=True)
+            continue
         if args.loaded:
             idle = _child(args, n, "iceb", None)
             busy = loaded_child(args, n, args.loaded)

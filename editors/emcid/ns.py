@@ -53,6 +53,7 @@ class EMCIDNSEditor(EMCIDEditor):
         eig_dir = self.cache_dir / "emcid" / "eigh" if self.cache_dir is not None else None
         self.eig_cache = ContentCache(eig_dir, "emcid-eigh")
         self._bases: dict[int, NullBasis] = {}
+        self._eigs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # in memory too: read once per model
 
     def layer_bases(self, covs: dict[int, torch.Tensor], stat_keys: dict[int, str]) -> dict[int, NullBasis]:
         """Each layer's null-space basis, from C's eigendecomposition (cached per model: any τ or rank reuses it)."""
@@ -60,13 +61,16 @@ class EMCIDNSEditor(EMCIDEditor):
         out = {}
         for l, cov in covs.items():
             key = stable_hash("eigh", stat_keys[l])
-            hit = self.eig_cache.get(key)
-            if hit is not None:
-                evals, evecs = hit["evals"].double(), hit["evecs"].double()
-            else:
-                evals, evecs = eig_of(cov)
-                self.eig_cache.put(key, {"evals": evals, "evecs": evecs.float()}, {"stats_key": stat_keys[l]})
-                evecs = evecs.float().double()  # what a later cache hit reads: the same basis either way
+            if key not in self._eigs:
+                hit = self.eig_cache.get(key)
+                if hit is not None:
+                    evals, evecs = hit["evals"].double(), hit["evecs"].double()
+                else:
+                    evals, evecs = eig_of(cov)
+                    self.eig_cache.put(key, {"evals": evals, "evecs": evecs.float()}, {"stats_key": stat_keys[l]})
+                    evecs = evecs.float().double()  # what a later cache hit reads: the same basis either way
+                self._eigs[key] = (evals, evecs)
+            evals, evecs = self._eigs[key]
             out[l] = null_basis(evals, evecs, threshold=hp.nullspace_threshold, dim=hp.nullspace_dim,
                                 frac=hp.nullspace_frac)
         return out
