@@ -124,8 +124,8 @@ def nullspace_bases(covs, cache: Path, frac: float = NS_FRAC) -> tuple[dict, flo
         t0 = time.perf_counter()
         eig = {l: eig_of(c) for l, c in covs.items()}
         took = time.perf_counter() - t0
-        save_file({k: v for l, (e, u) in eig.items() for k, v in ((f"{l}.evals", e), (f"{l}.evecs", u.float()))},
-                  str(path))
+        save_file({k: v.contiguous() for l, (e, u) in eig.items()
+                   for k, v in ((f"{l}.evals", e), (f"{l}.evecs", u.float()))}, str(path))
     return {l: null_basis(e.double(), u.float().double(), frac=frac).basis for l, (e, u) in eig.items()}, took
 
 
