@@ -102,11 +102,26 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def shareable_id(value: Any) -> Any:
+    """A model id or spec as it may be shared: a local folder's absolute path becomes its folder name (the
+    fingerprint, recorded beside it, is what identifies the weights); hub ids and names pass unchanged."""
+    if isinstance(value, str):
+        head, at, tail = value.partition("@")  # a fingerprint is "<spec>@<hash>"
+        if Path(head).is_absolute():
+            return Path(head).name + at + tail
+    return value
+
+
+def _same_model(recorded: Any, model_id: Any) -> bool:
+    return str(recorded) == str(model_id) or str(shareable_id(str(recorded))) == str(shareable_id(str(model_id)))
+
+
 def _model_meta(model: Any) -> dict[str, Any]:
-    """Base-model identity from a LoadedModel (or a bare pipeline: then only what it says of itself)."""
+    """Base-model identity from a LoadedModel (or a bare pipeline: then only what it says of itself); no local
+    absolute paths (:func:`shareable_id`): sidecars are meant to be shared."""
     if hasattr(model, "pipe"):
-        return {"spec": model.spec, "id": model.model_id, "revision": model.revision,
-                "fingerprint": model.fingerprint, "family": model.family, "world": model.world}
+        return {"spec": shareable_id(model.spec), "id": shareable_id(model.model_id), "revision": model.revision,
+                "fingerprint": shareable_id(model.fingerprint), "family": model.family, "world": model.world}
     name = getattr(getattr(model, "config", None), "_name_or_path", None) if model is not None else None
     return {"spec": None, "id": name, "revision": None, "fingerprint": None, "family": None, "world": None}
 
@@ -296,7 +311,7 @@ def check_base(pipe: Any, edit: EditFile, *, model_id: str | None = None) -> tup
     hard: list[str] = []
     problems: list[str] = []
     base = edit.meta.get("base_model") or {}
-    if model_id is not None and base.get("id") and str(base["id"]) != str(model_id):
+    if model_id is not None and base.get("id") and not _same_model(base["id"], model_id):
         problems.append(f"it was made on model {base['id']!r}, not {model_id!r}")
     recorded = edit.meta.get("tensors") or {}
     for name, value in edit.tensors.items():

@@ -119,3 +119,17 @@ def test_a_folder_the_running_transformers_cannot_read_is_refused(tmp_path, monk
     else:  # transformers 4 on a folder transformers 5 wrote: an error naming the fix, not random weights
         with pytest.raises(WeightLayoutError, match="write_checkpoint_layout"):
             check_text_encoder_readable(pipe, v5_files)
+
+
+def test_sidecars_hold_no_local_paths_and_still_check_the_base(tiny_model, tmp_path):
+    import dataclasses
+
+    local = dataclasses.replace(tiny_model, spec="/home/me/models/sd14-local", model_id="/home/me/models/sd14-local")
+    live = fc2_name(tiny_model.pipe.text_encoder, 1)
+    path = save_edit(tmp_path / "e.safetensors", {live: get_tensor(tiny_model.pipe, live).detach() + 0.01},
+                     editor="manual", model=local)
+    text = sidecar_path(path).read_text()
+    assert "/home/me" not in text and json.loads(text)["base_model"]["id"] == "sd14-local"
+    restore_edit(local, apply_edit(local, path))  # the same folder still fits without --force
+    with pytest.raises(Exception, match="made on model"):
+        apply_edit(dataclasses.replace(tiny_model, model_id="other/model"), path)
