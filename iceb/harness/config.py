@@ -42,6 +42,10 @@ class EvalConfig:
         cold_cost: Measure each edit with the editor's caches empty (its cold cost), then repeat it warm; both
             go to the cost rows. Off: one edit on the shared caches, its rows labelled with the state it ran
             in. Not part of the run id.
+        editor_cache: Where the editor keeps its statistics and stage-I results: True (default) the shared
+            root of every entry point (``$ICEB_CACHE/editors``, see :func:`iceb.utils.paths.editor_cache_dir`),
+            so ``iceb edit``, ``iceb evaluate`` and the Python API compute them once per model; a folder; or
+            False for none (``--no-editor-cache``). Not part of the run id.
     """
 
     editor: str = "noop"
@@ -66,10 +70,12 @@ class EvalConfig:
     overwrite: bool = False
     log_samples: bool = True  # on: it costs well under 10% of a run (see docs/python_api.md)
     cold_cost: bool = False  # edit once with empty editor caches, then again warm (both in the cost rows)
+    editor_cache: str | bool = True  # True: the shared root (iceb.utils.paths.editor_cache_dir); False: none
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost"):
+        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost",
+                  "editor_cache"):
             d.pop(k)
         return d
 

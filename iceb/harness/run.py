@@ -392,7 +392,10 @@ class Run:
 
         if not self.cfg.cold_cost:
             if self.editor is None:
-                self.editor = make_editor(self.editor_cls, self.hp, cache_dir=self.out_root / "cache" / "editors",
+                from iceb.utils.paths import resolve_editor_cache
+
+                self.editor = make_editor(self.editor_cls, self.hp,
+                                          cache_dir=resolve_editor_cache(self.cfg.editor_cache),
                                           progress=self.progress)
             return edit_with(self.editor)
         cold_dir = self.run_dir / "work" / f"n{n}" / "cold-editor-cache"

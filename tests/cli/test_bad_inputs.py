@@ -378,6 +378,12 @@ case("generate--guidance=nan", ["generate", "--model", "tiny", "a cat", "--guida
 case("generate--batch-size=0", ["generate", "--model", "tiny", "a cat", "--batch-size", "0", "--out", "{d}/o"],
      "--batch-size")
 
+# -- iceb cache ------------------------------------------------------------------------------------------------
+case("cache-no-subcommand", ["cache"], "cache_command|required")
+case("cache-clear-needs-yes", ["cache", "clear"], "pass --yes to confirm")
+case("cache-clear-unknown-kind", ["cache", "clear", "--kind", "nope", "--yes"], "--kind 'nope': no such cache kind")
+case("cache-clear-kind-escapes", ["cache", "clear", "--kind", "../x", "--yes"], "no such cache kind")
+
 
 # --------------------------------------------------------------------------------------------------------
 # running one case
