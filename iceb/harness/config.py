@@ -34,7 +34,8 @@ class EvalConfig:
         out: The folder under which run folders are made.
         device: ``"auto"`` or a torch device; in a process group, ``"auto"`` and ``"cuda"`` take each rank's GPU.
         dtype: The model's dtype (see :func:`iceb.models.load_model`).
-        progress: Show progress bars.
+        progress: Show progress bars; False hides the libraries' bars too (diffusers, transformers,
+            huggingface_hub: :func:`iceb.utils.progress.silence_progress_bars`), for the rest of the process.
         overwrite: Clear an existing run folder instead of resuming it.
         log_samples: Write one row per scored post-edit image to ``<run>/samples/n<N>/`` and keep every
             post-edit PNG (on by default; ``--no-log-samples`` turns it off; read them with :func:`iceb.read_samples`).

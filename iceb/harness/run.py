@@ -153,6 +153,10 @@ class Run:
             cfg.device = self.dist.device(cfg.device)
         self.loaded = model
         self.progress = cfg.progress and self.dist.main
+        if not self.progress:  # progress=False (or a rank other than 0): the libraries' bars go too
+            from iceb.utils.progress import silence_progress_bars
+
+            silence_progress_bars()
         self.editor = None
         self._lock = None
 
