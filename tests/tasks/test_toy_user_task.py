@@ -49,8 +49,8 @@ def test_preflight_reads_the_task_file_against_the_default_toy_model(tmp_path, m
 
     monkeypatch.setattr(models, "default_model_spec", lambda: "toy")
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    ns = dict(command="evaluate", editor="noop", model=None, preset=None, hparams=None, editor_args=None,
-              mode="batch", rounds=1, metrics=None, edits=None)
+    ns = {"command": "evaluate", "editor": "noop", "model": None, "preset": None, "hparams": None,
+          "editor_args": None, "mode": "batch", "rounds": 1, "metrics": None, "edits": None}
     preflight(argparse.Namespace(**ns, task=str(_task(tmp_path, A.name))))
     with pytest.raises(TaskError, match="unknown class name"):
         preflight(argparse.Namespace(**ns, task=str(_task(tmp_path, "no-such-toy"))))
