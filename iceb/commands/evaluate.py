@@ -22,7 +22,8 @@ def register(sub) -> None:
                                    "and append tidy rows to <out>/<run_id>/results.jsonl. Re-running the same "
                                    "command resumes. Multi-GPU: 'accelerate launch --num_processes K -m iceb "
                                    "evaluate ...' (CPU processes: 'torchrun --nproc_per_node K -m iceb evaluate "
-                                   "... --device cpu') splits image generation and scoring; rank 0 writes.")
+                                   "... --device cpu', or 'accelerate launch --multi_gpu --num_processes K -m iceb "
+                                   "evaluate ... --device cpu') splits image generation and scoring; rank 0 writes.")
     p.add_argument("--editor", "-e", default="noop", help="registered name, entry point, or package.module:Class")
     p.add_argument("--task", "-t", default="smoke", help="task name (see 'iceb list tasks') or a task file")
     p.add_argument("--model", "-m", default=None,

@@ -92,7 +92,8 @@ class EvalConfig:
 
         Checked: ``--mode``, ``--rounds`` (≥ 1, only with ``--mode sequential``, at most the smallest edit
         count), ``--limit`` ≥ 1, ``--steps`` ≥ 1, ``--guidance`` finite and > 0, ``--batch-size`` ≥ 1,
-        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check.
+        ``--edits`` positive and distinct, ``--device`` present on this machine (``cuda`` without CUDA fails
+        here, not after the model has loaded). Whether an edit count fits the task is the task's check.
 
         Returns:
             ``self``, so that ``cfg = EvalConfig(...).validate()`` reads naturally.
@@ -124,6 +125,13 @@ class EvalConfig:
                 raise ValueError(f"--edits lists an edit count twice: {edits}")
             self.check_rounds(edits)
         self.edit_mode  # noqa: B018 - the value object agrees
+        if self.device not in (None, "auto"):
+            from iceb.models import check_device
+
+            try:
+                check_device(self.device)
+            except ValueError as err:
+                raise ValueError(f"--device: {err}") from None
         return self
 
     def check_rounds(self, edits) -> None:

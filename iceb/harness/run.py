@@ -116,6 +116,24 @@ def model_banner(loaded) -> str:
             f"pass --model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and --device cuda")
 
 
+def check_task_file(task: str, model_spec: str) -> None:
+    """Read a task *file* against the world ``model_spec`` speaks, when that is known without loading it, so
+    its errors (an unknown class name, a bad row) come before the model loads; registered tasks are built
+    after loading, as before.
+
+    Raises:
+        TaskError: The file is not a valid task for that world.
+    """
+    from iceb.models import model_world
+    from iceb.tasks import TASKS, get_task
+
+    if task in TASKS or Path(task).suffix.lower() not in (".json", ".jsonl", ".csv", ".yaml", ".yml"):
+        return
+    world = model_world(model_spec)
+    if world is not None:
+        get_task(task, world=world)
+
+
 def evaluate(cfg: EvalConfig, model=None) -> Path:
     """Run (or resume) an evaluation; returns the run folder.
 
@@ -178,6 +196,7 @@ class Run:
         if self.loaded is None:
             if cfg.model is None:
                 cfg.model = default_model_spec()
+            check_task_file(cfg.task, cfg.model)  # a bad task file fails before the model loads
             self.loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         else:
             cfg.model = self.loaded.spec

@@ -379,6 +379,9 @@ case("generate--batch-size=0", ["generate", "--model", "tiny", "a cat", "--batch
      "--batch-size")
 
 # -- iceb cache ------------------------------------------------------------------------------------------------
+for v in ["tpu9", "cuda:99"]:
+    case(f"apply--device={v}", ["apply", "{d}/e.safetensors", "--out", "{d}/o", "--device", v], "--device",
+         {"e.safetensors": _safetensors()})
 case("cache-no-subcommand", ["cache"], "cache_command|required")
 case("cache-clear-needs-yes", ["cache", "clear"], "pass --yes to confirm")
 case("cache-clear-unknown-kind", ["cache", "clear", "--kind", "nope", "--yes"], "--kind 'nope': no such cache kind")
