@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from iceb.commands._args import preflight
 
+        if getattr(args, "no_progress", False):
+            from iceb.utils.progress import silence_progress_bars
+
+            silence_progress_bars()  # the libraries' bars too, not only ICEB's
         preflight(args)  # checks across flags, before anything heavy
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -546,7 +546,7 @@ def _shared(files: Sequence[EditFile]) -> set[str]:
 def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparams: Any = None,
                hparams_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                preset: str | None = None, mode: Any = "batch", rounds: int = 1, progress: bool = True,
-               cache_dir: str | Path | None = None):
+               cache_dir: str | Path | bool | None = True):
     """Run an editor (a registered name or an instance) on a LoadedModel; returns ``(EditResult, hparams)``.
 
     ``mode`` is an :class:`editors.run.EditMode`, or ``"batch"`` / ``"sequential"`` with ``rounds``. The
@@ -564,7 +564,10 @@ def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparam
         mode: An :class:`editors.run.EditMode`, or its kind ``"batch"`` / ``"sequential"``.
         rounds: The number of rounds for ``mode="sequential"``.
         progress: Show the editor's progress bars.
-        cache_dir: Where the editor caches its statistics; default: the editor's own.
+        cache_dir: Where the editor caches its statistics: True (default) the shared root of the CLI and the
+            harness (:func:`iceb.utils.paths.editor_cache_dir`, ``$ICEB_CACHE``), so statistics computed by
+            ``iceb edit`` or ``iceb evaluate`` are reused here; False or None: no cache; a path: that folder.
+            Ignored when ``editor`` is an instance (it keeps its own).
 
     Returns:
         ``(result, hparams)``: the :class:`~editors.base.EditResult` (with ``timings["edit_seconds"]``) and
@@ -584,7 +587,9 @@ def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparam
         cls = get_editor(editor)
         if hparams is None:
             hparams = cls.load_hparams(getattr(model, "family", "sd-1.4"), hparams_file, overrides, preset=preset)
-        instance = make_editor(cls, hparams, cache_dir=cache_dir, progress=progress)
+        from iceb.utils.paths import resolve_editor_cache
+
+        instance = make_editor(cls, hparams, cache_dir=resolve_editor_cache(cache_dir), progress=progress)
     else:
         instance = editor
         hparams = hparams if hparams is not None else editor.hparams

@@ -44,3 +44,10 @@ def tiny_pipe(tiny_model):
     yield pipe
     for k, v in pipe.text_encoder.state_dict().items():
         assert torch.equal(v, before[k]), f"a test left the tiny text encoder changed at {k}"
+
+
+@pytest.fixture(autouse=True)
+def _own_iceb_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty shared cache root (``$ICEB_CACHE``, inherited by its subprocesses): editors now
+    cache statistics there by default, and one test's entries must not turn another's cold edit warm."""
+    monkeypatch.setenv("ICEB_CACHE", str(tmp_path_factory.mktemp("iceb-cache")))

@@ -142,16 +142,23 @@ class EMCIDEditor(BaseEditor):
         if not todo:
             return out  # type: ignore[return-value]
         per_batch = hp.concepts_per_batch or auto_batch_size(pipe, len(todo))
-        bar = tqdm(total=len(todo), desc="EMCID stage I", unit="concept", disable=not self.progress, leave=False)
+        # one bar of optimisation steps over every batch (a batch of 32 concepts takes minutes: a bar of
+        # concepts would sit at 0/32 all that time); the postfix counts the concepts finished
+        batches = -(-len(todo) // per_batch)
+        bar = tqdm(total=batches * s.steps, desc=f"EMCID stage I ({len(todo)} concepts)", unit="step",
+                   disable=not self.progress, leave=False)
+        bar.set_postfix_str(f"0/{len(todo)} concepts")
+        done = 0
         for start in range(0, len(todo), per_batch):
             idx = todo[start:start + per_batch]
-            results = optimise_batch(pipe, [requests[i] for i in idx], s, progress=self.progress)
+            results = optimise_batch(pipe, [requests[i] for i in idx], s, on_step=lambda: bar.update(1))
             for i, res in zip(idx, results):
                 out[i] = res
                 self.stage1_cache.put(keys[i], {"delta": res.delta, "v_src": res.v_src, "losses": res.losses},
                                       {"source": requests[i].source, "destination": requests[i].destination,
                                        "model": fp})
-            bar.update(len(idx))
+            done += len(idx)
+            bar.set_postfix_str(f"{done}/{len(todo)} concepts")
         bar.close()
         return out  # type: ignore[return-value]
 

@@ -20,7 +20,7 @@ floating-point reordering.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -234,8 +234,20 @@ class StageBatch:
 
 
 def optimise_batch(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
-                   progress: bool = False) -> list[ConceptTarget]:
-    """Optimise the δ of every request in one batch (independent concepts; see the module docstring)."""
+                   progress: bool = False, on_step: Callable[[], None] | None = None) -> list[ConceptTarget]:
+    """Optimise the δ of every request in one batch (independent concepts; see the module docstring).
+
+    Args:
+        pipe: The pipeline whose text encoder and UNet are read (left unchanged).
+        requests: The batch's requests.
+        s: The stage-I settings.
+        progress: Show this batch's own bar of optimisation steps (when no ``on_step`` is given).
+        on_step: Called after every optimisation step, so a caller's bar moves by steps rather than sitting
+            at "0 concepts" for the minutes a batch takes.
+
+    Returns:
+        One :class:`ConceptTarget` per request, in order.
+    """
     te, unet = pipe.text_encoder, pipe.unet
     with frozen(te, unet, pipe.vae):
         b = StageBatch(pipe, requests, s)
@@ -243,7 +255,8 @@ def optimise_batch(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
         opt = torch.optim.Adam([delta], lr=s.lr)
         max_norm = s.clamp_norm_factor * b.v_src.norm(dim=1)
         history = torch.zeros(s.steps, b.n, 3)
-        for step in tqdm(range(s.steps), desc=f"EMCID stage I ({b.n} concepts)", disable=not progress, leave=False):
+        for step in tqdm(range(s.steps), desc=f"EMCID stage I ({b.n} concepts)", unit="step",
+                         disable=not progress or on_step is not None, leave=False):
             noise_l, text_l, decay_l = b.losses(te, unet, delta, *b.draw(), s)
             loss = noise_l + s.text_align_weight * text_l + decay_l
             opt.zero_grad(set_to_none=True)
@@ -254,6 +267,8 @@ def optimise_batch(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
                 scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-30), torch.ones_like(norms))
                 delta.mul_(scale[:, None])
             history[step] = torch.stack([noise_l, text_l, decay_l], 1).detach().cpu()
+            if on_step is not None:
+                on_step()
     return [ConceptTarget(delta[c].detach().cpu(), b.v_src[c].cpu(), history[:, c].clone()) for c in range(b.n)]
 
 

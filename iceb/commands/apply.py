@@ -8,12 +8,14 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from iceb.commands import _args as A
+
     p = sub.add_parser("apply", help="write a full edited diffusers model folder from edit files")
     p.add_argument("edits", nargs="+", help="edit files (.safetensors), applied in this order")
     p.add_argument("--model", "-m", default=None, help="the base model the edits were made on")
     p.add_argument("--out", "-o", required=True, help="folder for the edited pipeline (save_pretrained)")
     p.add_argument("--force", action="store_true", help="apply even where the recorded base model differs")
-    p.add_argument("--device", default="cpu", help="device used while applying (default cpu)")
+    p.add_argument("--device", default="cpu", type=A.device, help="device used while applying (default cpu)")
     p.set_defaults(func=run)
 
 

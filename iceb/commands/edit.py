@@ -35,6 +35,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", type=A.device, help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--dtype", default=None, type=A.dtype, help="model dtype while editing (default float32)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-editor-cache", action="store_true",
+                   help="compute the editor's statistics (second moments, EMCID stage I, ...) afresh and keep "
+                        "nothing; by default they live in the shared cache ('iceb cache ls') and are reused by "
+                        "iceb edit, iceb evaluate and the Python API")
     p.set_defaults(func=run)
 
 
@@ -47,7 +51,6 @@ def run(args) -> int:
     from iceb.data.request_files import read_request_file
     from iceb.editfile import EditFileError, edit_model, save_edit
     from iceb.models import default_model_spec, load_model
-    from iceb.utils.paths import cache_dir
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -67,7 +70,7 @@ def run(args) -> int:
     print(f"[iceb] editing {loaded.spec} ({loaded.model_id}) with {args.editor}: {len(rf.requests)} request(s)"
           f"{'' if mode.kind == 'batch' else f' in {mode.rounds} rounds'}")
     result, hp = edit_model(args.editor, loaded, rf.requests, hparams=hp, mode=mode,
-                            progress=not args.no_progress, cache_dir=cache_dir() / "editors")
+                            progress=not args.no_progress, cache_dir=not args.no_editor_cache)
     save_edit(out, result, editor=args.editor, hparams=hp, model=loaded, requests=rf.requests, mode=str(mode),
               extra={"requests_file": str(Path(args.requests).resolve())})
     size = out.stat().st_size

@@ -15,7 +15,7 @@ def run(args) -> int:
 
     from iceb.leaderboard.results import git_revision, package_versions
     from iceb.models import TOY_DIR, default_model_spec
-    from iceb.utils.paths import DATA_DIR, cache_dir
+    from iceb.utils.paths import DATA_DIR, cache_dir, editor_cache_dir
 
     lines = [("platform", platform.platform())]
     lines += list(package_versions().items())
@@ -26,7 +26,8 @@ def run(args) -> int:
         lines.append(("gpu", torch.cuda.get_device_name(0)))
     lines.append(("cpu threads", str(torch.get_num_threads())))
     lines.append(("data folder", str(DATA_DIR)))
-    lines.append(("iceb cache", str(cache_dir())))
+    lines.append(("iceb cache", f"{cache_dir()} (ICEB_CACHE overrides; 'iceb cache ls' lists it)"))
+    lines.append(("editor cache", str(editor_cache_dir())))
     lines.append(("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface")))
     lines.append(("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")))
     from iceb.models import toy_quality_passed

@@ -22,7 +22,8 @@ def register(sub) -> None:
                                    "and append tidy rows to <out>/<run_id>/results.jsonl. Re-running the same "
                                    "command resumes. Multi-GPU: 'accelerate launch --num_processes K -m iceb "
                                    "evaluate ...' (CPU processes: 'torchrun --nproc_per_node K -m iceb evaluate "
-                                   "... --device cpu') splits image generation and scoring; rank 0 writes.")
+                                   "... --device cpu', or 'accelerate launch --multi_gpu --num_processes K -m iceb "
+                                   "evaluate ... --device cpu') splits image generation and scoring; rank 0 writes.")
     p.add_argument("--editor", "-e", default="noop",
                    help="registered name, entry point, package.module:Class, or file:PATH to score an edit made "
                         "elsewhere (an ICEB edit file, a safetensors file of changed tensors, or an edited "
@@ -52,6 +53,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", type=A.device, help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--dtype", default=None, type=A.dtype, help="float32 (default), float16 or bfloat16 for generation")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-editor-cache", action="store_true",
+                   help="compute the editor's statistics (second moments, EMCID stage I, ...) afresh and keep "
+                        "nothing; by default they live in the shared cache ('iceb cache ls') and are reused by "
+                        "iceb edit, iceb evaluate and the Python API")
     p.add_argument("--overwrite", action="store_true",
                    help="start this run again from scratch (by default an existing run folder is resumed; the "
                         "shared pre-edit cache is kept)")
@@ -79,6 +84,7 @@ def run(args) -> int:
         mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, overwrite=args.overwrite,
-        log_samples=args.log_samples, cold_cost=args.cold_cost)
+        log_samples=args.log_samples, cold_cost=args.cold_cost,
+        editor_cache=not args.no_editor_cache)
     evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

@@ -34,7 +34,8 @@ class EvalConfig:
         out: The folder under which run folders are made.
         device: ``"auto"`` or a torch device; in a process group, ``"auto"`` and ``"cuda"`` take each rank's GPU.
         dtype: The model's dtype (see :func:`iceb.models.load_model`).
-        progress: Show progress bars.
+        progress: Show progress bars; False hides the libraries' bars too (diffusers, transformers,
+            huggingface_hub: :func:`iceb.utils.progress.silence_progress_bars`), for the rest of the process.
         overwrite: Clear an existing run folder instead of resuming it.
         log_samples: Write one row per scored post-edit image to ``<run>/samples/n<N>/`` and keep every
             post-edit PNG (on by default; ``--no-log-samples`` turns it off; read them with :func:`iceb.read_samples`).
@@ -42,6 +43,10 @@ class EvalConfig:
         cold_cost: Measure each edit with the editor's caches empty (its cold cost), then repeat it warm; both
             go to the cost rows. Off: one edit on the shared caches, its rows labelled with the state it ran
             in. Not part of the run id.
+        editor_cache: Where the editor keeps its statistics and stage-I results: True (default) the shared
+            root of every entry point (``$ICEB_CACHE/editors``, see :func:`iceb.utils.paths.editor_cache_dir`),
+            so ``iceb edit``, ``iceb evaluate`` and the Python API compute them once per model; a folder; or
+            False for none (``--no-editor-cache``). Not part of the run id.
     """
 
     editor: str = "noop"
@@ -66,10 +71,12 @@ class EvalConfig:
     overwrite: bool = False
     log_samples: bool = True  # on: it costs well under 10% of a run (see docs/python_api.md)
     cold_cost: bool = False  # edit once with empty editor caches, then again warm (both in the cost rows)
+    editor_cache: str | bool = True  # True: the shared root (iceb.utils.paths.editor_cache_dir); False: none
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost"):
+        for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost",
+                  "editor_cache"):
             d.pop(k)
         return d
 
@@ -85,7 +92,8 @@ class EvalConfig:
 
         Checked: ``--mode``, ``--rounds`` (≥ 1, only with ``--mode sequential``, at most the smallest edit
         count), ``--limit`` ≥ 1, ``--steps`` ≥ 1, ``--guidance`` finite and > 0, ``--batch-size`` ≥ 1,
-        ``--edits`` positive and distinct. Whether an edit count fits the task is the task's check.
+        ``--edits`` positive and distinct, ``--device`` present on this machine (``cuda`` without CUDA fails
+        here, not after the model has loaded). Whether an edit count fits the task is the task's check.
 
         Returns:
             ``self``, so that ``cfg = EvalConfig(...).validate()`` reads naturally.
@@ -117,6 +125,13 @@ class EvalConfig:
                 raise ValueError(f"--edits lists an edit count twice: {edits}")
             self.check_rounds(edits)
         self.edit_mode  # noqa: B018 - the value object agrees
+        if self.device not in (None, "auto"):
+            from iceb.models import check_device
+
+            try:
+                check_device(self.device)
+            except ValueError as err:
+                raise ValueError(f"--device: {err}") from None
         return self
 
     def check_rounds(self, edits) -> None:

@@ -11,10 +11,33 @@ import os
 from typing import Any
 
 
+def check_launch(env: dict[str, str] | None = None) -> None:
+    """Refuse an ``accelerate launch --num_processes K`` (K > 1) that started one process.
+
+    accelerate starts a process group only with several GPUs (``--multi_gpu``); on a CPU-only or one-GPU
+    machine it silently runs a single process, which would evaluate everything alone while the user expects
+    K ranks. It leaves ``MASTER_ADDR`` set (asked for K > 1) but no ``WORLD_SIZE``: that is the sign.
+
+    Args:
+        env: The environment to read (default: ``os.environ``).
+
+    Raises:
+        ValueError: One line saying what to run instead.
+    """
+    env = os.environ if env is None else env
+    launched = "ACCELERATE_MIXED_PRECISION" in env or "ACCELERATE_USE_CPU" in env
+    if launched and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise ValueError("accelerate launch started one process, not a group: it starts several only on several "
+                         "GPUs. For K CPU processes run 'torchrun --nproc_per_node K -m iceb evaluate ... "
+                         "--device cpu' (or 'accelerate launch --multi_gpu --num_processes K -m iceb evaluate ... "
+                         "--device cpu'); with one GPU run 'iceb evaluate ...' as one process")
+
+
 class Dist:
     """One process, or one rank of an ``accelerate launch`` / ``torchrun`` group (via accelerate)."""
 
     def __init__(self, device: str) -> None:
+        check_launch()
         self.state = None
         self.rank, self.world = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

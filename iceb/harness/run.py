@@ -117,6 +117,24 @@ def model_banner(loaded) -> str:
             f"pass --model CompVis/stable-diffusion-v1-4 (or a local diffusers folder) and --device cuda")
 
 
+def check_task_file(task: str, model_spec: str) -> None:
+    """Read a task *file* against the world ``model_spec`` speaks, when that is known without loading it, so
+    its errors (an unknown class name, a bad row) come before the model loads; registered tasks are built
+    after loading, as before.
+
+    Raises:
+        TaskError: The file is not a valid task for that world.
+    """
+    from iceb.models import model_world
+    from iceb.tasks import TASKS, get_task
+
+    if task in TASKS or Path(task).suffix.lower() not in (".json", ".jsonl", ".csv", ".yaml", ".yml"):
+        return
+    world = model_world(model_spec)
+    if world is not None:
+        get_task(task, world=world)
+
+
 def evaluate(cfg: EvalConfig, model=None) -> Path:
     """Run (or resume) an evaluation; returns the run folder.
 
@@ -154,6 +172,10 @@ class Run:
             cfg.device = self.dist.device(cfg.device)
         self.loaded = model
         self.progress = cfg.progress and self.dist.main
+        if not self.progress:  # progress=False (or a rank other than 0): the libraries' bars go too
+            from iceb.utils.progress import silence_progress_bars
+
+            silence_progress_bars()
         self.editor = None
         self.external = None  # an ExternalEdit for --editor file:PATH
         self._lock = None
@@ -181,6 +203,7 @@ class Run:
         if self.loaded is None:
             if cfg.model is None:
                 cfg.model = default_model_spec()
+            check_task_file(cfg.task, cfg.model)  # a bad task file fails before the model loads
             self.loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         else:
             cfg.model = self.loaded.spec
@@ -425,7 +448,10 @@ class Run:
 
         if not self.cfg.cold_cost:
             if self.editor is None:
-                self.editor = make_editor(self.editor_cls, self.hp, cache_dir=self.out_root / "cache" / "editors",
+                from iceb.utils.paths import resolve_editor_cache
+
+                self.editor = make_editor(self.editor_cls, self.hp,
+                                          cache_dir=resolve_editor_cache(self.cfg.editor_cache),
                                           progress=self.progress)
             return edit_with(self.editor)
         cold_dir = self.run_dir / "work" / f"n{n}" / "cold-editor-cache"

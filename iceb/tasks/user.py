@@ -27,7 +27,8 @@ request the prompt belongs to; without it a prompt with ``{}`` is expanded for e
 ``dest_class``. A prompt of a request inherits its classes: ``edit``/``general``/``alias`` expect the
 source class (and score the destination class), ``edit_dest`` the destination class. Class names are
 looked up in ``classes``, then in the world's names (ImageNet: the 1000 class names and synonyms, any
-case; the toy world: the table registered with :func:`register_class_names`). Evaluating with N edits
+case; the toy world: its concepts' names, aliases, misunderstood and untrained words, read from the toy
+model's world config; another world: the table registered with :func:`register_class_names`). Evaluating with N edits
 uses the first N requests and their prompts plus every prompt that belongs to no request.
 """
 from __future__ import annotations
@@ -73,6 +74,27 @@ def _imagenet_names() -> dict[int, list[str]]:
 
 
 register_class_names("imagenet", _imagenet_names)
+
+
+def _toy_names() -> dict[int, list[str]]:
+    """The shipped toy world's concept names: each concept's name, aliases, misunderstood and untrained
+    words (all of them denote that concept), so a task file can say ``source_class: <toy name>`` on the
+    default model with no Python registration.
+
+    The world is rebuilt from the toy model's ``world_config`` (``data/toy/model/iceb_model.json``), or the
+    shipped defaults when the model is absent; the names are deterministic, the same the model was trained on.
+    """
+    from iceb.toy.world import ToyWorld
+    from iceb.utils.io import read_json
+    from iceb.utils.paths import DATA_DIR
+
+    info = DATA_DIR / "toy" / "model" / "iceb_model.json"
+    config = read_json(info).get("world_config", {}) if info.is_file() else {}
+    world = ToyWorld(**config)
+    return {c.id: [c.name, *c.aliases, *c.misunderstood, *c.untrained] for c in world.concepts}
+
+
+register_class_names("toy", _toy_names)
 
 
 class ClassNames:

@@ -10,11 +10,39 @@ DATA_DIR = Path(os.environ.get("ICEB_DATA_DIR", REPO_ROOT / "data"))
 
 
 def cache_dir() -> Path:
-    """The user cache: ``$ICEB_CACHE``, else ``$XDG_CACHE_HOME/iceb``, else ``~/.cache/iceb``."""
+    """The user cache: ``$ICEB_CACHE``, else ``$XDG_CACHE_HOME/iceb``, else ``~/.cache/iceb``.
+
+    The one root of every cache that outlives a run (editor statistics, stage-I results, downloads), so
+    the CLI, the harness and the Python API compute each once per model and reuse it.
+    """
     if os.environ.get("ICEB_CACHE"):
-        return Path(os.environ["ICEB_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        return Path(os.environ["ICEB_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return base / "iceb"
+
+
+def editor_cache_dir() -> Path:
+    """Where editors keep what they compute once per model (second moments, EMCID stage I, ESD
+    checkpoints): ``<cache_dir()>/editors``, the same folder for ``iceb edit``, ``iceb evaluate``,
+    :func:`iceb.edit_model` and :func:`iceb.evaluate`."""
+    return cache_dir() / "editors"
+
+
+def resolve_editor_cache(cache: str | Path | bool | None) -> Path | None:
+    """The editor cache folder an entry point passes to an editor.
+
+    Args:
+        cache: True: the shared root (:func:`editor_cache_dir`); False or None: no cache (the explicit
+            opt-out, every statistic is recomputed); a path: that folder.
+
+    Returns:
+        The folder, or None for no cache.
+    """
+    if cache is True:
+        return editor_cache_dir()
+    if cache is False or cache is None:
+        return None
+    return Path(cache).expanduser()
 
 
 def safe_filename(text: object, max_length: int = 64) -> str:

@@ -385,6 +385,15 @@ case("generate--guidance=nan", ["generate", "--model", "tiny", "a cat", "--guida
 case("generate--batch-size=0", ["generate", "--model", "tiny", "a cat", "--batch-size", "0", "--out", "{d}/o"],
      "--batch-size")
 
+# -- iceb cache ------------------------------------------------------------------------------------------------
+for v in ["tpu9", "cuda:99"]:
+    case(f"apply--device={v}", ["apply", "{d}/e.safetensors", "--out", "{d}/o", "--device", v], "--device",
+         {"e.safetensors": _safetensors()})
+case("cache-no-subcommand", ["cache"], "cache_command|required")
+case("cache-clear-needs-yes", ["cache", "clear"], "pass --yes to confirm")
+case("cache-clear-unknown-kind", ["cache", "clear", "--kind", "nope", "--yes"], "--kind 'nope': no such cache kind")
+case("cache-clear-kind-escapes", ["cache", "clear", "--kind", "../x", "--yes"], "no such cache kind")
+
 
 # --------------------------------------------------------------------------------------------------------
 # running one case
