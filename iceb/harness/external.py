@@ -52,7 +52,7 @@ def external_path(editor: str) -> Path:
 
     Raises:
         EditFileError: No path, no such file or folder, a file that is not ``.safetensors``, or a folder
-            without ``model_index.json``.
+            without ``model_index.json`` or a LoRA file.
     """
     text = editor[len(PREFIX):]
     if not text.strip():
@@ -61,8 +61,9 @@ def external_path(editor: str) -> Path:
     if not path.exists():
         raise _error(f"--editor {editor}: no such file or folder")
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise _error(f"--editor {editor}: the folder is no diffusers pipeline (no model_index.json); pass an "
+        if not (path / "model_index.json").is_file() and not (path / LORA_FILE).is_file():
+            raise _error(f"--editor {editor}: the folder is no diffusers pipeline (no model_index.json) and no LoRA "
+                         f"({LORA_FILE}); pass an "
                          f"edit file (.safetensors) or an edited pipeline folder")
         return path
     if path.suffix != ".safetensors":
@@ -176,7 +177,9 @@ def load_external(editor: str, model: Any) -> ExternalEdit:
     path = external_path(editor)
     pipe = model.pipe
     metadata = None
-    if path.is_dir():
+    if is_lora(path):
+        tensors, kind, meta = lora_delta(path, pipe, editor), "lora", {}
+    elif path.is_dir():
         tensors, kind, meta = folder_delta(path, pipe, editor), "diffusers-folder", {}
     else:
         try:
@@ -288,6 +291,81 @@ def folder_delta(folder: Path, pipe: Any, editor: str = "") -> dict[str, Any]:
         raise _error(f"--editor {editor}: the folder holds no safetensors weights of the model's components "
                      f"({', '.join(c for c in COMPONENTS if getattr(pipe, c, None) is not None)})")
     return out
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+_LORA_PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight",
+               ".lora.up.weight", ".lora.down.weight")
+
+
+def _lora_keys(path: Path) -> list[str]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    f = path / LORA_FILE if path.is_dir() else path
+    if not f.is_file() or f.suffix != ".safetensors":
+        return []
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            return list(fh.keys())
+    except (SafetensorError, OSError):
+        return []
+
+
+def is_lora(path: Path) -> bool:
+    """A diffusers LoRA: a folder with ``pytorch_lora_weights.safetensors`` (and no pipeline), or such a file."""
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return False
+    keys = _lora_keys(path)
+    return bool(keys) and all(any(p in k for p in _LORA_PARTS) or k.endswith(".alpha") for k in keys)
+
+
+def lora_delta(path: Path, pipe: Any, editor: str = "") -> dict[str, Any]:
+    """The weights a LoRA gives the base pipeline at strength 1 (what ``load_lora_weights`` + ``fuse_lora`` make).
+
+    The LoRA is loaded with diffusers' own loader and fused; the changed weights are read off and the pipeline is
+    put back bit for bit from copies taken before (unfusing subtracts, which is not exact).
+
+    Args:
+        path: The LoRA folder or file.
+        pipe: The base pipeline (left as it was).
+        editor: The ``--editor`` value, for messages.
+
+    Returns:
+        The changed weights by pipeline name.
+
+    Raises:
+        EditFileError: diffusers cannot load the LoRA into this pipeline.
+    """
+    import torch
+
+    from editors.weights import WeightNameError, get_tensor, restore_tensors
+
+    names = set()
+    for k in _lora_keys(path):
+        for part in _LORA_PARTS:
+            if part in k:
+                names.add(k.split(part)[0] + ".weight")
+    originals = {}
+    for n in sorted(names):
+        try:
+            originals[n] = get_tensor(pipe, n).detach().clone()
+        except WeightNameError as err:
+            raise _error(f"--editor {editor}: the LoRA targets a tensor the model lacks: {err}") from None
+    try:
+        pipe.load_lora_weights(str(path.parent if path.is_file() else path),
+                               **({"weight_name": path.name} if path.is_file() else {}), adapter_name="iceb-file")
+        pipe.fuse_lora(lora_scale=1.0, adapter_names=["iceb-file"])
+        out = {n: get_tensor(pipe, n).detach().clone() for n in originals}
+    except Exception as err:  # noqa: BLE001 - diffusers raises many kinds for a LoRA that does not fit
+        raise _error(f"--editor {editor}: diffusers could not load this LoRA into the model: {err}") from None
+    finally:
+        try:
+            pipe.unload_lora_weights()
+        finally:
+            with torch.no_grad():
+                restore_tensors(pipe, originals)
+    return {n: v for n, v in out.items() if not torch.equal(v, originals[n])}
 
 
 def _changed(pipe: Any, tensors: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,3 +143,23 @@ def test_single_file_names_are_the_sd14_checkpoint_names():
                  "encoder.mid.attn_1.q.weight", "decoder.mid.block_2.norm2.bias", "encoder.norm_out.weight",
                  "decoder.up.0.block.0.nin_shortcut.weight", "quant_conv.weight"):
         assert want in vnames, want
+
+
+def test_a_lora_scores_through_file_editor(tiny_model, emcid_edit, tmp_path):
+    """``--editor file:<LoRA folder>`` reads the LoRA back through diffusers into the edited weights, and leaves the
+    base pipeline bit for bit as it was."""
+    from iceb.harness.external import is_lora, load_external
+
+    res, path = emcid_edit
+    export_edit(tiny_model, [path], tmp_path / "lora", fmt="lora")
+    before = {k: v.clone() for k, v in tiny_model.pipe.text_encoder.state_dict().items()}
+    assert is_lora(tmp_path / "lora") and not is_lora(path)
+    ext = load_external(f"file:{tmp_path / 'lora'}", tiny_model)
+    assert ext.kind == "lora" and len(ext.tensors) == len(res.tensors)
+    from editors.weights import checkpoint_name
+
+    for name, want in res.tensors.items():  # named as edit files name them (the checkpoint layout)
+        got = ext.tensors[checkpoint_name(tiny_model.pipe, name)]
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    after = tiny_model.pipe.text_encoder.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
