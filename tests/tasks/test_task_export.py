@@ -49,14 +49,19 @@ def test_model_picks_the_world(capsys):
     assert out["requests"][0]["source"] == _inst("ace", "toy", 1).requests[0].source
 
 
+def _export(tmp_path, fmt: str, name: str, model: str, n: int):
+    """``iceb tasks export`` to a file; returns it and the task instance it should hold."""
+    out = tmp_path / f"{fmt}.csv"
+    assert main(["tasks", "export", name, "--format", fmt, "--edits", str(n), "--model", model,
+                 "--out", str(out)]) == 0
+    return out, _inst(name, "toy" if model == "toy" else "imagenet", n)
+
+
 @pytest.mark.parametrize("name,model,n", [("smoke", "tiny", 4), ("ace", "toy", 3)])
 def test_esd_csv_reads_back_with_generates_reader(tmp_path, capsys, name, model, n):
     from iceb.rendering import read_prompt_items, read_prompts
 
-    out = tmp_path / "prompts.csv"
-    assert main(["tasks", "export", name, "--format", "esd-csv", "--edits", str(n), "--model", model,
-                 "--out", str(out)]) == 0
-    inst = _inst(name, "toy" if model == "toy" else "imagenet", n)
+    out, inst = _export(tmp_path, "esd-csv", name, model, n)
     header = out.read_text().splitlines()[0]
     assert header.startswith("case_number,prompt,evaluation_seed,") and header.split(",") == list(ESD_COLUMNS)
     assert read_prompts(out) == [(p.prompt, p.seed) for p in inst.prompts]
@@ -73,10 +78,7 @@ def test_esd_csv_reads_back_with_generates_reader(tmp_path, capsys, name, model,
 def test_requests_csv_reads_back_identically(tmp_path, capsys, name, model, n):
     from iceb.data.request_files import read_request_file, requests_hash
 
-    out = tmp_path / "requests.csv"
-    assert main(["tasks", "export", name, "--format", "requests-csv", "--edits", str(n), "--model", model,
-                 "--out", str(out)]) == 0
-    inst = _inst(name, "toy" if model == "toy" else "imagenet", n)
+    out, inst = _export(tmp_path, "requests-csv", name, model, n)
     back = read_request_file(out).requests
     assert back == list(inst.requests)
     assert requests_hash(back) == requests_hash(inst.requests)
