@@ -59,8 +59,8 @@ DISPLAY_KEYS = ("grid_rows",)
 
 
 def grid_row_label(inst, prompt) -> str:
-    """What a grid row shows: ``source → destination`` for an edit prompt (``source → (erased)`` for an
-    erasure), ``holdout: <prompt>`` for a holdout one."""
+    """What a grid row shows: ``source → destination: <prompt>`` for an edit prompt (``source → (erased)`` for an
+    erasure), ``holdout (should not change): <prompt>`` for a holdout one."""
     if prompt.subset == "holdout":
         return f"holdout (should not change): {prompt.prompt}"
     for r in inst.requests:
