@@ -8,8 +8,9 @@ and alias prompts). :data:`HEADLINE` names them; everything else is the appendix
 - **Erase-only editors** (ESD: they take no destination) appear only where their numbers mean something: the
   Forget and Holdout panels. Elsewhere the table says ``n/a (eraser)`` and the figure leaves them out.
 - **Bounds** are drawn once per panel, labelled by what they are: for most panels the best value reachable
-  (everything forgotten, every image the destination), for Holdout Delta the *floor* (every holdout concept
-  lost); they come from the unedited model, so every editor shares them.
+  (everything forgotten, every image the destination; dashed), for Holdout Delta and Dest Forget the *worst*
+  (every holdout or destination concept lost; dotted); they come from the unedited model, so every editor shares
+  them.
 - **Best per column**: the highest (or, for lower-is-better metrics, the lowest) value among the editors that
   the column means something for, marked ``**bold**`` in Markdown and shaded in HTML; ties are all marked; the
   reference row (``noop``: no edit) is shown last and never marked.
@@ -61,8 +62,13 @@ def panels_for(task: str) -> tuple[Panel, ...]:
     return HEADLINE.get(task, ())
 
 
+def bound_style(metric: str) -> str:
+    """Dashed for a best-reachable bound, dotted for a worst one: the two read apart in one legend."""
+    return ":" if metric in FLOOR_BOUNDS else "--"
+
+
 def bound_label(metric: str) -> str:
-    return "floor: all lost" if metric in FLOOR_BOUNDS else "best reachable"
+    return "worst: all lost" if metric in FLOOR_BOUNDS else "best reachable"
 
 
 def fmt_cell(value: float, se: Any, n_groups: Any = None) -> str:
@@ -152,5 +158,5 @@ def headline_markdown(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["ERASER_NA", "FLOOR_BOUNDS", "HEADLINE", "Panel", "bound_label", "headline_markdown",
+__all__ = ["ERASER_NA", "FLOOR_BOUNDS", "HEADLINE", "Panel", "bound_label", "bound_style", "headline_markdown",
            "headline_table", "panels_for", "erase_only_labels"]

@@ -3,9 +3,9 @@
 
 Drawn from tidy rows (never from parsed keys) with matplotlib's Agg backend, so they work headless. The
 bootstrap 95% interval, where the rows have one, is a translucent band in the editor's colour. A bound, where
-a metric has one, is one grey dashed line per plot (the unedited model's, shared by every editor), labelled by
-what it is: the best value reachable, or for Holdout Delta and Dest Forget the floor. Smoke runs say so in the
-title.
+a metric has one, is one grey line per plot (the unedited model's, shared by every editor), labelled by what it
+is: the best value reachable (dashed), or for Holdout Delta and Dest Forget the worst (dotted). Smoke runs say so
+in the title.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def draw_lines(ax, d, colors, *, bounds: bool = True) -> None:
         colors: Legend label -> colour.
         bounds: Draw the metric's bound (once, grey, labelled by its kind).
     """
-    from iceb.leaderboard.headline import bound_label
+    from iceb.leaderboard.headline import bound_label, bound_style
 
     for label, g in d.groupby("label", sort=True):
         g = g.sort_values("n_edits")
@@ -40,8 +40,9 @@ def draw_lines(ax, d, colors, *, bounds: bool = True) -> None:
     if bounds and len(d):
         b = d.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
         if len(b):
-            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45",
-                    label=bound_label(str(d["metric"].iloc[0])))
+            metric = str(d["metric"].iloc[0])
+            ax.plot(b.index, b.values.astype(float), ls=bound_style(metric), lw=1, color="0.45",
+                    label=bound_label(metric))
     ax.set_xscale("log")
     ns = sorted({int(n) for n in d["n_edits"]})
     if ns and len(ns) <= 12:  # label the edit counts themselves, not powers of ten
@@ -91,7 +92,7 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
     """
     import matplotlib.pyplot as plt
 
-    from iceb.leaderboard.headline import bound_label, erase_only_labels, panels_for
+    from iceb.leaderboard.headline import bound_label, bound_style, erase_only_labels, panels_for
 
     panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
     if not panels:
@@ -108,7 +109,8 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
         draw_lines(ax, sel, colors, bounds=False)
         b = sel.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
         if len(b):
-            ax.plot(b.index, b.values.astype(float), ls="--", lw=1, color="0.45", label=bound_label(p.metric))
+            ax.plot(b.index, b.values.astype(float), ls=bound_style(p.metric), lw=1, color="0.45",
+                    label=bound_label(p.metric))
         hib = bool(sel["higher_is_better"].iloc[0]) if len(sel) else True
         ax.set_title(f"{p.title} {'↑' if hib else '↓'}", fontsize=10)
         ax.set_ylim(*p.ylim)
@@ -118,7 +120,7 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes[0][0].set_ylabel("classifier score")
-    names = sorted(legend, key=lambda n: (n in ("best reachable", "floor: all lost"), n))
+    names = sorted(legend, key=lambda n: (n in ("best reachable", "worst: all lost"), n))
     # one legend for all panels, at the top under the title, where a reader looks first
     height = fig.get_size_inches()[1]
     legend_rows = 1 + (len(names) - 1) // 8

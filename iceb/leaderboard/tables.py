@@ -159,7 +159,7 @@ def markdown(df) -> str:
                   f"`plots/{task}__{model}__headline.png`.", ""]
         lines += headline_markdown(head) + [""]
     lines += ["# Appendix: every metric", "", "Bound: the unedited model's best reachable value (for "
-              "holdout_delta and dest_forget the floor, everything lost). Columns in leaderboard/README.md.", ""]
+              "holdout_delta and dest_forget the worst, everything lost). Columns in leaderboard/README.md.", ""]
     for task, model, table in tables:
         ns = n_columns(table)
         lines += [f"## {task} on {model}" + (f" ({SMOKE_MARK})" if table["smoke"].all() else ""), ""]

@@ -42,7 +42,7 @@ def test_headline_table_marks_best_and_leaves_erasers_out_where_meaningless():
 def test_cells_never_show_minus_zero_and_bounds_say_what_they_are():
     assert fmt(-0.0) == "0" and fmt(-1e-9) != "-0" and fmt_se(-0.0001, 0.05) == "0.000 ± 0.050"
     assert fmt_cell(-0.0001, 0.2) == "0.000 ± 0.200" and fmt_cell(0.5, 1e-5) == "0.500 ± <0.001"
-    assert bound_label("holdout_delta") == "floor: all lost" and "holdout_delta" in FLOOR_BOUNDS
+    assert bound_label("holdout_delta") == "worst: all lost" and "holdout_delta" in FLOOR_BOUNDS
     assert bound_label("source2dest") == "best reachable"
     assert panels_for("my-own-task") == ()
 
