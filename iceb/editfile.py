@@ -467,6 +467,11 @@ def save_applied(model: Any, edits: Sequence[Any], out: str | Path, *, force: bo
     from iceb.weight_layout import write_checkpoint_layout
 
     write_checkpoint_layout(out)  # readable by transformers 4 and 5 (iceb.weight_layout)
+    from iceb.utils.io import share_mode
+
+    for f in out.rglob("*"):  # the libraries write their weight files 0600: shared output reads like any other
+        if f.is_file():
+            share_mode(f)
     info = dict(model.info)
     info.pop("note", None)  # the base's note (e.g. "stored in float16") need not hold for what was saved
     info["dtype"] = str(next(model.pipe.unet.parameters()).dtype).replace("torch.", "")

@@ -241,6 +241,9 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
     StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers.get("unet"),
                                               text_encoder_lora_layers=layers.get("text_encoder"),
                                               safe_serialization=True)
+    from iceb.utils.io import share_mode
+
+    share_mode(out / LORA_FILE)  # diffusers leaves it 0600: shared output is readable like any other
     record = {"format": "lora", "base_model": merged.meta.get("base_model"), "editor": merged.editor,
               "requests_hash": merged.meta.get("requests_hash"), "n_requests": merged.meta.get("n_requests"),
               "history": merged.meta.get("history"), "max_rank": max_rank, **report}

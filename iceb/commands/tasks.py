@@ -44,15 +44,17 @@ def _common(p) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="the model whose world the task is built for ('toy', 'tiny', a hub id or a diffusers "
                         "folder); default: --world")
-    p.add_argument("--world", choices=["imagenet", "toy"], default=None, help="the world (default: imagenet)")
+    p.add_argument("--world", choices=["imagenet", "toy"], default=None, help="the world (default: the default model's, as for iceb evaluate: toy where shipped)")
     p.add_argument("--data-dir", default=None, type=A.existing_folder, help="local folder with EMCID's data/iceb_data files")
 
 
 def _world(args) -> str:
-    """The task's world: ``--world``, else the world of ``--model``, else imagenet; the two must agree."""
+    """The task's world: ``--world``, else the world of ``--model``, else that of the default model (the toy
+    world where it is shipped, as ``iceb evaluate`` defaults), else imagenet; the two flags must agree."""
+    from iceb.models import check_model_spec, default_model_spec, model_world
+
     if args.model is None:
-        return args.world or "imagenet"
-    from iceb.models import check_model_spec, model_world
+        return args.world or model_world(default_model_spec()) or "imagenet"
 
     check_model_spec(args.model)
     world = model_world(args.model) or "imagenet"

@@ -59,6 +59,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def share_mode(path: str | Path) -> None:
+    """Give a file written by another library (e.g. through a 0600 temporary file) the mode any new file gets."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

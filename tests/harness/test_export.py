@@ -35,6 +35,12 @@ def test_emcid_lora_is_exact_through_load_lora_weights(tiny_model, emcid_edit, t
     card = (tmp_path / "lora" / "README.md").read_text()
     assert "base_model: " in card and "emcid" in card and "cat → dog" in card
     assert json.loads((tmp_path / "lora" / "iceb_lora.json").read_text())["requests_hash"]
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp_path / "lora").iterdir():  # readable as any other output (diffusers writes its file 0600)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
     fresh = load_model("tiny", device="cpu").pipe  # another copy of the base: load, fuse at strength 1
     fresh.load_lora_weights(str(tmp_path / "lora"), adapter_name="iceb")
     fresh.fuse_lora(lora_scale=1.0)

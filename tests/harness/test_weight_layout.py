@@ -62,6 +62,12 @@ def test_apply_folder_is_in_the_hub_layout_and_loads_the_edited_weights(tiny_mod
     with safe_open(str(tmp_path / "out" / "text_encoder" / "model.safetensors"), framework="pt") as fh:
         keys = list(fh.keys())
     assert keys and all(k.startswith("text_model.") for k in keys)
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "out").rglob("*") if f.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # weight files too (the libraries write them 0600)
     reloaded = load_model(str(tmp_path / "out"), device="cpu")
     assert torch.equal(get_tensor(reloaded.pipe, live), new)  # the edited values, not fresh random ones
     base = tiny_model.pipe.text_encoder.state_dict()
