@@ -238,11 +238,15 @@ class EMCIDEditor(BaseEditor):
             with torch.no_grad():
                 for l, update in res.updates.items():  # W + L Rᵀ, no d×d_k float64 temporary
                     tensors[fc2_name(te, l)] = update.added_to(text_layers(te)[l].mlp.fc2.weight)
+        ratios = [float(t.delta.norm() / t.v_src.norm()) for t in targets]
         losses = {}
         for c, (r, t) in enumerate(zip(requests, targets)):
             losses[f"stage1/{r.request_id or f'{c}:{r.source}'}"] = t.losses.sum(1).tolist()
         info = {"requests": len(requests), "layers": list(hp.layers), "stage1_cache_hits": self.stage1_cache.hits - hits_before,
-                "delta_norm_ratio": [float(t.delta.norm() / t.v_src.norm()) for t in targets],
+                "delta_norm_ratio": ratios,
+                # how many δ ended on the norm clamp (‖δ‖ = clamp · ‖v_src‖): a sign that stage I wanted to go
+                # further than allowed, which the tuning of clamp_norm_factor and the step count should see
+                "stage1_at_clamp": sum(r >= hp.clamp_norm_factor * (1 - 1e-4) for r in ratios),
                 "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens,
                 **self.stage2_info(pipe, res, covs)}
         return EditResult(tensors, timer.timings, losses, info)
