@@ -19,6 +19,8 @@ from typing import Iterable, Iterator, Mapping
 
 import torch
 
+from iceb.utils.text_layout import checkpoint_key, unprefixed_key
+
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
 
@@ -39,11 +41,6 @@ def component(pipe, name: str) -> tuple[torch.nn.Module, str]:
     return module, inner
 
 
-#: the top-level children of a CLIP text transformer (``CLIPTextTransformer``), under ``text_model.`` in the
-#: checkpoint layout
-_TEXT_TOP = ("embeddings", "encoder", "final_layer_norm")
-
-
 def _clip_text(module: torch.nn.Module) -> bool:
     return type(module).__name__.startswith("CLIPText")
 
@@ -62,9 +59,7 @@ def checkpoint_name(pipe, name: str) -> str:
     comp_name, _, inner = name.partition(".")
     module = getattr(pipe, comp_name, None) if pipe is not None else None
     clip = _clip_text(module) if isinstance(module, torch.nn.Module) else comp_name in ("text_encoder", "text_encoder_2")
-    if clip and inner.split(".", 1)[0] in _TEXT_TOP:
-        return f"{comp_name}.text_model.{inner}"
-    return name
+    return f"{comp_name}.{checkpoint_key(inner)}" if clip else name
 
 
 def live_name(pipe, name: str) -> str:
@@ -82,11 +77,7 @@ def live_name(pipe, name: str) -> str:
     if not isinstance(module, torch.nn.Module) or not _clip_text(module):
         return name
     has_level = isinstance(getattr(module, "text_model", None), torch.nn.Module)
-    if not has_level and inner.startswith("text_model."):
-        return f"{comp_name}.{inner[len('text_model.'):]}"
-    if has_level and inner.split(".", 1)[0] in _TEXT_TOP:
-        return f"{comp_name}.text_model.{inner}"
-    return name
+    return f"{comp_name}.{checkpoint_key(inner) if has_level else unprefixed_key(inner)}"
 
 
 def get_tensor(pipe, name: str) -> torch.Tensor:

@@ -23,9 +23,10 @@ import datetime as _dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("lora", "single-file", "diffusers")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -33,6 +34,16 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 class ExportError(ValueError):
     """An edit that cannot be written in the asked format (the message says why and what to use)."""
+
+
+def check_format(fmt: str) -> None:
+    """Refuse an unknown export format, with the nearest known one (cheap: before any model loads)."""
+    if fmt not in FORMATS:
+        from iceb.utils.registry import closest
+
+        near = closest(fmt, list(FORMATS))
+        raise ExportError(f"unknown export format {fmt!r}" + (f" (did you mean {near!r}?)" if near else "")
+                          + f"; formats: {', '.join(FORMATS)}")
 
 
 @dataclass
@@ -57,6 +68,8 @@ def lora_factors(delta: torch.Tensor, *, max_rank: int | None = None, rtol: floa
     Returns:
         The factors, the kept and the numerical rank, and the relative Frobenius error.
     """
+    import torch
+
     d = delta.detach().to("cpu", torch.float64)
     u, s, vh = torch.linalg.svd(d, full_matrices=False)
     full = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
@@ -77,14 +90,14 @@ def _module(name: str) -> tuple[str, str]:
 
 
 def lora_state_dicts(pipe: Any, tensors: Mapping[str, torch.Tensor], *, max_rank: int | None = None,
-                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+                     dtype: torch.dtype | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Per component, the LoRA layers of an edit in diffusers' key convention, and a report.
 
     Args:
         pipe: The base pipeline (its weights are ``W``).
         tensors: The edited values ``W'`` by pipeline tensor name (either name layout).
         max_rank: As for :func:`lora_factors`.
-        dtype: Dtype of the written factors.
+        dtype: Dtype of the written factors (default float32).
 
     Returns:
         ``({"unet": {...}, "text_encoder": {...}}, report)``; the report has per tensor the rank kept, the
@@ -93,8 +106,11 @@ def lora_state_dicts(pipe: Any, tensors: Mapping[str, torch.Tensor], *, max_rank
     Raises:
         ExportError: A changed tensor is not a 2-D weight of the UNet or the text encoder.
     """
+    import torch
+
     from editors.weights import checkpoint_name, get_tensor
 
+    dtype = dtype or torch.float32
     bad = [n for n, t in tensors.items() if t.dim() != 2 or not n.endswith(".weight")
            or n.split(".", 1)[0] not in ("unet", "text_encoder")]
     if bad:
@@ -206,12 +222,7 @@ def export_edit(model: Any, edits: Sequence[Any], out: str | Path, *, fmt: str =
     from iceb.editfile import _as_editfile, merge_edits, save_applied
     from iceb.utils.io import write_json, write_text
 
-    if fmt not in FORMATS:
-        from iceb.utils.registry import closest
-
-        near = closest(fmt, list(FORMATS))
-        raise ExportError(f"unknown export format {fmt!r}" + (f" (did you mean {near!r}?)" if near else "")
-                          + f"; formats: {', '.join(FORMATS)}")
+    check_format(fmt)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"--out {out} exists and is not empty; choose a new folder")

@@ -15,18 +15,15 @@ from typing import Any
 
 import torch
 
+from iceb.utils.text_layout import PREFIX, checkpoint_key
+
 #: the text encoders of a Stable Diffusion folder (CLIP text models in SD 1.x, 2.x and XL)
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
-_TEXT_TOP = ("embeddings", "encoder", "final_layer_norm")
 _INDEX = "model.safetensors.index.json"
 
 
 class WeightLayoutError(RuntimeError):
     """A model folder whose tensor names this transformers version cannot read."""
-
-
-def _checkpoint_key(key: str) -> str:
-    return f"text_model.{key}" if key.split(".", 1)[0] in _TEXT_TOP else key
 
 
 def write_checkpoint_layout(folder: str | Path) -> list[Path]:
@@ -53,17 +50,17 @@ def write_checkpoint_layout(folder: str | Path) -> list[Path]:
         for f in sorted(sub.glob("*.safetensors")):
             with safe_open(str(f), framework="pt") as fh:
                 keys = list(fh.keys())
-                if all(_checkpoint_key(k) == k for k in keys):
+                if all(checkpoint_key(k) == k for k in keys):
                     continue
                 meta = fh.metadata()
-                tensors = {_checkpoint_key(k): fh.get_tensor(k) for k in keys}
+                tensors = {checkpoint_key(k): fh.get_tensor(k) for k in keys}
             with atomic_path(f) as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
             changed.append(f)
         index = sub / _INDEX
         if index.is_file():
             data = json.loads(index.read_text())
-            data["weight_map"] = {_checkpoint_key(k): v for k, v in data.get("weight_map", {}).items()}
+            data["weight_map"] = {checkpoint_key(k): v for k, v in data.get("weight_map", {}).items()}
             write_text(index, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return changed
 
@@ -107,7 +104,7 @@ def check_text_encoder_readable(pipe: Any, folder: str | Path) -> None:
             continue
         missing = []
         for name, _ in module.named_parameters():
-            if name in keys or (both and f"text_model.{name}" in keys):
+            if name in keys or (both and PREFIX + name in keys):
                 continue
             missing.append(name)
         if missing:

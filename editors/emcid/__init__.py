@@ -192,19 +192,22 @@ class EMCIDEditor(BaseEditor):
         """Cholesky factors of the C_l, on disk in float32 beside the statistics and in memory in float64 (the
         solves' precision, converted once per model rather than once per layer and edit): computed once per
         model, they make every later edit's solve O(d_k² N) instead of O(d_k³)."""
-        out = {}
-        for l, cov in covs.items():
-            key = stable_hash("cholesky", keys[l])
-            if key not in self._factors:
-                hit = self.factor_cache.get(key)
-                if hit is not None:
-                    chol = hit["chol"]
-                else:
-                    chol = cov_factor(cov)
-                    self.factor_cache.put(key, {"chol": chol}, {"stats_key": keys[l]})
-                self._factors[key] = chol.to(torch.float64)
-            out[l] = self._factors[key]
-        return out
+        return {l: self.per_model(self.factor_cache, self._factors, stable_hash("cholesky", keys[l]),
+                                  lambda cov=cov: {"chol": cov_factor(cov)}, lambda d: d["chol"].to(torch.float64),
+                                  {"stats_key": keys[l]})
+                for l, cov in covs.items()}
+
+    @staticmethod
+    def per_model(cache: ContentCache, memo: dict, key: str, compute, to_memory, meta: dict) -> Any:
+        """What is computed once per model: from memory, else the disk cache, else ``compute()`` (then stored);
+        ``to_memory`` turns the stored form into the one the solves use, the same way on a hit and a miss."""
+        if key not in memo:
+            stored = cache.get(key)
+            if stored is None:
+                stored = compute()
+                cache.put(key, stored, meta)
+            memo[key] = to_memory(stored)
+        return memo[key]
 
     # -- the edit ---------------------------------------------------------------------------------------
     def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:

@@ -60,17 +60,13 @@ class EMCIDNSEditor(EMCIDEditor):
         hp = self.hparams
         out = {}
         for l, cov in covs.items():
-            key = stable_hash("eigh", stat_keys[l])
-            if key not in self._eigs:
-                hit = self.eig_cache.get(key)
-                if hit is not None:
-                    evals, evecs = hit["evals"].double(), hit["evecs"].double()
-                else:
-                    evals, evecs = eig_of(cov)
-                    self.eig_cache.put(key, {"evals": evals, "evecs": evecs.float()}, {"stats_key": stat_keys[l]})
-                    evecs = evecs.float().double()  # what a later cache hit reads: the same basis either way
-                self._eigs[key] = (evals, evecs)
-            evals, evecs = self._eigs[key]
+            def compute(cov=cov):
+                evals, evecs = eig_of(cov)
+                return {"evals": evals, "evecs": evecs.float()}  # float32 on disk; a hit and a miss read the same
+
+            evals, evecs = self.per_model(self.eig_cache, self._eigs, stable_hash("eigh", stat_keys[l]), compute,
+                                          lambda d: (d["evals"].double(), d["evecs"].double()),
+                                          {"stats_key": stat_keys[l]})
             out[l] = null_basis(evals, evecs, threshold=hp.nullspace_threshold, dim=hp.nullspace_dim,
                                 frac=hp.nullspace_frac)
         return out

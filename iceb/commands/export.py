@@ -27,15 +27,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from iceb.editfile import load_edit, merge_edits
-    from iceb.export import FORMATS, ExportError, export_edit
+    from iceb.export import ExportError, check_format, export_edit
     from iceb.models import default_model_spec, load_model
 
-    if args.fmt not in FORMATS:  # before the model loads
-        from iceb.utils.registry import closest
-
-        near = closest(args.fmt, list(FORMATS))
-        raise ExportError(f"--format {args.fmt!r} is not one of {', '.join(FORMATS)}"
-                          + (f" (did you mean {near!r}?)" if near else ""))
+    check_format(args.fmt)  # before the model loads
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"--out {out} exists and is not empty; choose a new folder")

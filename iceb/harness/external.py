@@ -60,6 +60,8 @@ def external_path(editor: str) -> Path:
     path = Path(text).expanduser()
     if not path.exists():
         raise _error(f"--editor {editor}: no such file or folder")
+    from iceb.export import LORA_FILE
+
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / LORA_FILE).is_file():
             raise _error(f"--editor {editor}: the folder is no diffusers pipeline (no model_index.json) and no LoRA "
@@ -293,7 +295,6 @@ def folder_delta(folder: Path, pipe: Any, editor: str = "") -> dict[str, Any]:
     return out
 
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 _LORA_PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight",
                ".lora.up.weight", ".lora.down.weight")
 
@@ -301,6 +302,8 @@ _LORA_PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_linear_layer.up.weight
 def _lora_keys(path: Path) -> list[str]:
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
+
+    from iceb.export import LORA_FILE
 
     f = path / LORA_FILE if path.is_dir() else path
     if not f.is_file() or f.suffix != ".safetensors":

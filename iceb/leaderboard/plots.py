@@ -15,14 +15,13 @@ from typing import Any
 from iceb.leaderboard.results import SMOKE_MARK
 
 
-def draw_lines(ax, d, colors, *, bounds: bool = True) -> None:
-    """One line per legend label, its 95% band, and (``bounds``) the shared bound line.
+def draw_lines(ax, d, colors) -> None:
+    """One line per legend label, its 95% band, and the metric's one shared bound line.
 
     Args:
         ax: A matplotlib axis.
         d: Rows of one (subset, metric).
         colors: Legend label -> colour.
-        bounds: Draw the metric's bound (once, grey, labelled by its kind).
     """
     from iceb.leaderboard.headline import bound_label, bound_style
 
@@ -37,7 +36,7 @@ def draw_lines(ax, d, colors, *, bounds: bool = True) -> None:
         elif len(ci) == 1:  # a band of one point has no width: a vertical bar instead
             ax.vlines(ci["n_edits"].astype(float), ci["ci_low"].astype(float), ci["ci_high"].astype(float),
                       color=color, alpha=0.4, lw=3)
-    if bounds and len(d):
+    if len(d):
         b = d.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
         if len(b):
             metric = str(d["metric"].iloc[0])
@@ -92,7 +91,7 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
     """
     import matplotlib.pyplot as plt
 
-    from iceb.leaderboard.headline import bound_label, bound_style, erase_only_labels, panels_for
+    from iceb.leaderboard.headline import erase_only_labels, panels_for
 
     panels = [p for p in panels_for(task) if ((d["subset"] == p.subset) & (d["metric"] == p.metric)).any()]
     if not panels:
@@ -106,11 +105,7 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
         sel = d[(d["subset"] == p.subset) & (d["metric"] == p.metric)]
         if not p.for_erasers:
             sel = sel[[not erasers.get(lab, False) for lab in sel["label"]]]
-        draw_lines(ax, sel, colors, bounds=False)
-        b = sel.dropna(subset=["bound"]).groupby("n_edits")["bound"].mean().sort_index()
-        if len(b):
-            ax.plot(b.index, b.values.astype(float), ls=bound_style(p.metric), lw=1, color="0.45",
-                    label=bound_label(p.metric))
+        draw_lines(ax, sel, colors)  # lines, bands and the panel's one bound
         hib = bool(sel["higher_is_better"].iloc[0]) if len(sel) else True
         ax.set_title(f"{p.title} {'↑' if hib else '↓'}", fontsize=10)
         ax.set_ylim(*p.ylim)
