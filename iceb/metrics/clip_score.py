@@ -11,6 +11,9 @@ shortest side, centre crop, OpenAI mean/std), loaded here from safetensors only:
   ``timm/vit_large_patch14_clip_224.openai/open_clip_model.safetensors``), or
 - the Hugging Face cache holding that file.
 
+``$ICEB_CLIP_ARCH`` names another OpenCLIP architecture for those weights (default ``ViT-L-14``; tests use a
+random-weight ``ViT-S-32`` file so that a whole run goes through this loader). It enters the records' key.
+
 Nothing is downloaded; without weights the metric raises one :class:`WeightsNotFoundError` saying how to get them.
 """
 from __future__ import annotations
@@ -69,9 +72,14 @@ class CLIPScore(Metric):
         self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
         self._ready = False
 
+    @property
+    def arch(self) -> str:
+        """The OpenCLIP architecture: ``$ICEB_CLIP_ARCH`` or ViT-L/14 (the paper's)."""
+        return os.environ.get("ICEB_CLIP_ARCH") or CLIP_ARCH
+
     def record_key(self) -> str:
         # records do not depend on the world: the caption is the prompt itself
-        return f"{self.name}-v{self.version}-{CLIP_ARCH}-openai"
+        return f"{self.name}-v{self.version}-{self.arch}-openai"
 
     def _load(self) -> None:
         if self._model is not None:
@@ -83,9 +91,9 @@ class CLIPScore(Metric):
 
         path = find_clip_weights(self.weights)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            CLIP_ARCH, pretrained=path, force_quick_gelu=True, device=self.device)
+            self.arch, pretrained=path, force_quick_gelu=True, device=self.device)
         self._model, self._preprocess = model.eval(), preprocess
-        self._tokenizer = open_clip.get_tokenizer(CLIP_ARCH)
+        self._tokenizer = open_clip.get_tokenizer(self.arch)
 
     def embed(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
         """100 x cosine(image_i, caption_i) for each pair, float64."""
