@@ -51,3 +51,54 @@ def _own_iceb_cache(tmp_path_factory, monkeypatch):
     """Each test gets an empty shared cache root (``$ICEB_CACHE``, inherited by its subprocesses): editors now
     cache statistics there by default, and one test's entries must not turn another's cold edit warm."""
     monkeypatch.setenv("ICEB_CACHE", str(tmp_path_factory.mktemp("iceb-cache")))
+
+
+#: A small OpenCLIP architecture (1.7M parameters, most of them the token table) for runs that go through
+#: CLIPScore's real loader: registered with open_clip and named by $ICEB_CLIP_ARCH, its random weights saved as
+#: the .safetensors file $ICEB_CLIP_WEIGHTS names. In-process only (a subprocess does not see the registration).
+TINY_CLIP_CONFIG = {"embed_dim": 32, "quick_gelu": True,
+                    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16},
+                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory):
+    """(architecture name, weights path) of a random-weight tiny OpenCLIP model, registered with open_clip."""
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("tiny-clip")
+    (d / "iceb-tiny-clip.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(d)
+    torch.manual_seed(0)
+    model = open_clip.create_model("iceb-tiny-clip", pretrained=None)
+    path = d / "tiny-clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return "iceb-tiny-clip", str(path)
+
+
+@pytest.fixture()
+def tiny_clip_env(tiny_clip_files, monkeypatch):
+    """$ICEB_CLIP_ARCH and $ICEB_CLIP_WEIGHTS set to the tiny random CLIP (the metric's real loading path)."""
+    arch, path = tiny_clip_files
+    monkeypatch.setenv("ICEB_CLIP_ARCH", arch)
+    monkeypatch.setenv("ICEB_CLIP_WEIGHTS", path)
+    return arch, path
+
+
+@pytest.fixture(scope="session")
+def random_alexnet_file(tmp_path_factory):
+    """A random-weight torchvision AlexNet as .safetensors, for LPIPS's real loading path ($ICEB_LPIPS_ALEXNET)."""
+    pytest.importorskip("lpips")
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    # only the convolutional features enter LPIPS; the classifier's 58M weights are left out of the file
+    feats = {k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
+             if k.startswith("features.")}
+    path = tmp_path_factory.mktemp("alexnet") / "alexnet.safetensors"
+    save_file(feats, str(path))
+    return str(path)

@@ -16,6 +16,8 @@ TASKS.register("ace-1k", "iceb.tasks.ace:ACE1kTask",
                description="arbitrary concept editing on the project's 1000-class split, up to 1000 edits")
 TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask",
                description="concept rectification on the project's 1000-class split")
+TASKS.register("artists", "iceb.tasks.artists:ArtistsTask",
+               description="artist-style erasure towards 'art', 1 to 1000 artists (EMCID/UCE lists and prompts)")
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:

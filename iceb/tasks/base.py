@@ -122,6 +122,14 @@ class Task(abc.ABC):
     default_edits: ClassVar[tuple[int, ...]] = (1, 5, 10)
     #: metrics a run computes by default
     default_metrics: ClassVar[tuple[str, ...]] = ("image-change",)
+    #: the only edit counts the task serves, when it cannot serve every count from 1 to ``max_edits`` (the artists'
+    #: lists exist for 1, 5, 10, ... only); such a task's requests of N need not be a prefix of a larger count's
+    edit_counts: ClassVar[tuple[int, ...] | None] = None
+
+    @property
+    def nested(self) -> bool:
+        """Whether the requests of N are the first N of every larger count's (a sweep adds edits to the same)."""
+        return self.edit_counts is None
 
     @property
     @abc.abstractmethod
@@ -130,6 +138,8 @@ class Task(abc.ABC):
     def check_n(self, n: int) -> None:
         if not isinstance(n, int) or n < 1 or n > self.max_edits:
             raise TaskError(f"task {self.name!r} supports 1 to {self.max_edits} edits; got {n}")
+        if self.edit_counts is not None and n not in self.edit_counts:
+            raise TaskError(f"task {self.name!r} serves {', '.join(map(str, self.edit_counts))} edits only; got {n}")
 
     def build(self, n: int) -> TaskInstance:
         """The first ``n`` edit requests and their evaluation prompts."""

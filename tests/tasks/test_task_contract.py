@@ -2,10 +2,11 @@
 
 For each (task, world):
 
-- ``build(n)``'s requests are a prefix of ``build(n + 1)``'s, and ``n`` requests come back for ``n``;
+- ``n`` requests come back for ``n``, and (a ``nested`` task) ``build(n)``'s requests are a prefix of the next
+  count's; a task that serves only some counts (``edit_counts``) refuses the others;
 - every prompt carries an integer seed, a known subset and its expected class; prompts of an edit request
   name that request's group, and edit prompts carry the destination class;
-- fingerprints are stable for the same ``n`` and differ between ``n`` and ``n + 1``;
+- fingerprints are stable for the same ``n`` and differ between ``n`` and the next count;
 - ``check_n`` refuses 0 and ``max_edits + 1`` (and ``build`` does too), and accepts every default edit count.
 
 ImageNet tasks on the official split need EMCID's released data (``ICEB_OFFICIAL_DATA``, here the
@@ -14,7 +15,7 @@ conftest's reference copy); a task that is not defined for a world says so and i
 from __future__ import annotations
 
 import pytest
-from conftest import ICEB_REF
+from conftest import ICEB_REF, SHARED_REF
 
 from editors.requests import EditRequest
 from iceb.tasks import TASKS, get_task
@@ -29,6 +30,7 @@ def task(request, monkeypatch):
     name, world = request.param
     if ICEB_REF.is_dir():
         monkeypatch.setenv("ICEB_OFFICIAL_DATA", str(ICEB_REF))
+        monkeypatch.setenv("ICEB_EMCID_DATA", str(SHARED_REF / "emcid" / "data"))
     try:
         t = get_task(name, world=world)
         _ = t.max_edits  # resolves the task's data
@@ -43,26 +45,34 @@ def task(request, monkeypatch):
     return t
 
 
-def _ns(t) -> list[int]:
-    return sorted({n for n in (1, 2) if n < t.max_edits})
+def _pairs(t) -> list[tuple[int, int]]:
+    """(n, the next count the task serves) for its first two counts below its maximum."""
+    counts = t.edit_counts or tuple(range(1, t.max_edits + 1))
+    return [(a, b) for a, b in zip(counts, counts[1:])][:2]
 
 
 @pytest.mark.parametrize("task", CASES, indirect=True, ids=[f"{n}-{w}" for n, w in CASES])
 def test_requests_of_n_are_a_prefix_of_n_plus_one(task):
     assert task.max_edits >= 1
-    for n in _ns(task):
-        small, big = task.build(n), task.build(n + 1)
-        assert small.n_edits == n and len(small.requests) == n and len(big.requests) == n + 1
-        assert big.requests[:n] == small.requests
+    for n, m in _pairs(task):
+        small, big = task.build(n), task.build(m)
+        assert small.n_edits == n and len(small.requests) == n and len(big.requests) == m
+        if task.nested:
+            assert big.requests[:n] == small.requests
         assert all(isinstance(r, EditRequest) for r in big.requests)
+    if task.edit_counts is not None:  # a count between two served ones is refused
+        gaps = [n for n in range(1, max(task.edit_counts)) if n not in task.edit_counts]
+        if gaps:
+            with pytest.raises(TaskError):
+                task.build(gaps[0])
     full = task.build(task.max_edits)
     assert len(full.requests) == task.max_edits
 
 
 @pytest.mark.parametrize("task", CASES, indirect=True, ids=[f"{n}-{w}" for n, w in CASES])
 def test_prompts_carry_seeds_and_expected_classes(task):
-    inst = task.build(min(2, task.max_edits))
-    assert inst.prompts and inst.subset("edit"), "a task has edit prompts"
+    inst = task.build(_pairs(task)[0][0] if _pairs(task) else task.max_edits)
+    assert inst.prompts and (inst.subset("edit") or inst.subset("general")), "a task has prompts of its edits"
     groups = {r.request_id for r in inst.requests}
     assert None not in groups and len(groups) == len(inst.requests), "requests carry distinct request ids"
     for p in inst.prompts:
@@ -76,9 +86,9 @@ def test_prompts_carry_seeds_and_expected_classes(task):
 
 @pytest.mark.parametrize("task", CASES, indirect=True, ids=[f"{n}-{w}" for n, w in CASES])
 def test_fingerprints_are_stable_and_differ_between_n_and_n_plus_one(task):
-    for n in _ns(task):
+    for n, m in _pairs(task):
         assert task.build(n).fingerprint() == task.build(n).fingerprint()
-        assert task.build(n).fingerprint() != task.build(n + 1).fingerprint()
+        assert task.build(n).fingerprint() != task.build(m).fingerprint()
 
 
 @pytest.mark.parametrize("task", CASES, indirect=True, ids=[f"{n}-{w}" for n, w in CASES])
