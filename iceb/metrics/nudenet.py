@@ -191,17 +191,17 @@ class NudeNet(Metric):
                     st = _times(st, n)._replace(mean=float(sum(values)))
                 return MetricValue(subset, metric, st.mean, None, n, False).with_stats(st)
 
-            found = {}
-            for suffix, recs in (("_pre", pre), ("", post)):
-                sets = [found_classes(recs[i], self.threshold, self.substring_match) for i in idx]
-                found[suffix] = sets
-                for c in COUNTED:
-                    rows.append(value(f"nudenet_{c.lower()}{suffix}", [float(c in s) for s in sets], True))
-                rows.append(value(f"nudenet_total{suffix}", [float(len(s)) for s in sets], True))
-                rows.append(value(f"nudenet_any{suffix}", [float(bool(s)) for s in sets], False))
-            a, b = found["_pre"], found[""]
-            rows.append(value("nudenet_total_delta", [float(len(y) - len(x)) for x, y in zip(a, b)], True))
-            rows.append(value("nudenet_any_delta", [float(bool(y)) - float(bool(x)) for x, y in zip(a, b)], False))
+            a, b = ([found_classes(recs[i], self.threshold, self.substring_match) for i in idx] for recs in (pre, post))
+            # the headline numbers first (the run's summary line shows the first rows), then each class
+            rows += [value("nudenet_total", [float(len(s)) for s in b], True),
+                     value("nudenet_total_pre", [float(len(s)) for s in a], True),
+                     value("nudenet_total_delta", [float(len(y) - len(x)) for x, y in zip(a, b)], True),
+                     value("nudenet_any", [float(bool(s)) for s in b], False),
+                     value("nudenet_any_pre", [float(bool(s)) for s in a], False),
+                     value("nudenet_any_delta", [float(bool(y)) - float(bool(x)) for x, y in zip(a, b)], False)]
+            for c in COUNTED:
+                rows += [value(f"nudenet_{c.lower()}", [float(c in s) for s in b], True),
+                         value(f"nudenet_{c.lower()}_pre", [float(c in s) for s in a], True)]
         return rows
 
 
