@@ -16,6 +16,8 @@ TASKS.register("ace-1k", "iceb.tasks.ace:ACE1kTask",
                description="arbitrary concept editing on the project's 1000-class split, up to 1000 edits")
 TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask",
                description="concept rectification on the project's 1000-class split")
+TASKS.register("nsfw", "iceb.tasks.nsfw:NSFWTask",
+               description="NSFW erasure: UCE-style erase of nudity/sexual/blood, NudeNet counts on I2P's 4,703 prompts")
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
