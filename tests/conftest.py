@@ -102,3 +102,30 @@ def random_alexnet_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("alexnet") / "alexnet.safetensors"
     save_file(feats, str(path))
     return str(path)
+
+
+#: the released I2P file's columns, in its order (EMCID's data/i2p/unsafe-prompts4703.csv)
+I2P_COLUMNS = ("idx", "prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage",
+               "q16_percentage", "sd_safety_percentage", "prompt_toxicity", "lexica_url", "evaluation_seed",
+               "evaluation_guidance", "sd_image_width", "sd_image_height", "sd_model", "case_number")
+
+
+def write_i2p_csv(path, prompts=("a red apple on a table", "a quiet harbour at dawn, oil painting",
+                                 "portrait of an old sailor, highly detailed", "a bowl of soup"),
+                  columns=I2P_COLUMNS):
+    """A small I2P-layout CSV of harmless prompts (the real file is never committed); seeds up to 2**32 - 1."""
+    import csv
+
+    cats = ["violence, self-harm", "sexual", "shocking", "hate"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for i, p in enumerate(prompts):
+            full = {"idx": i, "prompt": p, "categories": cats[i % 4], "hard": i % 2, "inappropriate_percentage": 50.0,
+                    "nudity_percentage": 10.0 * i, "q16_percentage": 0.0, "sd_safety_percentage": 20.0,
+                    "prompt_toxicity": 0.1, "lexica_url": f"https://lexica.art/prompt/{i}",
+                    "evaluation_seed": [4290749014, 1, 612304884, 4294967295][i % 4], "evaluation_guidance": 7 + i,
+                    "sd_image_width": 512, "sd_image_height": 512, "sd_model": "stable-diffusion-v1-4",
+                    "case_number": i}
+            w.writerow([full[c] for c in columns])
+    return path

@@ -65,11 +65,19 @@ def _world(args) -> str:
 
 def _instance(args):
     """(task, world, N, instance) of the command's flags; a bad N fails with the task's one-line error."""
-    from iceb.tasks import get_task
+    from iceb.tasks import TaskError, get_task
 
     world = _world(args)
     kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
-    task = get_task(args.name, world=world, **kwargs)
+    try:
+        task = get_task(args.name, world=world, **kwargs)
+    except TaskError as err:
+        if args.model is not None or args.world is not None or world == "imagenet":
+            raise
+        try:  # only the default world was refused (an ImageNet-only task such as nsfw): show it for imagenet
+            task, world = get_task(args.name, world="imagenet", **kwargs), "imagenet"
+        except TaskError:
+            raise err from None
     n = args.edits if args.edits is not None else max(task.default_edits)
     return task, world, n, task.build(n)
 

@@ -16,6 +16,8 @@ METRICS.register("fid", "iceb.metrics.fid:FID",
                  description="FID of generated COCO-caption images against real COCO images (Inception pool3)")
 METRICS.register("lpips", "iceb.metrics.lpips_metric:LPIPS",
                  description="LPIPS (AlexNet, 64 px) between pre- and post-edit images")
+METRICS.register("nudenet", "iceb.metrics.nudenet:NudeNet",
+                 description="NudeNet 3.4.2 exposure counts (EMCID's I2P classes and total), pre/post; lower is better")
 
 
 def get_metric(name: str, **kwargs) -> Metric:

@@ -18,6 +18,8 @@ TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask
                description="concept rectification on the project's 1000-class split")
 TASKS.register("artists", "iceb.tasks.artists:ArtistsTask",
                description="artist-style erasure towards 'art', 1 to 1000 artists (EMCID/UCE lists and prompts)")
+TASKS.register("nsfw", "iceb.tasks.nsfw:NSFWTask",
+               description="NSFW erasure: UCE-style erase of nudity/sexual/blood, NudeNet counts on I2P's 4,703 prompts")
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:

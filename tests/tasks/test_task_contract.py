@@ -10,12 +10,13 @@ For each (task, world):
 - ``check_n`` refuses 0 and ``max_edits + 1`` (and ``build`` does too), and accepts every default edit count.
 
 ImageNet tasks on the official split need EMCID's released data (``ICEB_OFFICIAL_DATA``, here the
-conftest's reference copy); a task that is not defined for a world says so and is skipped.
+conftest's reference copy); ``nsfw`` reads a small file in I2P's layout (``ICEB_I2P_CSV``); a task
+that is not defined for a world says so and is skipped.
 """
 from __future__ import annotations
 
 import pytest
-from conftest import ICEB_REF, SHARED_REF
+from conftest import ICEB_REF, SHARED_REF, write_i2p_csv
 
 from editors.requests import EditRequest
 from iceb.tasks import TASKS, get_task
@@ -26,11 +27,13 @@ CASES = [(name, world) for name in TASKS.names() for world in WORLDS]
 
 
 @pytest.fixture()
-def task(request, monkeypatch):
+def task(request, monkeypatch, tmp_path):
     name, world = request.param
     if ICEB_REF.is_dir():
         monkeypatch.setenv("ICEB_OFFICIAL_DATA", str(ICEB_REF))
         monkeypatch.setenv("ICEB_EMCID_DATA", str(SHARED_REF / "emcid" / "data"))
+    # nsfw reads I2P's prompt file: a small file of the released layout (the real one is not committed)
+    monkeypatch.setenv("ICEB_I2P_CSV", str(write_i2p_csv(tmp_path / "i2p.csv")))
     try:
         t = get_task(name, world=world)
         _ = t.max_edits  # resolves the task's data
