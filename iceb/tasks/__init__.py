@@ -16,6 +16,9 @@ TASKS.register("ace-1k", "iceb.tasks.ace:ACE1kTask",
                description="arbitrary concept editing on the project's 1000-class split, up to 1000 edits")
 TASKS.register("rectification-1k", "iceb.tasks.rectification:Rectification1kTask",
                description="concept rectification on the project's 1000-class split")
+TASKS.register("debias", "iceb.tasks.debias:DebiasTask",
+               description="gender debiasing of EMCID's 37 professions: Delta = |p_female - 0.5| / 0.5 over 10 "
+                           "seeds (editors with a debiasing mode: emcid)")
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:

@@ -6,20 +6,20 @@ import pytest
 from editors.requests import EditRequest, RequestError
 from iceb.data.request_files import requests_from_data, requests_hash, requests_to_json
 
-DOCTOR = dict(kind="debias", destinations=("a female doctor", "a male doctor"))
+DOCTOR = {"kind": "debias", "destinations": ("a female doctor", "a male doctor")}
 
 
 def test_a_debias_request_needs_two_distinct_destinations_and_no_single_destination():
     r = EditRequest("a doctor", **DOCTOR)
     assert r.destinations == ("a female doctor", "a male doctor") and r.destination == ""
     assert EditRequest("a doctor", kind="debias", destinations=["a", "b"]).destinations == ("a", "b")
-    for kw, msg in [(dict(kind="debias", destinations=("a female doctor",)), "at least two distinct"),
-                    (dict(kind="debias", destinations=("x", "x")), "at least two distinct"),
-                    (dict(kind="debias"), "at least two distinct"),
-                    (dict(kind="debias", destinations=("x", " ")), "non-empty"),
-                    (dict(kind="debias", destination="a nurse", destinations=("x", "y")), "leave destination empty"),
-                    (dict(kind="update", destination="a nurse", destinations=("x", "y")), "takes no destinations"),
-                    (dict(kind="erase", destinations=("x", "y")), "takes no destinations")]:
+    for kw, msg in [({"kind": "debias", "destinations": ("a female doctor",)}, "at least two distinct"),
+                    ({"kind": "debias", "destinations": ("x", "x")}, "at least two distinct"),
+                    ({"kind": "debias"}, "at least two distinct"),
+                    ({"kind": "debias", "destinations": ("x", " ")}, "non-empty"),
+                    ({"kind": "debias", "destination": "a nurse", "destinations": ("x", "y")}, "leave destination empty"),
+                    ({"kind": "update", "destination": "a nurse", "destinations": ("x", "y")}, "takes no destinations"),
+                    ({"kind": "erase", "destinations": ("x", "y")}, "takes no destinations")]:
         with pytest.raises(RequestError, match=msg):
             EditRequest("a doctor", **kw)
 
