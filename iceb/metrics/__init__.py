@@ -16,6 +16,9 @@ METRICS.register("fid", "iceb.metrics.fid:FID",
                  description="FID of generated COCO-caption images against real COCO images (Inception pool3)")
 METRICS.register("lpips", "iceb.metrics.lpips_metric:LPIPS",
                  description="LPIPS (AlexNet, 64 px) between pre- and post-edit images")
+METRICS.register("gender-clip", "iceb.metrics.gender:GenderCLIP",
+                 description="gender balance: CLIP ViT-L/14 zero-shot female/male share, "
+                             "Delta = |p_female - 0.5| / 0.5 (EMCID's debiasing metric)")
 
 
 def get_metric(name: str, **kwargs) -> Metric:
