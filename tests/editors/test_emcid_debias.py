@@ -99,3 +99,14 @@ def test_debias_requests_need_a_judge_and_editors_without_the_mode_are_refused(t
     with pytest.raises(RequestError, match="no debiasing mode"):
         run_editor(make_editor(get_editor("emcid-ns"), None, progress=False), tiny_pipe, [DOCTOR])
     assert torch.equal(get_tensor(tiny_pipe, fc2_name(tiny_pipe.text_encoder, 9)), before)
+
+
+def test_the_python_api_takes_the_judge(tiny_model):
+    from iceb.editfile import edit_model
+
+    overrides = {**CHEAP, "debias_images": 2, "debias_iterations": 1}
+    with pytest.raises(RequestError, match="need a judge"):
+        edit_model("emcid", tiny_model, [DOCTOR], overrides=overrides, progress=False, cache_dir=False)
+    res, hp = edit_model("emcid", tiny_model, [DOCTOR], overrides=overrides, progress=False, cache_dir=False,
+                         judge=lambda images, labels: np.tile([0.5, 0.5], (len(images), 1)))  # ties: 'female'
+    assert hp.debias_iterations == 1 and res.info["debias"]["a doctor"]["last_shares"] == [1.0, 0.0]
