@@ -90,3 +90,15 @@ def test_a_profession_file_with_a_missing_column_is_one_clear_error(tmp_path):
         read_professions(empty)
     with pytest.raises(TaskError, match="does not exist"):
         get_task("debias", data_file=tmp_path / "missing.csv").build(1)
+
+
+@needs_ref
+def test_the_requests_export_reads_back_as_the_same_debias_requests(tmp_path):
+    from iceb.data.request_files import read_request_file
+    from iceb.tasks.export import export_text
+
+    inst = get_task("debias").build(3)
+    path = tmp_path / "debias.csv"
+    path.write_text(export_text(inst, "requests-csv"))
+    assert read_request_file(path).requests == list(inst.requests)
+    assert "destinations" not in export_text(get_task("smoke").build(2), "requests-csv").splitlines()[0]
