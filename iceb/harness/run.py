@@ -6,7 +6,9 @@ them in a row:
 0. :meth:`Run.resolve`: the configuration is checked (:meth:`EvalConfig.validate`) and the editor name
    resolved *before* the model loads; then the model, the task, the edit counts and the editor's hparams.
 1. :meth:`Run.plan`: every edit count's task instance, the request checks of the editor, the run id, the
-   run lock, and the work items in ``manifest.json``.
+   run lock, and the work items in ``manifest.json``. A task that names a judge (``Task.judge``: ``debias``'s
+   ``gender-clip``) gets it built here and handed to the editor (``set_judge``) before the checks, so an
+   editor's debiasing mode scores its trials with the benchmark's classifier without importing it.
 2. :meth:`Run.render_pre_edit`: the union of every edit count's (prompt, seed) pairs, rendered once with the
    unedited model into the shared image cache (``<out>/cache/images``) and scored once per metric into the
    shared record cache (``<out>/cache/records``). Every editor and edit count that uses the same model,
