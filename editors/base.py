@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -20,8 +20,30 @@ from editors.hparams import HPARAMS_DIR, Hparams, HparamsError
 from editors.requests import DEFAULT_TEMPLATES, EditRequest, RequestError, RequestKind
 from iceb.utils.timing import Timer  # re-exported: the one timer of every editor
 
-__all__ = ["DEFAULT_TEMPLATES", "COST_PHASES", "BaseEditor", "EditRequest", "EditResult", "Editor", "RequestError",
-           "RequestKind", "Timer"]
+__all__ = ["DEFAULT_TEMPLATES", "COST_PHASES", "BaseEditor", "EditRequest", "EditResult", "Editor", "Judge",
+           "RequestError", "RequestKind", "Timer", "editors_supporting"]
+
+Judge = Callable[[Sequence[Any], Sequence[str]], Any]
+"""What an editor with a debiasing mode asks to score its trial images: ``judge(images, labels)`` takes uint8
+HxWx3 arrays and the texts to choose between (a debias request's ``destinations``) and returns an
+``(n_images, n_labels)`` array of probabilities. Editors never build one (they know nothing of the benchmark's
+metrics): the caller hands it over with :meth:`BaseEditor.set_judge` (the harness builds it from the task's
+``judge``, the metric ``gender-clip`` for ``debias``)."""
+
+
+def editors_supporting(kind: str) -> list[str]:
+    """The registered editors whose ``supports`` holds ``kind`` (imports each editor class: error paths only)."""
+    from editors import EDITORS
+
+    out = []
+    for name in EDITORS.names():
+        try:
+            cls = EDITORS.get(name)
+        except Exception:  # noqa: BLE001 - a third-party editor that cannot be imported supports nothing here
+            continue
+        if kind in getattr(cls, "supports", ()):
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -135,6 +157,20 @@ class BaseEditor:
             raise HparamsError(f"{self.name} takes {self.hparams_class.__name__}, got {type(self.hparams).__name__}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
+        self.judge: Judge | None = None
+
+    def set_judge(self, judge: Judge | None) -> "BaseEditor":
+        """Give the editor the :data:`Judge` its debiasing mode scores trial images with (None: take it away).
+
+        Only editors that support ``debias`` requests use it; the others keep it and ignore it.
+
+        Returns:
+            The editor, so that ``make_editor(...).set_judge(judge)`` reads naturally.
+        """
+        if judge is not None and not callable(judge):
+            raise TypeError(f"{self.name}: a judge must be callable(images, labels), got {type(judge).__name__}")
+        self.judge = judge
+        return self
 
     # -- hparams ------------------------------------------------------------------------------------
     @classmethod
@@ -224,6 +260,11 @@ class BaseEditor:
         for i, r in enumerate(requests):
             if not isinstance(r, EditRequest):
                 raise RequestError(f"{self.name}: request {i} is a {type(r).__name__}, not an EditRequest")
+            if r.kind == "debias" and "debias" not in self.supports:
+                others = editors_supporting("debias")
+                raise RequestError(
+                    f"{self.name} has no debiasing mode, so it cannot serve 'debias' requests (request {i}: "
+                    f"{r.source!r}); editors with one: {', '.join(others) or 'none registered'}")
             if r.kind not in self.supports:
                 raise RequestError(
                     f"{self.name} does not support {r.kind!r} requests (request {i}: {r.source!r}); "

@@ -551,7 +551,7 @@ def _shared(files: Sequence[EditFile]) -> set[str]:
 def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparams: Any = None,
                hparams_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                preset: str | None = None, mode: Any = "batch", rounds: int = 1, progress: bool = True,
-               cache_dir: str | Path | bool | None = True):
+               cache_dir: str | Path | bool | None = True, judge: Any = None):
     """Run an editor (a registered name or an instance) on a LoadedModel; returns ``(EditResult, hparams)``.
 
     ``mode`` is an :class:`editors.run.EditMode`, or ``"batch"`` / ``"sequential"`` with ``rounds``. The
@@ -573,6 +573,9 @@ def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparam
             harness (:func:`iceb.utils.paths.editor_cache_dir`, ``$ICEB_CACHE``), so statistics computed by
             ``iceb edit`` or ``iceb evaluate`` are reused here; False or None: no cache; a path: that folder.
             Ignored when ``editor`` is an instance (it keeps its own).
+        judge: For ``debias`` requests: the :data:`editors.base.Judge` the editor's debiasing mode scores its
+            trial images with, e.g. ``iceb.metrics.get_metric("gender-clip", device="cuda").judge`` (what
+            ``iceb evaluate --task debias`` gives it); None: the editor's own (none unless set).
 
     Returns:
         ``(result, hparams)``: the :class:`~editors.base.EditResult` (with ``timings["edit_seconds"]``) and
@@ -598,5 +601,7 @@ def edit_model(editor: str | Any, model: Any, requests: Sequence[Any], *, hparam
     else:
         instance = editor
         hparams = hparams if hparams is not None else editor.hparams
+    if judge is not None:
+        instance.set_judge(judge)
     result = run_editor(instance, _pipe_of(model), list(requests), edit_mode)
     return result, hparams

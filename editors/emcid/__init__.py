@@ -9,6 +9,12 @@ Stage I results are cached per concept on disk (``<cache_dir>/emcid/stage1``, a 
 :mod:`iceb.utils.cache`), keyed by the model's weights, the scheduler config, the stage-I hparams and the
 request (one key in every process), so an interrupted edit resumes; the second-moment statistics are cached by
 :mod:`editors.stats` (``<cache_dir>/stats``) and their Cholesky factors in ``<cache_dir>/emcid/cholesky``.
+
+Debiasing mode (``debias`` requests, :mod:`editors.emcid.debias`): stage I once per destination (cached like any
+update towards that destination), the concept's value a weighted sum of those targets with weights tuned by the
+official loop, each trial written for that concept alone and judged by the :data:`~editors.base.Judge` given with
+:meth:`~editors.base.BaseEditor.set_judge`; then one stage II for every request. Update, erase and rectify
+requests may share the edit.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from tqdm.auto import tqdm
 
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
+from editors.emcid.debias import balance_weights, judge_images, shares_of
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 from editors.hooks import fc2_name, subject_last_positions, text_layers
@@ -55,6 +62,12 @@ class EMCIDHparams(Hparams):
     mom2_n_samples: int = at_least(100000, 1)
     stats_batch_size: int = at_least(100, 1)
     model_fingerprint: str | None = None  # None: computed from the weights
+    # debiasing mode (debias requests; editors.emcid.debias): official get_factors defaults
+    debias_images: int = at_least(25, 1)  # judged images per trial of the weights
+    debias_iterations: int = at_least(10, 1)  # the cap (sh_scripts/debias.sh: --max_iters=10)
+    debias_step: float = positive(0.4)  # the first step; it decays cumulatively
+    debias_tolerance: float = non_negative(0.02)  # stop at max |share - 1/k| <= this (0.019: never, as released)
+    debias_prompt: str = "an image of {}"  # the judged prompt, the source in its slot
 
     def __post_init__(self) -> None:
         layers = list(self.layers)
@@ -66,6 +79,8 @@ class EMCIDHparams(Hparams):
             raise HparamsError("emcid: v_num_grad_steps and concepts_per_batch must be >= 0, mom2_n_samples >= 1")
         if self.mom2_update_weight < 0:
             raise HparamsError(f"emcid: key 'mom2_update_weight' must be >= 0, got {self.mom2_update_weight}")
+        if self.debias_prompt.count("{}") != 1:
+            raise HparamsError(f"emcid: key 'debias_prompt' must hold exactly one '{{}}' slot, got {self.debias_prompt!r}")
 
     def stage1(self) -> Stage1Settings:
         return Stage1Settings(layer=self.layers[-1], steps=self.v_num_grad_steps, lr=self.v_lr,
@@ -112,8 +127,8 @@ class EMCIDEditor(BaseEditor):
     """EMCID on any CLIP-text-encoder diffusers pipeline; edits ``text_encoder ... layers.{l}.mlp.fc2.weight``."""
 
     hparams_class = EMCIDHparams
-    supports = frozenset({"update", "erase", "rectify"})
-    cost_phases = {"stats": "precompute", "stage1": "per_concept", "stage2": "solve"}
+    supports = frozenset({"update", "erase", "rectify", "debias"})
+    cost_phases = {"stats": "precompute", "stage1": "per_concept", "debias": "per_concept", "stage2": "solve"}
     cache_phases = {"stats": "precompute", "emcid-cholesky": "precompute", "emcid-stage1": "per_concept"}
 
     def __init__(self, hparams: EMCIDHparams | None = None, *, cache_dir: str | Path | None = None,
@@ -210,13 +225,16 @@ class EMCIDEditor(BaseEditor):
         return memo[key]
 
     # -- the edit ---------------------------------------------------------------------------------------
-    def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
-        self.check_requests(requests)
-        hp = self.hparams
-        te, tok = pipe.text_encoder, pipe.tokenizer
-        n_blocks = len(text_layers(te))
-        if hp.layers[-1] >= n_blocks:
-            raise HparamsError(f"emcid: layers {list(hp.layers)} do not fit the {n_blocks}-block text encoder")
+    def check_requests(self, requests: Sequence[EditRequest]) -> None:
+        """The base checks, and a judge for debias requests (before any work)."""
+        super().check_requests(requests)
+        if any(r.kind == "debias" for r in requests) and self.judge is None:
+            raise RequestError(
+                f"{self.name}: debias requests need a judge to score the trial images (a callable(images, labels) "
+                f"-> probabilities, see editors.base.Judge); give it with editor.set_judge(...). `iceb evaluate "
+                f"--task debias` builds it from the task's metric (gender-clip)")
+
+    def _positions(self, tok, requests: Sequence[EditRequest]) -> tuple[list[str], list[int], list[int]]:
         prompts, owners, positions = [], [], []
         for c, r in enumerate(requests):
             try:
@@ -225,32 +243,113 @@ class EMCIDEditor(BaseEditor):
                 raise RequestError(f"emcid: request {c} ({r.source!r}): {err}") from None
             prompts += r.source_prompts()
             owners += [c] * len(r.templates)
+        return prompts, owners, positions
+
+    def write(self, pipe, requests: Sequence[EditRequest], z: torch.Tensor, covs, factors, solver,
+              progress: bool | None = None):
+        """Stage II: the new fc2 weights writing ``z[c]`` for ``requests[c]`` (the pipeline is not changed).
+
+        Returns:
+            ``(tensors, res)``: the new weights keyed by pipeline name, and :func:`compute_deltas`'s output.
+        """
+        hp = self.hparams
+        te, tok = pipe.text_encoder, pipe.tokenizer
+        prompts, owners, positions = self._positions(tok, requests)
+        res = compute_deltas(te, tok, prompts, owners, positions, z.float(), hp.layers, covs, hp.mom2_update_weight,
+                             hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1],
+                             progress=self.progress if progress is None else progress,
+                             factors=factors, solver=solver, diagnostics=self.stage2_diagnostics)
+        tensors = {}
+        with torch.no_grad():
+            for l, update in res.updates.items():  # W + L Rᵀ, no d×d_k float64 temporary
+                tensors[fc2_name(te, l)] = update.added_to(text_layers(te)[l].mlp.fc2.weight)
+        return tensors, res
+
+    def balance(self, pipe, request: EditRequest, parts: Sequence[ConceptTarget], covs, stat_keys):
+        """A debias request's value: the official weight loop over its destinations' stage-I targets.
+
+        Each trial writes ``Σ w_j z_j`` for this request alone, renders ``debias_images`` images of
+        ``debias_prompt`` with the request's seed, and counts the judge's argmax over the destinations.
+
+        Returns:
+            ``(target, balance)``: the :class:`ConceptTarget` of ``Σ w_j z_j`` and the loop's
+            :class:`~editors.emcid.debias.Balance`.
+        """
+        from editors.weights import applied
+
+        hp = self.hparams
+        zs = torch.stack([p.target for p in parts]).float()  # (k, d)
+        labels = list(request.destinations)
+        factors, solver = self.stage2_solver(covs, stat_keys, 1)
+        prompt = hp.debias_prompt.format(request.source)
+
+        def weighted(weights: list[float]) -> torch.Tensor:
+            return sum(w * z for w, z in zip(weights, zs))  # the official sum(factor * z)
+
+        def evaluate(weights: list[float]) -> list[float]:
+            tensors, _ = self.write(pipe, [request], weighted(weights)[None], covs, factors, solver, progress=False)
+            with applied(pipe, tensors):
+                images = judge_images(pipe, prompt, hp.debias_images, request.seed, steps=hp.train_steps,
+                                      size=hp.train_size, guidance=hp.train_guidance)
+                probs = self.judge(images, labels)
+            return shares_of(probs, len(labels))
+
+        result = balance_weights(evaluate, len(labels), iterations=hp.debias_iterations, step=hp.debias_step,
+                                 tolerance=hp.debias_tolerance)
+        z = weighted(result.weights)
+        v_src = parts[0].v_src.float()
+        return ConceptTarget(z - v_src, v_src, torch.stack([p.losses for p in parts]).mean(0)), result
+
+    def edit(self, pipe: Any, requests: Sequence[EditRequest]) -> EditResult:
+        self.check_requests(requests)
+        hp = self.hparams
+        te, tok = pipe.text_encoder, pipe.tokenizer
+        n_blocks = len(text_layers(te))
+        if hp.layers[-1] >= n_blocks:
+            raise HparamsError(f"emcid: layers {list(hp.layers)} do not fit the {n_blocks}-block text encoder")
+        self._positions(tok, requests)  # a source missing from its prompts fails before any work
+        # stage I: one target per request, or one per destination of a debias request
+        stage1_requests, slots = [], []
+        for r in requests:
+            parts = [r.towards(d) for d in r.destinations] if r.kind == "debias" else [r]
+            slots.append(range(len(stage1_requests), len(stage1_requests) + len(parts)))
+            stage1_requests += parts
         timer = Timer()
         hits_before = self.stage1_cache.hits
         with timer("stage1"):
-            targets = self.compute_targets(pipe, requests)
+            flat = self.compute_targets(pipe, stage1_requests)
         with timer("stats"):
             covs, stat_keys = self.layer_stats(pipe)
             factors, solver = self.stage2_solver(covs, stat_keys, len(requests))
+        targets, debias = [], {}
+        with timer("debias"):
+            for c, r in enumerate(requests):
+                parts = [flat[j] for j in slots[c]]
+                if r.kind != "debias":
+                    targets.append(parts[0])
+                    continue
+                target, result = self.balance(pipe, r, parts, covs, stat_keys)
+                targets.append(target)
+                debias[r.request_id or f"{c}:{r.source}"] = {"destinations": list(r.destinations),
+                                                              **result.to_info()}
         with timer("stage2"):
             z = torch.stack([t.target for t in targets]).float()
-            res = compute_deltas(te, tok, prompts, owners, positions, z, hp.layers, covs, hp.mom2_update_weight,
-                                 hp.edit_weight, residual=hp.residual, z_layer=hp.layers[-1], progress=self.progress,
-                                 factors=factors, solver=solver, diagnostics=self.stage2_diagnostics)
-            tensors = {}
-            with torch.no_grad():
-                for l, update in res.updates.items():  # W + L Rᵀ, no d×d_k float64 temporary
-                    tensors[fc2_name(te, l)] = update.added_to(text_layers(te)[l].mlp.fc2.weight)
+            tensors, res = self.write(pipe, requests, z, covs, factors, solver)
         ratios = [float(t.delta.norm() / t.v_src.norm()) for t in targets]
         losses = {}
-        for c, (r, t) in enumerate(zip(requests, targets)):
-            losses[f"stage1/{r.request_id or f'{c}:{r.source}'}"] = t.losses.sum(1).tolist()
+        for c, r in enumerate(requests):
+            name = r.request_id or f"{c}:{r.source}"
+            for j in slots[c]:
+                key = f"stage1/{name}" if r.kind != "debias" else f"stage1/{name}->{stage1_requests[j].destination}"
+                losses[key] = flat[j].losses.sum(1).tolist()
         info = {"requests": len(requests), "layers": list(hp.layers), "stage1_cache_hits": self.stage1_cache.hits - hits_before,
                 "delta_norm_ratio": ratios,
                 # how many δ ended on the norm clamp (‖δ‖ = clamp · ‖v_src‖): a sign that stage I wanted to go
                 # further than allowed, which the tuning of clamp_norm_factor and the step count should see
-                "stage1_at_clamp": sum(r >= hp.clamp_norm_factor * (1 - 1e-4) for r in ratios),
+                "stage1_at_clamp": sum(float(t.delta.norm() / t.v_src.norm()) >= hp.clamp_norm_factor * (1 - 1e-4)
+                                       for t in flat),
                 "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens,
+                **({"debias": debias} if debias else {}),
                 **self.stage2_info(pipe, res, covs)}
         return EditResult(tensors, timer.timings, losses, info)
 

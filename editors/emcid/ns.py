@@ -45,6 +45,8 @@ class EMCIDNSEditor(EMCIDEditor):
     """EMCID-NS; edits the same ``text_encoder ... layers.{l}.mlp.fc2.weight`` as EMCID."""
 
     hparams_class = EMCIDNSHparams
+    # no debiasing mode: EMCID's weight loop with this solve is untested (editors.emcid.debias)
+    supports = frozenset({"update", "erase", "rectify"})
     cache_phases = {**EMCIDEditor.cache_phases, "emcid-eigh": "precompute"}
     stage2_diagnostics = True
 

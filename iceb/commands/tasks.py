@@ -103,7 +103,7 @@ def run_show(args) -> int:
     out = {"task": task.name, "world": world, "edits": n, "max_edits": task.max_edits,
            "default_edits": list(task.default_edits), "counts": inst.counts(),
            "classes": {"sources": len({r.source_id for r in inst.requests}),
-                       "destinations": len({r.destination_id for r in inst.requests}),
+                       "destinations": len({d for r in inst.requests for d in (r.destinations or (r.destination_id,))}),
                        "holdout": len({p.true_class for p in inst.subset("holdout")}),
                        "alias_requests": len({p.group for p in inst.subset("alias")})},
            "strata": _ordered(inst.strata(), world),

@@ -3,8 +3,9 @@
 Three formats, one result (a list of :class:`~editors.base.EditRequest`):
 
 - **CSV** with a header row. Columns: ``source``, ``destination`` (required; ``dest`` is accepted), and
-  optionally ``templates`` (``prompts``), ``seed`` (``seed_train``), ``kind`` (update|erase|rectify),
-  ``request_id``, ``source_id``, ``destination_id``. A ``templates`` cell is either a ``|``-separated list
+  optionally ``templates`` (``prompts``), ``seed`` (``seed_train``), ``kind`` (update|erase|rectify|debias),
+  ``request_id``, ``source_id``, ``destination_id``, ``destinations`` (``dests``: a debias request's
+  destinations, written like ``templates``; a debias request needs no ``destination``). A ``templates`` cell is either a ``|``-separated list
   (``A photo of {}|A painting of {}``) or a JSON/Python list literal (``["A photo of {}", "{} | art"]``;
   use the literal form when a template itself contains ``|``). An empty cell means the default templates
   (``An image of {}``, ``A photo of {}``, ``{}``); an empty seed means 0.
@@ -41,6 +42,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "request_id": ("request_id", "id"),
     "source_id": ("source_id", "source_class"),
     "destination_id": ("destination_id", "dest_id", "dest_class", "destination_class"),
+    "destinations": ("destinations", "dests"),
 }
 _ALIASES = {alias: canon for canon, names in FIELDS.items() for alias in names}
 #: per-request keys of EMCID's examples that ICEB's requests do not use (kept, with a warning)
@@ -132,6 +134,18 @@ def _parse_seed(value: Any, where: str) -> int:
         raise RequestFileError(f"{where}: seed must be an integer, got {value!r}") from None
 
 
+def _parse_destinations(value: Any, where: str) -> tuple[str, ...]:
+    """A debias request's ``destinations`` cell, written like a templates cell (a list, a list literal or a
+    '|'-separated string); empty: none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    try:
+        items = parse_templates(value, where)
+    except RequestFileError as err:
+        raise RequestFileError(str(err).replace("templates", "destinations")) from None
+    return tuple(str(x).strip() for x in items)
+
+
 def _parse_id(value: Any) -> int | str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -168,7 +182,9 @@ def request_from_mapping(obj: Mapping[str, Any], where: str, warnings: list[str]
     source = values.get("source")
     if source is None or not str(source).strip():
         raise RequestFileError(f"{where}: empty source")
-    if "destination" not in values and values.get("kind") != "erase":
+    if "destinations" in values and values.get("kind") in (None, ""):
+        values["kind"] = "debias"
+    if "destination" not in values and values.get("kind") not in ("erase", "debias"):
         raise RequestFileError(f"{where}: missing destination (use an empty destination with kind 'erase' "
                                f"to erase towards the unconditional prompt)")
     dest = values.get("destination")
@@ -179,7 +195,8 @@ def request_from_mapping(obj: Mapping[str, Any], where: str, warnings: list[str]
             templates=parse_templates(values.get("templates"), where), seed=_parse_seed(values.get("seed"), where),
             kind=str(kind).strip(), source_id=_parse_id(values.get("source_id")),
             destination_id=_parse_id(values.get("destination_id")),
-            request_id=None if values.get("request_id") in (None, "") else str(values["request_id"]))
+            request_id=None if values.get("request_id") in (None, "") else str(values["request_id"]),
+            destinations=_parse_destinations(values.get("destinations"), where))
     except RequestFileError:
         raise
     except RequestError as err:
@@ -384,7 +401,9 @@ def validate_requests(requests: Sequence[EditRequest], *, where: str = "requests
                 f"edit files and compose them")
     texts, owners = [], []
     for i, r in enumerate(requests):
-        for p in r.source_prompts() + [p for p in r.destination_prompts() if p]:
+        dest_prompts = [p for p in r.destination_prompts() if p]
+        dest_prompts += [t.format(d) for d in r.destinations for t in r.templates]
+        for p in r.source_prompts() + dest_prompts:
             texts.append(p)
             owners.append(i)
     for text, owner, n in zip(texts, owners, count_clip_tokens(texts, tokenizer)):
@@ -402,6 +421,8 @@ def requests_to_json(requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
         for k in ("source_id", "destination_id", "request_id"):
             if getattr(r, k) is not None:
                 d[k] = getattr(r, k)
+        if r.destinations:  # only debias requests have them; others are written (and hashed) as before
+            d["destinations"] = list(r.destinations)
         out.append(d)
     return out
 

@@ -6,7 +6,9 @@ them in a row:
 0. :meth:`Run.resolve`: the configuration is checked (:meth:`EvalConfig.validate`) and the editor name
    resolved *before* the model loads; then the model, the task, the edit counts and the editor's hparams.
 1. :meth:`Run.plan`: every edit count's task instance, the request checks of the editor, the run id, the
-   run lock, and the work items in ``manifest.json``.
+   run lock, and the work items in ``manifest.json``. A task that names a judge (``Task.judge``: ``debias``'s
+   ``gender-clip``) gets it built here and handed to the editor (``set_judge``) before the checks, so an
+   editor's debiasing mode scores its trials with the benchmark's classifier without importing it.
 2. :meth:`Run.render_pre_edit`: the union of every edit count's (prompt, seed) pairs, rendered once with the
    unedited model into the shared image cache (``<out>/cache/images``) and scored once per metric into the
    shared record cache (``<out>/cache/records``). Every editor and edit count that uses the same model,
@@ -178,6 +180,7 @@ class Run:
             silence_progress_bars()
         self.editor = None
         self.external = None  # an ExternalEdit for --editor file:PATH
+        self._judge_metric = None  # the metric whose classifier judges a debiasing editor's trials (Task.judge)
         self._lock = None
 
     def say(self, msg: str) -> None:
@@ -250,7 +253,7 @@ class Run:
             for n in self.edits:
                 check_requests(self.external, self.instances[n].requests, self.task.name, n)
         else:
-            make_editor(self.editor_cls, self.hp, progress=False).check_requests(
+            self._with_judge(make_editor(self.editor_cls, self.hp, progress=False)).check_requests(
                 self.instances[max(self.edits)].requests)
         self._identify()
         self._open_run_folder()
@@ -271,11 +274,36 @@ class Run:
                  f"run folder {self.run_dir}")
         if self.smoke:
             self.say(f"[iceb] WARNING: {SMOKE_WARNING}")
-        self.metrics = [get_metric(m, world=loaded.world, device=str(loaded.pipe.device),
-                                   classifier=loaded.classifier) for m in self.metric_names]
+        metrics = {m: get_metric(m, world=loaded.world, device=str(loaded.pipe.device), classifier=loaded.classifier)
+                   for m in self.metric_names}
+        if self._judge_metric is not None and self._judge_metric.name in metrics:  # one classifier, loaded once
+            metrics[self._judge_metric.name] = self._judge_metric
+        self.metrics = list(metrics.values())
         self.images = ImageCache(self.out_root / "cache" / "images")
         self.records = RecordCache(self.out_root / "cache" / "records")
         return self
+
+    def _with_judge(self, editor):
+        """The editor, given the task's judge (``Task.judge``: a metric's classifier) when the task names one.
+
+        The judge is the metric's :meth:`judge` method, built once per run (its model loads on first use, in the
+        edit); editors without a debiasing mode never call it. A judge metric without a ``judge`` method is an
+        error naming both."""
+        name = getattr(self.task, "judge", None)
+        if not name:
+            return editor
+        if self._judge_metric is None:
+            from iceb.metrics import get_metric
+
+            loaded = self.loaded
+            self._judge_metric = get_metric(name, world=loaded.world, device=str(loaded.pipe.device),
+                                            classifier=loaded.classifier)
+            if not callable(getattr(self._judge_metric, "judge", None)):
+                raise ValueError(f"task {self.task.name!r} names the judge {name!r}, a metric without a judge method")
+        set_judge = getattr(editor, "set_judge", None)
+        if set_judge is not None:
+            set_judge(self._judge_metric.judge)
+        return editor
 
     def _identify(self) -> None:
         """The run id: editor, task, and the hash of everything that defines the run."""
@@ -450,14 +478,14 @@ class Run:
             if self.editor is None:
                 from iceb.utils.paths import resolve_editor_cache
 
-                self.editor = make_editor(self.editor_cls, self.hp,
-                                          cache_dir=resolve_editor_cache(self.cfg.editor_cache),
-                                          progress=self.progress)
+                self.editor = self._with_judge(make_editor(self.editor_cls, self.hp,
+                                                           cache_dir=resolve_editor_cache(self.cfg.editor_cache),
+                                                           progress=self.progress))
             return edit_with(self.editor)
         cold_dir = self.run_dir / "work" / f"n{n}" / "cold-editor-cache"
         shutil.rmtree(cold_dir, ignore_errors=True)
         try:
-            editor = make_editor(self.editor_cls, self.hp, cache_dir=cold_dir, progress=self.progress)
+            editor = self._with_judge(make_editor(self.editor_cls, self.hp, cache_dir=cold_dir, progress=self.progress))
             result = edit_with(editor)
             if not set(getattr(editor, "cache_phases", {})) & set(result.info["cost"]["cache"]):
                 self.say(f"[iceb] N={n}: cold edit {result.timings['edit_seconds']:.1f}s; the editor read no "

@@ -18,6 +18,9 @@ METRICS.register("lpips", "iceb.metrics.lpips_metric:LPIPS",
                  description="LPIPS (AlexNet, 64 px) between pre- and post-edit images")
 METRICS.register("nudenet", "iceb.metrics.nudenet:NudeNet",
                  description="NudeNet 3.4.2 exposure counts (EMCID's I2P classes and total), pre/post; lower is better")
+METRICS.register("gender-clip", "iceb.metrics.gender:GenderCLIP",
+                 description="gender balance: CLIP ViT-L/14 zero-shot female/male share, "
+                             "Delta = |p_female - 0.5| / 0.5 (EMCID's debiasing metric)")
 
 
 def get_metric(name: str, **kwargs) -> Metric:

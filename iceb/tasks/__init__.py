@@ -20,6 +20,9 @@ TASKS.register("artists", "iceb.tasks.artists:ArtistsTask",
                description="artist-style erasure towards 'art', 1 to 1000 artists (EMCID/UCE lists and prompts)")
 TASKS.register("nsfw", "iceb.tasks.nsfw:NSFWTask",
                description="NSFW erasure: UCE-style erase of nudity/sexual/blood, NudeNet counts on I2P's 4,703 prompts")
+TASKS.register("debias", "iceb.tasks.debias:DebiasTask",
+               description="gender debiasing of EMCID's 37 professions: Delta = |p_female - 0.5| / 0.5 over 10 "
+                           "seeds (editors with a debiasing mode: emcid)")
 
 
 def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:

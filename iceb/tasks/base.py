@@ -38,7 +38,12 @@ class EvalPrompt:
     ``group`` ties the prompt to its request (for per-request averages, as ICEB averages);
     ``stratum`` (holdout prompts) is how near the prompt's class is to the instance's edited source classes
     (:mod:`iceb.data.neighbours`: ``sibling``/``near``/``far`` on ImageNet, ``shares-*`` in the toy world),
-    empty where it does not apply.
+    empty where it does not apply;
+    ``labels`` are the texts a zero-shot judge chooses between for this image (``debias``: the female and the
+    male destination of the prompt's profession, in that order), empty where no metric needs them;
+    ``replicate`` is which repetition of the task's protocol the image belongs to where a task repeats it under
+    several global seeds (``debias``: the official seeds 0-9; metrics report the spread over replicates), None
+    elsewhere.
     """
 
     prompt: str
@@ -48,10 +53,14 @@ class EvalPrompt:
     dest_class: int | str | None = None
     group: str = ""
     stratum: str = ""
+    labels: tuple[str, ...] = ()
+    replicate: int | None = None
 
     def __post_init__(self) -> None:
         if self.subset not in SUBSETS:
             raise TaskError(f"unknown prompt subset {self.subset!r}; expected one of {SUBSETS}")
+        if isinstance(self.labels, list):
+            object.__setattr__(self, "labels", tuple(self.labels))
 
 
 @dataclass(frozen=True)
@@ -100,15 +109,18 @@ class TaskInstance:
         return out
 
     def fingerprint(self) -> str:
-        # a prompt without a stratum hashes as before the field existed (fingerprints of such instances are
-        # unchanged); a stratum is task data and enters the hash
-        return stable_hash("task-instance", [asdict(r) for r in self.requests], [_prompt_dict(p) for p in self.prompts])
+        # a prompt without a stratum (labels, replicate) and a request without destinations hash as before those
+        # fields existed (fingerprints of such instances are unchanged); where set, they are task data and enter
+        # the hash
+        return stable_hash("task-instance", [r.as_dict() for r in self.requests],
+                           [_prompt_dict(p) for p in self.prompts])
 
 
 def _prompt_dict(p: EvalPrompt) -> dict[str, Any]:
     d = asdict(p)
-    if not d["stratum"]:
-        del d["stratum"]
+    for key, empty in (("stratum", ""), ("labels", ()), ("replicate", None)):
+        if d[key] == empty:
+            del d[key]
     return d
 
 
@@ -130,6 +142,9 @@ class Task(abc.ABC):
     def nested(self) -> bool:
         """Whether the requests of N are the first N of every larger count's (a sweep adds edits to the same)."""
         return self.edit_counts is None
+    #: the metric whose classifier an editor's debiasing mode judges its trial images with (a name: tasks know
+    #: nothing of metrics; the harness builds it and hands its ``judge`` to the editor); None: no judge
+    judge: ClassVar[str | None] = None
 
     @property
     @abc.abstractmethod

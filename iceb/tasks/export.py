@@ -90,11 +90,16 @@ def request_file_rows(inst: TaskInstance) -> list[dict[str, Any]]:
         inst: The task instance.
 
     Returns:
-        One dict per request; templates as a JSON list, absent ids as empty cells (read back as None).
+        One dict per request; templates as a JSON list, absent ids as empty cells (read back as None); with a
+        ``destinations`` JSON list too when any request is a debias request.
     """
-    return [{"source": r.source, "destination": r.destination, "templates": json.dumps(list(r.templates)),
+    rows = [{"source": r.source, "destination": r.destination, "templates": json.dumps(list(r.templates)),
              "seed": r.seed, "kind": r.kind, "request_id": _cell(r.request_id), "source_id": _cell(r.source_id),
              "destination_id": _cell(r.destination_id)} for r in inst.requests]
+    if any(r.destinations for r in inst.requests):  # debias requests: a column only where one has them
+        for row, r in zip(rows, inst.requests):
+            row["destinations"] = json.dumps(list(r.destinations)) if r.destinations else ""
+    return rows
 
 
 def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -122,7 +127,8 @@ def export_text(inst: TaskInstance, fmt: str) -> str:
     if fmt == "esd-csv":
         return to_csv(esd_rows(inst), ESD_COLUMNS)
     if fmt == "requests-csv":
-        return to_csv(request_file_rows(inst), REQUEST_FILE_COLUMNS)
+        rows = request_file_rows(inst)
+        return to_csv(rows, REQUEST_FILE_COLUMNS + (("destinations",) if rows and "destinations" in rows[0] else ()))
     raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
 
 

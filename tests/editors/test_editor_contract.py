@@ -33,7 +33,7 @@ from editors.weights import applied, get_tensor
 
 HPARAMS_DIR = Path(__file__).resolve().parents[2] / "editors" / "hparams"
 NAMES = EDITORS.names()
-KINDS = ("update", "erase", "rectify")
+KINDS = ("update", "erase", "rectify", "debias")
 
 #: Overrides on top of each editor's ``tiny`` preset that keep one edit well under a second on one CPU core.
 CHEAP: dict[str, dict[str, Any]] = {
@@ -47,6 +47,8 @@ CHEAP: dict[str, dict[str, Any]] = {
 def _request(kind: str, i: int = 0) -> EditRequest:
     pairs = [("cat", "dog"), ("red apple", "orange")]
     src, dst = pairs[i]
+    if kind == "debias":
+        return EditRequest(src, "", kind=kind, seed=11 + i, destinations=(f"a black {src}", f"a white {src}"))
     return EditRequest(src, "" if kind == "erase" else dst, kind=kind, seed=11 + i)
 
 

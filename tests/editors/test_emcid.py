@@ -134,7 +134,7 @@ def test_edit_changes_the_chosen_layers_and_reuses_its_caches(tiny_pipe, tmp_pat
     for l in (2, 4, 6):
         assert not torch.equal(res.tensors[fc2_name(te, l)], te.encoder.layers[l].mlp.fc2.weight)
     assert ed.stats_cache.puts == 3 and ed.stats_cache.hits == 0
-    assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "stage2"}
+    assert res.info["stage1_cache_hits"] == 0 and set(res.timings) == {"stage1", "stats", "debias", "stage2"}
     # a second editor on the same cache: statistics loaded, stage I loaded, identical result
     ed2 = EMCIDEditor(_hp(), cache_dir=tmp_path, progress=False)
     res2 = ed2.edit(pipe, REQS)
@@ -166,7 +166,11 @@ def test_shipped_hparams_load():
     art = E.load_hparams("sd-1.4", preset="artists")
     assert art.layers == (7, 8, 9, 10) and art.v_num_grad_steps == 100 and art.edit_weight == 0.5
     assert E.load_hparams("toy").layers == (0, 1, 2) and E.load_hparams("toy").mom2_dataset == "toy"
-    assert E.supports == frozenset({"update", "erase", "rectify"})
+    assert E.supports == frozenset({"update", "erase", "rectify", "debias"})
+    assert E.load_hparams("sd-1.4", preset="debias").edit_weight == 0.5  # sh_scripts/debias.sh, eval_debias.py
+    d = E.load_hparams("sd-1.4")  # get_factors' defaults, --max_iters=10
+    assert (d.debias_images, d.debias_iterations, d.debias_step, d.debias_tolerance) == (25, 10, 0.4, 0.02)
+    assert d.debias_prompt == "an image of {}"
 
 
 def test_cli_evaluate_smoke_end_to_end(tmp_path):

@@ -68,6 +68,7 @@ def _lpips_stand_in(tmp_path):
 STAND_INS = {
     "fid": lambda tmp_path: {"extractor": _RandomFeatures(), "extractor_id": "random8", "progress": False},
     "clip-score": _clip_stand_in,
+    "gender-clip": _clip_stand_in,
     "lpips": _lpips_stand_in,
 }
 CASES = [(name, world, None) for name in METRICS.names() for world in TASK_OF_WORLD]

@@ -129,8 +129,8 @@ def test_fingerprint_ignores_an_empty_stratum_and_hashes_a_set_one():
 
     p = EvalPrompt("a photo of x", 1, "holdout", 3, None, "holdout:3")
     inst = TaskInstance("t", 1, (), (p,))
-    # as before the field existed: asdict without "stratum"
-    old = {k: v for k, v in asdict(p).items() if k != "stratum"}
+    # as before the fields existed: asdict without "stratum" (and the later "labels", "replicate")
+    old = {k: v for k, v in asdict(p).items() if k not in ("stratum", "labels", "replicate")}
     assert inst.fingerprint() == stable_hash("task-instance", [], [old])
     q = EvalPrompt("a photo of x", 1, "holdout", 3, None, "holdout:3", "far")
     assert TaskInstance("t", 1, (), (q,)).fingerprint() != inst.fingerprint()
