@@ -45,6 +45,9 @@ def register(sub) -> None:
                         "(rows say 'sequential-<rounds>')")
     p.add_argument("--rounds", type=A.positive_int, default=1, help="rounds for --mode sequential")
     p.add_argument("--out", "-o", default="runs", type=A.out_folder, help="output root; the run folder is <out>/<run_id>")
+    p.add_argument("--coco", type=A.positive_int, default=0, metavar="N",
+                   help="also render the first N COCO-30k captions (subset coco) for the general-capability "
+                        "metrics: clip-score, lpips, and fid (computed on them alone)")
     p.add_argument("--limit", "-L", type=A.positive_int, default=None,
                    help="at most this many prompts per subset (SMOKE TESTS ONLY; results are marked smoke)")
     p.add_argument("--steps", type=A.positive_int, default=None, help="override the number of sampling steps")
@@ -81,7 +84,7 @@ def run(args) -> int:
         edits=_int_list(args.edits) if args.edits else None,
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None,
         editor_args=parse_overrides(args.editor_args), hparams=args.hparams, preset=args.preset,
-        mode=args.mode, rounds=args.rounds, limit=args.limit, steps=args.steps, guidance=args.guidance,
+        mode=args.mode, rounds=args.rounds, limit=args.limit, coco=args.coco, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, overwrite=args.overwrite,
         log_samples=args.log_samples, cold_cost=args.cold_cost,

@@ -28,6 +28,9 @@ class EvalConfig:
         mode: ``"batch"`` (one edit call) or ``"sequential"`` (``rounds`` calls); see :attr:`edit_mode`.
         rounds: The number of rounds of a sequential edit.
         limit: At most this many prompts per subset (a smoke run: its rows are not comparable).
+        coco: Append the first ``coco`` COCO-30k captions (EMCID's ``coco_30k.csv``, their evaluation seeds) to
+            every edit count's prompts as subset ``coco``: the general-capability images that ``clip-score``,
+            ``fid`` and ``lpips`` score beside any task (FID is then computed on them alone). 0: none.
         steps: Sampling steps, instead of the model's protocol.
         guidance: Classifier-free guidance scale, instead of the model's protocol.
         batch_size: Images per generation batch (not part of the run id).
@@ -60,6 +63,7 @@ class EvalConfig:
     mode: str = "batch"  # "batch" or "sequential"; see edit_mode
     rounds: int = 1
     limit: int | None = None
+    coco: int = 0  # COCO-30k captions appended as subset "coco" (general capability); 0: none
     steps: int | None = None  # generation overrides
     guidance: float | None = None
     batch_size: int | None = None
@@ -78,6 +82,8 @@ class EvalConfig:
         for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost",
                   "editor_cache"):
             d.pop(k)
+        if not d["coco"]:  # runs without COCO captions keep the run ids they had before the option existed
+            d.pop("coco")
         return d
 
     @property
@@ -108,6 +114,8 @@ class EvalConfig:
         if self.mode == "batch" and self.rounds != 1:
             raise ValueError("--rounds needs --mode sequential (batch mode edits all requests at once)")
         _positive_int(self.limit, "--limit", "a positive number of prompts per subset")
+        if not _is_int(self.coco) or not 0 <= self.coco <= 30000:
+            raise ValueError(f"--coco must be a number of COCO-30k captions from 0 to 30000, got {self.coco!r}")
         _positive_int(self.steps, "--steps", "a positive number of sampling steps")
         _positive_int(self.batch_size, "--batch-size", "a positive number of images per batch")
         if self.guidance is not None:

@@ -246,6 +246,11 @@ class Run:
                                              batch_size=cfg.batch_size)
         self.metric_names = tuple(cfg.metrics) if cfg.metrics else tuple(self.task.default_metrics)
         self.instances = {n: self.task.build(n).limited(cfg.limit) for n in self.edits}
+        if cfg.coco:  # the general-capability captions, the same for every edit count (rendered once pre-edit)
+            from iceb.metrics.coco import coco_prompts
+
+            coco = coco_prompts(cfg.coco, subset="coco")
+            self.instances = {n: inst.with_prompts(coco, coco=cfg.coco) for n, inst in self.instances.items()}
         # refuse unservable requests (or an edit file made for other requests) before heavy work
         if self.external is not None:
             from iceb.harness.external import check_requests

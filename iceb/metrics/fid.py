@@ -8,7 +8,8 @@ would download the weights; here they are never downloaded: give ``weights=``/``
 ``torch.load(weights_only=True)``), or have that file in torch's hub cache. Otherwise one clear error.
 
 Per image, :meth:`FID.score` keeps the pool3 feature (float32, base64) so that pre-edit features are cached;
-:meth:`FID.aggregate` streams them into torchmetrics' running sums. Rows: ``fid_pre_post`` (pre- vs post-edit
+:meth:`FID.aggregate` streams them into torchmetrics' running sums, over the run's COCO captions alone when it
+has them (subset ``coco``, ``--coco N``: the paper's general-capability FID), else over all its images. Rows: ``fid_pre_post`` (pre- vs post-edit
 images, needs no real images) and, with real statistics, ``fid_pre`` and ``fid`` (against real COCO).
 Real statistics (mu, sigma, n) are computed once from a COCO val2014 folder, streamed in batches, and cached
 as safetensors; or given directly (``real_stats=``/``$ICEB_FID_REAL_STATS``).
@@ -285,6 +286,9 @@ class FID(Metric):
                   post: Sequence[dict[str, Any]]) -> list[MetricValue]:
         if not (len(prompts) == len(pre) == len(post)):
             raise ValueError(f"misaligned inputs: {len(prompts)} prompts, {len(pre)} pre, {len(post)} post")
+        if any(p.subset == "coco" for p in prompts):  # the general-capability FID: the COCO captions alone
+            keep = [i for i, p in enumerate(prompts) if p.subset == "coco"]
+            prompts, pre, post = [prompts[i] for i in keep], [pre[i] for i in keep], [post[i] for i in keep]
         if len(prompts) < 2:
             return []
         subsets = {p.subset for p in prompts}

@@ -154,7 +154,7 @@ class GenderCLIP(CLIPScore):
         if not (len(prompts) == len(pre) == len(post)):
             raise ValueError(f"misaligned inputs: {len(prompts)} prompts, {len(pre)} pre, {len(post)} post")
         rows: list[MetricValue] = []
-        for subset in sorted({p.subset for p in prompts}):
+        for subset in sorted({p.subset for p in prompts} - {"coco"}):  # COCO captions name no profession
             idx = [i for i, p in enumerate(prompts) if p.subset == subset]
             a, b = summarise(gender_table(prompts, pre, idx)), summarise(gender_table(prompts, post, idx))
             groups = list(a["groups"])

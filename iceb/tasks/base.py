@@ -9,7 +9,9 @@ Prompt sets (the ``subset`` of an :class:`EvalPrompt`) follow ICEB:
 - ``general``: free-form prompts naming the source;
 - ``alias``: free-form prompts naming an alias of the source;
 - ``holdout``: prompts of classes that are not edited, scored for their own class; each carries a
-  ``stratum``, its class's nearness to the edited source classes (:mod:`iceb.data.neighbours`).
+  ``stratum``, its class's nearness to the edited source classes (:mod:`iceb.data.neighbours`);
+- ``coco``: COCO-30k captions the harness appends to any task (``--coco N``), for the general-capability
+  metrics (CLIP score, FID, LPIPS); no task builds them itself.
 
 Tasks know nothing of editors; the harness brings the two together.
 """
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 from editors.requests import EditRequest
 from iceb.utils.hashing import stable_hash
 
-SUBSETS = ("edit", "edit_dest", "general", "alias", "holdout")
+SUBSETS = ("edit", "edit_dest", "general", "alias", "holdout", "coco")
 
 
 class TaskError(ValueError):
@@ -82,6 +84,11 @@ class TaskInstance:
         for s in SUBSETS:
             c[s] = len(self.subset(s))
         return c
+
+    def with_prompts(self, extra: "tuple[EvalPrompt, ...] | list[EvalPrompt]", **info: Any) -> "TaskInstance":
+        """This instance with ``extra`` prompts appended (the harness's COCO captions) and ``info`` added."""
+        return TaskInstance(self.task, self.n_edits, self.requests, self.prompts + tuple(extra), self.world,
+                            {**self.info, **info})
 
     def limited(self, limit: int | None) -> "TaskInstance":
         """At most ``limit`` prompts per subset (smoke runs only: results are marked as such)."""
