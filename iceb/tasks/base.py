@@ -83,6 +83,8 @@ class TaskInstance:
         c = {"requests": len(self.requests)}
         for s in SUBSETS:
             c[s] = len(self.subset(s))
+        if not c["coco"]:  # appended by the harness only (--coco); a task's own counts leave it out
+            del c["coco"]
         return c
 
     def with_prompts(self, extra: "tuple[EvalPrompt, ...] | list[EvalPrompt]", **info: Any) -> "TaskInstance":
