@@ -324,3 +324,29 @@ def test_presets_and_bad_hparams():
         SPEEDEditor.load_hparams("sd-1.4", overrides={"params": "Q"})
     with pytest.raises(HparamsError, match="slot"):
         SPEEDEditor.load_hparams("sd-1.4", overrides={"templates": ["no slot"]})
+
+
+# --- efficacy on the trained toy world -------------------------------------------------------------------------
+# Measured on the shipped toy model with exactly this run (the toy preset: retain set [""], threshold 0.1, α 1), on
+# this project's 2-core CPU, 1 thread, load ~2.5: Source2Dest 0.7411, Source Forget 0.9945, Holdout Delta +0.0046
+# (UCE's toy preset, tests/toy/test_toy_efficacy.py: 0.9371 and -0.0328). Thresholds as that file's: half the
+# measured effect; the damage bound twice the measured damage (none here) minus 0.05. About 30 s cold.
+MEASURED = {"source2dest": 0.7411, "source_forget": 0.9945, "holdout_delta": 0.0046}
+
+
+def test_toy_world_sources_move_to_destinations_and_the_holdout_is_spared(tmp_path):
+    from iceb.models import TOY_DIR
+
+    if not (TOY_DIR / "model_index.json").is_file():
+        pytest.skip("toy world not shipped")
+    import pandas as pd
+
+    from iceb.harness import EvalConfig, evaluate
+
+    cfg = EvalConfig(editor="speed", task="ace", model="toy", edits=(2,), out=str(tmp_path), device="cpu",
+                     progress=False)
+    df = pd.read_csv(evaluate(cfg) / "results.csv")
+    v = {(r.subset, r.metric): r.value for r in df.itertuples()}
+    assert v[("edit", "source2dest")] >= 0.5 * MEASURED["source2dest"]
+    assert v[("edit", "source_forget")] >= 0.5 * MEASURED["source_forget"]
+    assert v[("holdout", "holdout_delta")] >= 2 * min(MEASURED["holdout_delta"], 0.0) - 0.05
