@@ -176,6 +176,18 @@ class RetainMoment:
     n_total: int  # keys + copies: C_r's denominator
 
 
+@dataclasses.dataclass
+class SpeedKeys:
+    """Everything SPEED reads from the text encoder (rows are keys, float64)."""
+
+    target: torch.Tensor  # n_t×m: the target keys c (one per pair, or 76 per pair in the all-token case)
+    anchor: torch.Tensor  # n_t×m: the aligned anchor keys a
+    retain: torch.Tensor  # n_r×m: the shuffled retain keys
+    k2: torch.Tensor | None  # m×(1 + clusters): IEC's invariant keys, or None
+    n_pairs: int  # T and A are sums over keys divided by this (means over concepts)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def retain_moment(weight: torch.Tensor, erase_map: torch.Tensor, retain: torch.Tensor, *, aug_num: int,
                   use_filter: bool, chunk_size: int, direction: str, generator: torch.Generator) -> RetainMoment:
     """IPF, DPA and the retain second moment of one matrix (§1.3 steps 3–6).
@@ -339,61 +351,75 @@ class SPEEDEditor(BaseEditor):
         from editors.weights import get_tensor
 
         weights = {n: get_tensor(pipe, n) for n in names}
-        dev = next(iter(weights.values())).device
         gen = torch.Generator().manual_seed(hp.seed)
-        with timer("encode"), torch.no_grad():
-            pairs = self.edit_pairs(requests)
-            retain = self.retain_texts(requests)
-            enc = encode_prompts(pipe, [p for pair in pairs for p in pair] + retain + [""], hp.encode_batch_size,
-                                 self.progress)
-            emb = enc.emb.to(dev)
-            all_tok = self.all_tokens(requests)
-            ct, ca = [], []
-            for src, dst in pairs:
-                i, j = enc.index[src], enc.index[dst]
-                if all_tok:
-                    ct.append(emb[i, 1:])
-                    ca.append(emb[j, 1:])
-                else:
-                    ct.append(emb[i, int(enc.last[i])][None])
-                    ca.append(emb[j, int(enc.last[j])][None])
-            ct64, ca64 = torch.cat(ct).double(), torch.cat(ca).double()
-            if retain == [""]:
-                rk = emb[enc.index[""], 1:]
+        with timer("encode"):
+            keys = self.encode_keys(pipe, requests, gen, next(iter(weights.values())).device)
+        new, info = self.solve(weights, keys, gen, timer)
+        return EditResult(new, timer.timings, {}, info)
+
+    @torch.no_grad()
+    def encode_keys(self, pipe: Any, requests: Sequence[EditRequest], generator: torch.Generator,
+                    device: torch.device | str = "cpu") -> SpeedKeys:
+        """Encode the targets, anchors, retain texts and ``""`` once; pick the tokens; shuffle the retain keys (the
+        generator's first draw); k-means for IEC."""
+        hp = self.hparams
+        pairs = self.edit_pairs(requests)
+        retain = self.retain_texts(requests)
+        enc = encode_prompts(pipe, [p for pair in pairs for p in pair] + retain + [""], hp.encode_batch_size,
+                             self.progress)
+        emb = enc.emb.to(device)
+        all_tok = self.all_tokens(requests)
+        ct, ca = [], []
+        for src, dst in pairs:
+            i, j = enc.index[src], enc.index[dst]
+            if all_tok:
+                ct.append(emb[i, 1:])
+                ca.append(emb[j, 1:])
             else:
-                rows = torch.tensor([enc.index[t] for t in retain], device=dev)
-                rk = emb[rows, enc.last.to(dev)[rows]]
-            rk = rk[torch.randperm(rk.shape[0], generator=gen).to(dev)].double()
-            null = emb[enc.index[""]]
-            k2 = None
-            if hp.iec_clusters:
-                centres = kmeans_centres(null[1:], hp.iec_clusters, hp.seed, max_iter=hp.kmeans_max_iter)
-                k2 = torch.cat([null[:1], centres.to(null.dtype)]).T.double()
-        m = emb.shape[-1]
-        eye = torch.eye(m, dtype=torch.float64, device=dev)
-        n_pairs = len(pairs)
-        target = ct64.T @ ct64 / n_pairs  # T = mean_i Σ_tokens c cᵀ
-        gap = ca64.T @ ct64 / n_pairs - target  # A − T
-        erase_map = torch.linalg.solve(eye + target, gap.T).T  # (A − T)(I + T)⁻¹ (I + T symmetric)
+                ct.append(emb[i, int(enc.last[i])][None])
+                ca.append(emb[j, int(enc.last[j])][None])
+        if retain == [""]:
+            rk = emb[enc.index[""], 1:]
+        else:
+            rows = torch.tensor([enc.index[t] for t in retain], device=device)
+            rk = emb[rows, enc.last.to(device)[rows]]
+        rk = rk[torch.randperm(rk.shape[0], generator=generator).to(device)]
+        null = emb[enc.index[""]]
+        k2 = None
+        if hp.iec_clusters:
+            centres = kmeans_centres(null[1:], hp.iec_clusters, hp.seed, max_iter=hp.kmeans_max_iter)
+            k2 = torch.cat([null[:1], centres.to(null.dtype)]).T.double()
+        return SpeedKeys(torch.cat(ct).double(), torch.cat(ca).double(), rk.double(), k2, len(pairs),
+                         {"all_tokens": all_tok, "n_retain_texts": len(retain), "n_prompts_encoded": int(emb.shape[0])})
+
+    @torch.no_grad()
+    def solve(self, weights: dict[str, torch.Tensor], keys: SpeedKeys, generator: torch.Generator,
+              timer: Timer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """New values of every matrix in ``weights`` (times ``projector`` and ``solve``) and the result's info."""
+        hp = self.hparams
+        ct, ca = keys.target, keys.anchor
+        dev = ct.device
+        with timer("solve"):
+            eye = torch.eye(ct.shape[1], dtype=torch.float64, device=dev)
+            target = ct.T @ ct / keys.n_pairs  # T = mean_i Σ_tokens c cᵀ
+            gap = ca.T @ ct / keys.n_pairs - target  # A − T
+            erase_map = torch.linalg.solve(eye + target, gap.T).T  # (A − T)(I + T)⁻¹ (I + T symmetric)
         new: dict[str, torch.Tensor] = {}
         per_layer: dict[str, dict[str, Any]] = {}
-        with torch.no_grad():
-            for name, w in weights.items():
-                w64 = w.detach().to(dev, torch.float64)
-                with timer("projector"):
-                    rm = retain_moment(w64, erase_map, rk, aug_num=hp.aug_num,
-                                       use_filter=not hp.disable_filter, chunk_size=hp.chunk_size,
-                                       direction=hp.dpa_direction, generator=gen)
-                    nb = null_basis(*eig_of(rm.moment), threshold=hp.threshold)
-                with timer("solve"):
-                    delta = speed_delta(w64, gap, target, nb.basis.to(dev), k2, hp.retain_scale, hp.lamb)
-                    new[name] = (w64 + delta).to(w.dtype)
-                per_layer[name] = self._diagnostics(w64, delta, nb.basis, ct64, ca64, rk, k2, rm)
-        info = {"n_pairs": n_pairs, "n_target_tokens": int(ct64.shape[0]), "all_tokens": all_tok,
-                "n_retain_texts": len(retain), "n_retain_keys": int(rk.shape[0]),
-                "n_prompts_encoded": int(enc.emb.shape[0]), "n_matrices": len(names),
+        for name, w in weights.items():
+            w64 = w.detach().to(dev, torch.float64)
+            with timer("projector"):
+                rm = retain_moment(w64, erase_map, keys.retain, aug_num=hp.aug_num, use_filter=not hp.disable_filter,
+                                   chunk_size=hp.chunk_size, direction=hp.dpa_direction, generator=generator)
+                nb = null_basis(*eig_of(rm.moment), threshold=hp.threshold)
+            with timer("solve"):
+                delta = speed_delta(w64, gap, target, nb.basis.to(dev), keys.k2, hp.retain_scale, hp.lamb)
+                new[name] = (w64 + delta).to(w.dtype)
+                per_layer[name] = self._diagnostics(w64, delta, nb.basis, ct, ca, keys.retain, keys.k2, rm)
+        info = {"n_pairs": keys.n_pairs, "n_target_tokens": int(ct.shape[0]), **keys.info,
+                "n_retain_keys": int(keys.retain.shape[0]), "n_matrices": len(weights),
                 "trace_T_over_alpha": float(target.trace()) / hp.retain_scale, "per_layer": per_layer}
-        return EditResult(new, timer.timings, {}, info)
+        return new, info
 
     @staticmethod
     def _diagnostics(w, delta, basis, ct, ca, rk, k2, rm: RetainMoment) -> dict[str, Any]:
@@ -411,5 +437,5 @@ class SPEEDEditor(BaseEditor):
         return out
 
 
-__all__ = ["SPEEDEditor", "SPEEDHparams", "dpa_direction", "kmeans_centres", "retain_moment", "speed_delta",
+__all__ = ["SPEEDEditor", "SPEEDHparams", "SpeedKeys", "dpa_direction", "kmeans_centres", "retain_moment", "speed_delta",
            "speed_names", "without_targets"]
