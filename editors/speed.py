@@ -36,7 +36,9 @@ With λ₂ = 0 it is the exact minimiser of ``mean_i ‖(W + Δ) c_i − W a_i�
 and ``Δ K2 = 0`` [derived, §1.6]. By the push-through identity (§0) ``P (TP + αI)⁻¹ = U (UᵀTU + αI)⁻¹ Uᵀ``, so
 ICEB solves in the r-dimensional basis U of range(P): ``N = (UᵀTU + αI)⁻¹`` (Cholesky), ``K̃ = Uᵀ K2`` and
 ``Δ = W(A − T) U (N − N K̃ (K̃ᵀ N K̃ + λ₂I)⁻¹ K̃ᵀ N) Uᵀ`` — an r×r system instead of an m×m inverse, and
-``Δ (I − P) = 0`` holds by construction. Every matrix is solved independently (§1.1); many concepts are one solve.
+``Δ (I − P) = 0`` holds by construction. T and A − T have rank n_t (the target keys), so with fewer keys than r
+the same Δ comes from n_t×n_t systems (Woodbury, :func:`speed_delta_lowrank`) and E_W = W(A − T)(I + T)⁻¹ is kept as
+its rank-n_t factors. Every matrix is solved independently (§1.1); many concepts are one solve.
 
 Official quirks kept: only ``attn2.to_v`` by default (``params: V``; ``K`` and ``KV`` as ablations), layers in the
 UNet's state-dict order (to_k before to_v within a module); the reduced-SVD ``v_min`` (§1.3.5: for d < m it is the
@@ -188,26 +190,38 @@ class SpeedKeys:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def retain_moment(weight: torch.Tensor, erase_map: torch.Tensor, retain: torch.Tensor, *, aug_num: int,
-                  use_filter: bool, chunk_size: int, direction: str, generator: torch.Generator) -> RetainMoment:
+def retain_moment(weight: torch.Tensor, erase_map: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                  retain: torch.Tensor, *, aug_num: int, use_filter: bool, chunk_size: int, direction: str,
+                  generator: torch.Generator, retain_map: torch.Tensor | None = None) -> RetainMoment:
     """IPF, DPA and the retain second moment of one matrix (§1.3 steps 3–6).
 
     Args:
         weight: W, d×m.
-        erase_map: H = (A − T)(I + T)⁻¹ (m×m), so E_W = W H.
+        erase_map: H = (A − T)(I + T)⁻¹ (m×m), so E_W = W H; or its factors (H_l, H_r), H = H_l H_r (m×k, k×m:
+            rank k = the number of target keys when that is below m, so nothing m×m is formed per matrix).
         retain: The shuffled retain keys, n_r×m (rows).
         aug_num: DPA copies per kept key (0: neither IPF nor DPA).
         use_filter: IPF on (with ``aug_num > 0``).
         chunk_size: DPA's filter chunk.
         direction: :func:`dpa_direction`'s mode.
         generator: Draws DPA's z, chunk after chunk.
+        retain_map: ``retain @ H_r.T`` when the factors are given (the same for every matrix: computed once).
 
     Returns:
         C_r and its bookkeeping.
     """
     w = weight.double()
     r = retain.double()
-    infl = r @ (w @ erase_map).T  # E_W c for every retain key, n_r×d
+    if isinstance(erase_map, torch.Tensor):
+        hl, hr = erase_map.double(), None
+    else:
+        hl, hr = erase_map[0].double(), erase_map[1].double()
+    left = w @ hl  # E_W = left @ H_r
+    if hr is None:
+        rmap = r
+    else:
+        rmap = retain_map.double() if retain_map is not None else r @ hr.T
+    infl = rmap @ left.T  # E_W c for every retain key, n_r×d
     kept = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
     if aug_num > 0 and use_filter:
         norms = infl.norm(dim=1)
@@ -218,7 +232,7 @@ def retain_moment(weight: torch.Tensor, erase_map: torch.Tensor, retain: torch.T
     extra = torch.zeros(r.shape[1], r.shape[1], dtype=torch.float64, device=r.device)
     if aug_num > 0 and rk.shape[0]:
         v = dpa_direction(w, direction)
-        ev = (w @ (erase_map @ v))  # E_W v
+        ev = left @ (v if hr is None else hr @ v)  # E_W v
         e_dot, ev2, e2 = ek @ ev, float(ev @ ev), (ek * ek).sum(1)
         s = torch.zeros_like(weights)  # Σ z over each key's kept copies
         q = 0.0  # Σ z² over all kept copies
@@ -275,6 +289,38 @@ def speed_delta(weight: torch.Tensor, gap: torch.Tensor, target: torch.Tensor, b
             s.diagonal().add_(lamb)
             y = y - (y @ kt) @ torch.linalg.solve(s, nk.T)
     return y @ u.T
+
+
+def speed_delta_lowrank(weight: torch.Tensor, keys: torch.Tensor, diffs: torch.Tensor, basis: torch.Tensor,
+                        k2: torch.Tensor | None, alpha: float, lamb: float) -> torch.Tensor:
+    """The same Δ as :func:`speed_delta` when T and A − T have rank n below r, through n×n systems only.
+
+    With ``T = Ĉᵀ Ĉ`` and ``A − T = D̂ᵀ Ĉ`` (``keys`` Ĉ = C/√n_pairs, ``diffs`` D̂ = (C_a − C)/√n_pairs, n×m rows) and
+    ``B = Ĉ U``: ``N = (BᵀB + αI)⁻¹`` and, by push-through, ``B N = (BBᵀ + αI)⁻¹ B =: F``, ``N K̃ = (K̃ − Bᵀ F K̃)/α``,
+    so ``Δ = (W D̂ᵀ) (F − F K̃ S⁻¹ (N K̃)ᵀ) Uᵀ`` with ``S = K̃ᵀ N K̃ + λ₂ I``: Δ has rank <= n.
+    """
+    w = weight.double()
+    u = basis.double()
+    if u.shape[1] == 0:
+        return torch.zeros_like(w)
+    b = keys.double() @ u  # n×r
+    inner = b @ b.T
+    inner.diagonal().add_(alpha)
+    chol = torch.linalg.cholesky(inner)
+    f = torch.cholesky_solve(b, chol)  # (BBᵀ + αI)⁻¹ B = B N
+    fz = f
+    if k2 is not None and k2.shape[1]:
+        kt = u.T @ k2.double()
+        if lamb == 0:
+            q, sv, _ = torch.linalg.svd(kt, full_matrices=False)
+            kt = q[:, sv > 1e-9 * float(k2.double().norm(dim=0).max())]
+        if kt.shape[1]:
+            fk = f @ kt  # B N K̃
+            nk = (kt - b.T @ fk) / alpha  # N K̃
+            s = kt.T @ nk
+            s.diagonal().add_(lamb)
+            fz = f - fk @ torch.linalg.solve(s, nk.T)
+    return (w @ diffs.double().T) @ (fz @ u.T)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,21 +445,34 @@ class SPEEDEditor(BaseEditor):
         hp = self.hparams
         ct, ca = keys.target, keys.anchor
         dev = ct.device
+        n_t, m = ct.shape
+        low_rank = n_t < m
         with timer("solve"):
-            eye = torch.eye(ct.shape[1], dtype=torch.float64, device=dev)
-            target = ct.T @ ct / keys.n_pairs  # T = mean_i Σ_tokens c cᵀ
-            gap = ca.T @ ct / keys.n_pairs - target  # A − T
-            erase_map = torch.linalg.solve(eye + target, gap.T).T  # (A − T)(I + T)⁻¹ (I + T symmetric)
+            eye = torch.eye(m, dtype=torch.float64, device=dev)
+            c_hat = ct / keys.n_pairs ** 0.5
+            d_hat = (ca - ct) / keys.n_pairs ** 0.5
+            target = c_hat.T @ c_hat  # T = mean_i Σ_tokens c cᵀ
+            gap = d_hat.T @ c_hat  # A − T
+            if low_rank:  # (A − T)(I + T)⁻¹ = D̂ᵀ [Ĉ (I + T)⁻¹], rank n_t: keep the factors
+                erase_map = (d_hat.T, torch.linalg.solve(eye + target, c_hat.T).T)
+                retain_map = keys.retain @ erase_map[1].T
+            else:
+                erase_map, retain_map = torch.linalg.solve(eye + target, gap.T).T, None  # I + T symmetric
         new: dict[str, torch.Tensor] = {}
         per_layer: dict[str, dict[str, Any]] = {}
         for name, w in weights.items():
             w64 = w.detach().to(dev, torch.float64)
             with timer("projector"):
                 rm = retain_moment(w64, erase_map, keys.retain, aug_num=hp.aug_num, use_filter=not hp.disable_filter,
-                                   chunk_size=hp.chunk_size, direction=hp.dpa_direction, generator=generator)
+                                   chunk_size=hp.chunk_size, direction=hp.dpa_direction, generator=generator,
+                                   retain_map=retain_map)
                 nb = null_basis(*eig_of(rm.moment), threshold=hp.threshold)
             with timer("solve"):
-                delta = speed_delta(w64, gap, target, nb.basis.to(dev), keys.k2, hp.retain_scale, hp.lamb)
+                basis = nb.basis.to(dev)
+                if n_t < basis.shape[1]:  # n×n systems instead of r×r
+                    delta = speed_delta_lowrank(w64, c_hat, d_hat, basis, keys.k2, hp.retain_scale, hp.lamb)
+                else:
+                    delta = speed_delta(w64, gap, target, basis, keys.k2, hp.retain_scale, hp.lamb)
                 new[name] = (w64 + delta).to(w.dtype)
                 per_layer[name] = self._diagnostics(w64, delta, nb.basis, ct, ca, keys.retain, keys.k2, rm)
         info = {"n_pairs": keys.n_pairs, "n_target_tokens": int(ct.shape[0]), **keys.info,
@@ -438,4 +497,4 @@ class SPEEDEditor(BaseEditor):
 
 
 __all__ = ["SPEEDEditor", "SPEEDHparams", "SpeedKeys", "dpa_direction", "kmeans_centres", "retain_moment", "speed_delta",
-           "speed_names", "without_targets"]
+           "speed_delta_lowrank", "speed_names", "without_targets"]

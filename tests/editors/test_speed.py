@@ -16,6 +16,7 @@ from editors.speed import (
     kmeans_centres,
     retain_moment,
     speed_delta,
+    speed_delta_lowrank,
     speed_names,
     without_targets,
 )
@@ -66,9 +67,10 @@ def _kmeans_reference(x, k, seed=0, tol=1e-4):
             return c
 
 
-def _constrained_lstsq(w, ct, ca, q, alpha):
-    """argmin over Δ = Y Qᵀ of (1/N) Σ ||(W + Δ) c_i − W a_i||² + α ||Δ||², by lstsq on stacked rows (float64)."""
-    n = ct.shape[0]
+def _constrained_lstsq(w, ct, ca, q, alpha, n_pairs=None):
+    """argmin over Δ = Y Qᵀ of (1/N) Σ ||(W + Δ) c_i − W a_i||² + α ||Δ||², by lstsq on stacked rows (float64);
+    N = the number of concepts (``n_pairs``), each contributing one or more keys."""
+    n = n_pairs or ct.shape[0]
     lhs = torch.cat([ct @ q / n ** 0.5, alpha ** 0.5 * torch.eye(q.shape[1], dtype=torch.float64)])
     rhs = torch.cat([(ca - ct) @ w.T / n ** 0.5, torch.zeros(q.shape[1], w.shape[0], dtype=torch.float64)])
     y = torch.linalg.lstsq(lhs, rhs).solution.T
@@ -76,14 +78,20 @@ def _constrained_lstsq(w, ct, ca, q, alpha):
 
 
 # --- the editor's solve against its stated objective -----------------------------------------------------
-@pytest.mark.parametrize("iec", [0, 3])
-def test_edit_equals_the_constrained_least_squares_of_its_objective(tiny_pipe, iec):
+@pytest.mark.parametrize("iec,all_tokens", [(0, "never"), (3, "never"), (3, "always")])
+def test_edit_equals_the_constrained_least_squares_of_its_objective(tiny_pipe, iec, all_tokens):
     """With λ₂ = 0 and no IPF/DPA (aug_num 0), Δ minimises mean ||(W+Δ)c − Wa||² + α||Δ||² subject to Δ(I−P) = 0 and
     Δ K2 = 0 (§1.6); here P and K2 are rebuilt from scratch and the minimum found by lstsq in a basis of the
-    feasible rows, range(P) ∩ K2⊥."""
+    feasible rows, range(P) ∩ K2⊥. All tokens: 3 × 76 keys in 32 dimensions (the editor's dense path)."""
     alpha, thr = 0.3, 0.044
-    res = _speed(aug_num=0, threshold=thr, retain_scale=alpha, iec_clusters=iec, preserve=RETAIN).edit(tiny_pipe, REQS)
-    ct, ca = _keys(tiny_pipe, REQS)
+    res = _speed(aug_num=0, threshold=thr, retain_scale=alpha, iec_clusters=iec, preserve=RETAIN,
+                 all_tokens=all_tokens).edit(tiny_pipe, REQS)
+    if all_tokens == "always":
+        et, _ = _encode(tiny_pipe, [r.source for r in REQS])
+        ea, _ = _encode(tiny_pipe, [r.destination for r in REQS])
+        ct, ca = et[:, 1:].reshape(-1, 32), ea[:, 1:].reshape(-1, 32)
+    else:
+        ct, ca = _keys(tiny_pipe, REQS)
     r = _last(tiny_pipe, RETAIN)
     u = _null_projector(r.T @ r / len(RETAIN), thr)
     q = u
@@ -96,7 +104,7 @@ def test_edit_equals_the_constrained_least_squares_of_its_objective(tiny_pipe, i
     assert set(res.tensors) == set(names) and all(".to_v." in n for n in names)
     for name in names:
         w = get_tensor(tiny_pipe, name).detach().double()
-        ref = w + _constrained_lstsq(w, ct, ca, q, alpha)
+        ref = w + _constrained_lstsq(w, ct, ca, q, alpha, len(REQS))
         new = res.tensors[name].double()
         err = float((new - ref).abs().max() / (ref - w).abs().max())
         assert err < 1e-5, (name, err)
@@ -129,6 +137,8 @@ def test_solve_equals_the_official_dense_formula(lamb):
         ref = w @ (a - t) @ p @ (eye - mm @ k2 @ inner @ k2.T @ p) @ mm
         got = speed_delta(w, a - t, t, u, k2, alpha, lamb)
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+        low = speed_delta_lowrank(w, ct / 5 ** 0.5, (ca - ct) / 5 ** 0.5, u, k2, alpha, lamb)  # n = 5 < r = 20
+        torch.testing.assert_close(low, ref, rtol=1e-9, atol=1e-10)
         assert float((got @ (eye - p)).abs().max()) < 1e-12 * float(got.abs().max())  # Δ(I − P) = 0 (§0)
         if lamb == 0:
             assert float((got @ k2).abs().max()) < 1e-10 * float(got.abs().max())  # Δ K2 = 0 exactly
@@ -248,6 +258,15 @@ def test_dpa_moment_equals_explicit_copies(chunk):
     assert rm.n_copies == n_copies and rm.n_total == x.shape[0]
     torch.testing.assert_close(rm.moment, x.T @ x / x.shape[0], rtol=1e-10, atol=1e-12)
     assert 0.3 * 30 * 6 < n_copies < 0.7 * 30 * 6  # about half above the mean
+    # the editor's factored E_W = W D̂ᵀ [Ĉ (I + T)⁻¹] (rank n below m) draws and keeps the same
+    c_hat, d_hat = ct / 5 ** 0.5, (ca - ct) / 5 ** 0.5
+    right = torch.linalg.solve(torch.eye(32, dtype=torch.float64) + t, c_hat.T).T
+    fac = retain_moment(w, (d_hat.T, right), r, aug_num=6, use_filter=True, chunk_size=chunk, direction="reduced_svd",
+                        generator=torch.Generator().manual_seed(5))
+    dense = retain_moment(w, h, r, aug_num=6, use_filter=True, chunk_size=chunk, direction="reduced_svd",
+                          generator=torch.Generator().manual_seed(5))
+    assert torch.equal(fac.kept, dense.kept) and fac.n_copies == dense.n_copies
+    torch.testing.assert_close(fac.moment, dense.moment, rtol=1e-10, atol=1e-12)
 
 
 def test_dpa_direction_is_the_reduced_svd_quirk():
