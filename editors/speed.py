@@ -87,6 +87,7 @@ import torch
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.emcid.nullspace import eig_of, null_basis
+from editors.emcid.stage2 import cpu_busy, one_cpu_thread
 from editors.hooks import cross_attention_modules
 from editors.hparams import Hparams, HparamsError, at_least, non_negative, positive  # declared field ranges
 from editors.uce import encode_prompts
@@ -460,21 +461,24 @@ class SPEEDEditor(BaseEditor):
                 erase_map, retain_map = torch.linalg.solve(eye + target, gap.T).T, None  # I + T symmetric
         new: dict[str, torch.Tensor] = {}
         per_layer: dict[str, dict[str, Any]] = {}
-        for name, w in weights.items():
-            w64 = w.detach().to(dev, torch.float64)
-            with timer("projector"):
-                rm = retain_moment(w64, erase_map, keys.retain, aug_num=hp.aug_num, use_filter=not hp.disable_filter,
-                                   chunk_size=hp.chunk_size, direction=hp.dpa_direction, generator=generator,
-                                   retain_map=retain_map)
-                nb = null_basis(*eig_of(rm.moment), threshold=hp.threshold)
-            with timer("solve"):
-                basis = nb.basis.to(dev)
-                if n_t < basis.shape[1]:  # n×n systems instead of r×r
-                    delta = speed_delta_lowrank(w64, c_hat, d_hat, basis, keys.k2, hp.retain_scale, hp.lamb)
-                else:
-                    delta = speed_delta(w64, gap, target, basis, keys.k2, hp.retain_scale, hp.lamb)
-                new[name] = (w64 + delta).to(w.dtype)
-                per_layer[name] = self._diagnostics(w64, delta, nb.basis, ct, ca, keys.retain, keys.k2, rm)
+        # m×m float64 work in many short parallel regions: on a CPU another process is using, two torch threads wait
+        # at each region's barrier (5-6x slower measured, bench/README.md); one thread then, as EMCID's stage II
+        with one_cpu_thread(dev.type == "cpu" and torch.get_num_threads() > 1 and cpu_busy()):
+            for name, w in weights.items():
+                w64 = w.detach().to(dev, torch.float64)
+                with timer("projector"):
+                    rm = retain_moment(w64, erase_map, keys.retain, aug_num=hp.aug_num,
+                                       use_filter=not hp.disable_filter, chunk_size=hp.chunk_size,
+                                       direction=hp.dpa_direction, generator=generator, retain_map=retain_map)
+                    nb = null_basis(*eig_of(rm.moment), threshold=hp.threshold)
+                with timer("solve"):
+                    basis = nb.basis.to(dev)
+                    if n_t < basis.shape[1]:  # n×n systems instead of r×r
+                        delta = speed_delta_lowrank(w64, c_hat, d_hat, basis, keys.k2, hp.retain_scale, hp.lamb)
+                    else:
+                        delta = speed_delta(w64, gap, target, basis, keys.k2, hp.retain_scale, hp.lamb)
+                    new[name] = (w64 + delta).to(w.dtype)
+                    per_layer[name] = self._diagnostics(w64, delta, nb.basis, ct, ca, keys.retain, keys.k2, rm)
         info = {"n_pairs": keys.n_pairs, "n_target_tokens": int(ct.shape[0]), **keys.info,
                 "n_retain_keys": int(keys.retain.shape[0]), "n_matrices": len(weights),
                 "trace_T_over_alpha": float(target.trace()) / hp.retain_scale, "per_layer": per_layer}
