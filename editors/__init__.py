@@ -26,6 +26,9 @@ EDITORS.register("uce", "editors.uce:UCEEditor",
                  description="UCE: closed-form edit of every cross-attention to_k/to_v, all concepts in one solve")
 EDITORS.register("time", "editors.uce:TIMEEditor",
                  description="TIME: UCE's closed form without a preserve set (lambda 0.1, all tokens)")
+EDITORS.register("speed", "editors.speed:SPEEDEditor",
+                 description="SPEED: null-space closed form on the cross-attention values (IPF, DPA, IEC), "
+                             "all concepts in one solve per matrix")
 EDITORS.register("rome", "editors.rome:ROMEEditor",
                  description="ReFACT (ROME-style): rank-one updates of one text-encoder fc2, chained request "
                              "by request inside one edit (hparam solve)")
