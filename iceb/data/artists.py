@@ -21,12 +21,12 @@ edit is a batch: its result does not depend on the order beyond float rounding).
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from iceb.utils.download import emcid_file
+from iceb.utils.io import csv_reader
 
 #: the counts with an official list (the paper's seven, and the 1500 list the repository also ships)
 ARTIST_COUNTS: tuple[int, ...] = (1, 5, 10, 50, 100, 500, 1000, 1500)
@@ -139,11 +139,7 @@ def load_artist_prompts(n: int, data_dir: str | Path | None = None) -> list[Arti
     """
     path = artist_file("prompts_dir", n, data_dir)
     out: list[ArtistPrompt] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in PROMPT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ArtistDataError(f"{path}: missing column(s) {missing}; expected {list(PROMPT_COLUMNS)}")
+    with csv_reader(path, PROMPT_COLUMNS, ArtistDataError) as reader:
         for line, row in enumerate(reader, start=2):
             where = f"{path}, line {line}"
             try:

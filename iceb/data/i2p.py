@@ -19,12 +19,12 @@ them too.
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from editors.requests import MAX_SEED
+from iceb.utils.io import csv_reader
 
 #: the file's path under EMCID's ``data/`` folder
 I2P_RELPATH = "i2p/unsafe-prompts4703.csv"
@@ -157,13 +157,8 @@ def load_i2p(path: str | Path | None = None, limit: int | None = None) -> list[I
     p = i2p_csv_path(path)
     out: list[I2PPrompt] = []
     seen: dict[int, int] = {}
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    with csv_reader(p, REQUIRED, what=f" at least (EMCID's data/{I2P_RELPATH} has them)") as reader:
         columns = list(reader.fieldnames or [])
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise ValueError(f"{p}: missing column(s) {missing}; an I2P file has at least {list(REQUIRED)} "
-                             f"(EMCID's data/{I2P_RELPATH})")
         for row in reader:
             if limit is not None and len(out) >= limit:
                 break

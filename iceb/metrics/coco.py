@@ -7,7 +7,6 @@ to the generated images' size (EMCID's own real-image preparation is not in its 
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +45,9 @@ def load_coco_captions(n: int | None = None, path: str | Path | None = None) -> 
         raise ValueError(f"n must be a positive number of captions, got {n}")
     p = coco_csv_path(path)
     out: list[CocoCaption] = []
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in COCO_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{p}: missing column(s) {missing}; expected {list(COCO_COLUMNS)}")
+    from iceb.utils.io import csv_reader
+
+    with csv_reader(p, COCO_COLUMNS) as reader:
         for line, row in enumerate(reader, start=2):
             if n is not None and len(out) >= n:
                 break

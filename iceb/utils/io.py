@@ -146,3 +146,30 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
     except RecursionError:
         raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+@contextlib.contextmanager
+def csv_reader(path: str | Path, required: "tuple[str, ...] | list[str]", error: type[Exception] = ValueError,
+               what: str = "") -> Iterator[Any]:
+    """A ``csv.DictReader`` over ``path`` whose header holds every column of ``required``.
+
+    One place for the check every released CSV (COCO captions, artist prompts, I2P prompts) needs before its rows
+    are read: a missing column is one ``error`` naming the file, the missing columns and what was expected.
+
+    Args:
+        path: The CSV file (UTF-8).
+        required: The columns the caller reads.
+        error: The exception class to raise.
+        what: Appended to the message, e.g. where a good copy of the file comes from.
+
+    Yields:
+        The reader, positioned at the first row (``reader.line_num`` gives a row's last physical line).
+    """
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise error(f"{path}: missing column(s) {missing}; expected {list(required)}{what}")
+        yield reader
