@@ -376,10 +376,20 @@ def render_many(world: ToyWorld, specs: Sequence[RenderSpec]) -> np.ndarray:
                      for sp in specs])
 
 
-def random_specs(world: ToyWorld, n: int, seed: int, concept_ids: Sequence[int] | None = None) -> list[RenderSpec]:
-    """``n`` render specs cycling over concepts (balanced), contexts uniform, seeds from ``seed``."""
+def random_specs(world: ToyWorld, n: int, seed: int, concept_ids: Sequence[int] | None = None,
+                 shuffle: bool = False) -> list[RenderSpec]:
+    """``n`` render specs cycling over concepts (balanced), contexts uniform, seeds from ``seed``.
+
+    Without ``shuffle`` the cycle starts at the first concept, so a call with ``n`` smaller than the number of
+    concepts only ever draws the first ``n`` (the shipped 64-concept recipe's VAE batches of 32 saw concepts
+    0-31 only, and are kept so to stay reproducible); ``shuffle`` cycles over a permutation drawn from ``seed``
+    (on a stream of its own, so the contexts and seeds are the same), which a training batch smaller than the
+    world needs to see every concept.
+    """
     rng = random.Random(seed)
     ids = list(concept_ids) if concept_ids is not None else [c.id for c in world.concepts]
+    if shuffle:
+        random.Random(f"concept-order|{seed}").shuffle(ids)
     out = []
     for i in range(n):
         pos, size, bg = resolve_context(Context(), rng)

@@ -299,3 +299,17 @@ def test_toy_classifier_recognises_clean_renders():
     assert acc >= 0.99, acc
 
 
+
+
+def test_small_batches_see_the_whole_world_only_when_shuffled():
+    """A batch smaller than the world cycles from concept 0 (the shipped recipe, kept reproducible) unless
+    shuffled; shuffled batches cover every concept over a few steps, with the same contexts and seeds."""
+    world = W.ToyWorld(n_shapes=4, n_colours=4)  # 16 concepts
+    plain = W.random_specs(world, 4, seed=3)
+    assert [s.concept_id for s in plain] == [0, 1, 2, 3]
+    mixed = W.random_specs(world, 4, seed=3, shuffle=True)
+    assert [(s.position, s.size, s.background, s.seed) for s in mixed] == [
+        (s.position, s.size, s.background, s.seed) for s in plain]
+    seen = {s.concept_id for step in range(40) for s in W.random_specs(world, 4, seed=step, shuffle=True)}
+    assert seen == set(range(16))
+    assert W.random_specs(world, 4, seed=3, shuffle=True) == mixed  # deterministic

@@ -62,7 +62,8 @@ def train_classifier(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     bar = tqdm(range(meta["step"], total), desc="classifier", initial=meta["step"], total=total)
     for step in bar:
         gen = stage_generator(cfg, "classifier", step)
-        specs = W.random_specs(world, cfg.cls_batch, seed=hash_seed(cfg, "classifier-data", step))
+        specs = W.random_specs(world, cfg.cls_batch, seed=hash_seed(cfg, "classifier-data", step),
+                               shuffle=cfg.shuffle_batches)
         rng = random.Random(hash_seed(cfg, "classifier-order", step))
         rng.shuffle(specs)
         x = to_unit(W.render_many(world, specs))

@@ -16,8 +16,8 @@ from iceb.toy.train.config import TrainConfig, make_world
 from iceb.toy.train.models import build_vae
 
 
-def _renders(world: W.ToyWorld, n: int, seed: int) -> np.ndarray:
-    return W.render_many(world, W.random_specs(world, n, seed))
+def _renders(world: W.ToyWorld, n: int, seed: int, shuffle: bool = False) -> np.ndarray:
+    return W.render_many(world, W.random_specs(world, n, seed, shuffle=shuffle))
 
 
 def train_vae(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def train_vae(cfg: TrainConfig, work: Path, log=print) -> dict[str, Any]:
     bar = tqdm(range(meta["step"], cfg.vae_steps), desc="vae", initial=meta["step"], total=cfg.vae_steps)
     t0, losses = time.time(), []
     for step in bar:
-        x = to_unit(_renders(world, cfg.vae_batch, seed=hash_seed(cfg, "vae-data", step)))
+        x = to_unit(_renders(world, cfg.vae_batch, seed=hash_seed(cfg, "vae-data", step), shuffle=cfg.shuffle_batches))
         lr = cfg.vae_lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)) * 0.9 + 0.1)
         for g in opt.param_groups:
             g["lr"] = lr
