@@ -62,7 +62,7 @@ class TrainConfig:
     # the classifier's 64 saw all. A larger world needs it on: without it a 256-concept classifier trained
     # on batches of 64 learnt concepts 0-63 only (0.25 held-out accuracy, measured).
     shuffle_batches: bool = False
-    probe_every: int = 2000  # quick accuracy probe on 64 images, ~13 s (needs the classifier); 0 = never
+    probe_every: int = 2000  # quick accuracy probe, one image per concept (64: ~13 s; needs the classifier); 0 = never
     # classifier
     cls_steps: int = 800
     # a second cosine cycle on the same data: 800 steps alone gave 95% on VAE reconstructions, 800 + 700 gave

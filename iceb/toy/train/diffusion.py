@@ -224,7 +224,7 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
                 probe = quick_probe(cfg, work, ema_te, ema_unet, tokenizer, scaling)
                 if probe is not None:
                     meta["history"][-1]["probe_acc"] = probe
-                    log(f"step {done}: probe concept accuracy {probe:.3f} (64 images, EMA weights)")
+                    log(f"step {done}: probe concept accuracy {probe:.3f} (one image per concept, EMA weights)")
                     save_ckpt(ckpt, modules, opt, meta)
                 t0 = time.time()
         if stop:
@@ -236,7 +236,7 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
 
 @torch.no_grad()
 def quick_probe(cfg: TrainConfig, work: Path, ema_te: EMA, ema_unet: EMA, tokenizer, scaling: float) -> float | None:
-    """Concept accuracy of 64 images ('A photo of {name}', one per concept) from the EMA weights."""
+    """Concept accuracy of one image per concept ('A photo of {name}') from the EMA weights."""
     if not (work / "classifier.safetensors").is_file():
         return None
     world = make_world(cfg)
