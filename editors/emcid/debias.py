@@ -140,25 +140,11 @@ def judge_images(pipe, prompt: str, n: int, seed: int, *, steps: int | None = No
     sampling (not in :data:`~editors.emcid.stage1.DETERMINISTIC_SCHEDULERS`) the images are made by those ``n``
     calls.
     """
-    from diffusers.utils.torch_utils import randn_tensor
+    from editors.emcid.stage1 import seeded_images
 
-    from editors.emcid.stage1 import _batchable
-
-    pipe.set_progress_bar_config(disable=True)
-    gen = torch.Generator("cpu").manual_seed(int(seed))
-    kw = {"height": size, "width": size} if size else {}
-    call = {"num_inference_steps": steps or 50, "guidance_scale": guidance, "output_type": "np", **kw}
-    if _batchable(pipe):
-        px = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        shape = (1, pipe.unet.config.in_channels, px // pipe.vae_scale_factor, px // pipe.vae_scale_factor)
-        latents = torch.cat([randn_tensor(shape, generator=gen, device=pipe.unet.device, dtype=pipe.text_encoder.dtype)
-                             for _ in range(n)])
-        cap = max_images or (96 if pipe.unet.config.sample_size <= 32 else 8)
-        arrays = [pipe([prompt] * len(latents[i:i + cap]), latents=latents[i:i + cap], **call).images
-                  for i in range(0, n, cap)]
-    else:
-        arrays = [pipe([prompt], generator=gen, **call).images for _ in range(n)]
-    images = np.concatenate(arrays)
+    gen = torch.Generator("cpu").manual_seed(int(seed))  # n one-image calls sharing one stream
+    images = seeded_images(pipe, [[prompt]] * n, [gen] * n, steps=steps, size=size, guidance=guidance,
+                           output_type="np", max_images=max_images)
     return [np.clip(np.round(im * 255), 0, 255).astype(np.uint8) for im in images]
 
 

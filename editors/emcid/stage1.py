@@ -79,6 +79,47 @@ def _batchable(pipe) -> bool:
 
 
 @torch.no_grad()
+def seeded_images(pipe, prompts: Sequence[Sequence[str]], gens: Sequence[torch.Generator], *, steps: int | None,
+                  size: int | None, guidance: float, output_type: str = "pt", max_images: int | None = None):
+    """The images of each prompt list ``prompts[i]``, its initial latents drawn from ``gens[i]`` as a pipeline call
+    of its own would draw them, in as few pipeline calls as the batch budget allows.
+
+    Batching changes only the floating-point order of the UNet's batch, not which images are made; with a scheduler
+    that draws noise while sampling (not in :data:`DETERMINISTIC_SCHEDULERS`) each list keeps a call of its own.
+    The same generator may stand in several places (n one-prompt calls sharing one stream).
+
+    Args:
+        pipe: The diffusers pipeline, as it is now.
+        prompts: One list of prompts per generator.
+        gens: The generators, one per list.
+        steps: Sampling steps (None: 50); size: the image side (None: the model's); guidance: the CFG scale.
+        output_type: ``"pt"`` (a ``(ΣP, 3, H, W)`` tensor in [0, 1]) or ``"np"`` (an ``(ΣP, H, W, 3)`` array).
+        max_images: Images per pipeline call; None: 96 for small latents (toy, tiny), 8 at SD size.
+
+    Returns:
+        Every list's images, concatenated in order.
+    """
+    import numpy as np
+    from diffusers.utils.torch_utils import randn_tensor
+
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"height": size, "width": size} if size else {}
+    call = {"num_inference_steps": steps or 50, "guidance_scale": guidance, "output_type": output_type, **kw}
+    cat = torch.cat if output_type == "pt" else np.concatenate
+    cap = max_images or (96 if pipe.unet.config.sample_size <= 32 else 8)
+    if not _batchable(pipe):
+        return cat([pipe(list(ps), generator=g, **call).images for ps, g in zip(prompts, gens)])
+    px = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    dtype = pipe.text_encoder.dtype  # the prompt embeddings' dtype, which the pipeline draws latents in
+    shape = (pipe.unet.config.in_channels, px // pipe.vae_scale_factor, px // pipe.vae_scale_factor)
+    flat = torch.cat([randn_tensor((len(ps), *shape), generator=g, device=pipe.unet.device, dtype=dtype)
+                      for ps, g in zip(prompts, gens)])
+    everything = [x for ps in prompts for x in ps]
+    return cat([pipe(everything[i:i + cap], latents=flat[i:i + cap], **call).images
+                for i in range(0, len(everything), cap)])
+
+
+@torch.no_grad()
 def training_latent_dists(pipe, requests: Sequence[EditRequest], s: Stage1Settings,
                           max_images: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Mean and std of the VAE posterior of each request's training images (generated from its source prompts
@@ -100,26 +141,12 @@ def training_latent_dists(pipe, requests: Sequence[EditRequest], s: Stage1Settin
     Returns:
         One ``(mean, std)`` pair of ``(P, C, h, w)`` float tensors per request.
     """
-    from diffusers.utils.torch_utils import randn_tensor
-
-    pipe.set_progress_bar_config(disable=True)
-    kw = {"height": s.train_size, "width": s.train_size} if s.train_size else {}
-    call = {"num_inference_steps": s.train_steps or 50, "guidance_scale": s.train_guidance, "output_type": "pt"}
     gens = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
     prompts = [r.source_prompts() for r in requests]
     sizes = [len(p) for p in prompts]
     cap = max_images or (96 if pipe.unet.config.sample_size <= 32 else 8)
-    if _batchable(pipe):
-        size = s.train_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        dtype = pipe.text_encoder.dtype  # the prompt embeddings' dtype, which the pipeline draws latents in
-        shape = (pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
-        flat = torch.cat([randn_tensor((k, *shape), generator=g, device=pipe.unet.device, dtype=dtype)
-                          for k, g in zip(sizes, gens)])
-        everything = [x for ps in prompts for x in ps]
-        images = torch.cat([pipe(everything[i:i + cap], latents=flat[i:i + cap], **call, **kw).images
-                            for i in range(0, len(everything), cap)])
-    else:
-        images = torch.cat([pipe(ps, generator=g, **call, **kw).images for ps, g in zip(prompts, gens)])
+    images = seeded_images(pipe, prompts, gens, steps=s.train_steps, size=s.train_size, guidance=s.train_guidance,
+                           max_images=cap)
     images = images.to(device=pipe.vae.device, dtype=pipe.vae.dtype) * 2 - 1  # (ΣP, 3, H, W) in [-1, 1]
     if s.random_flip:  # flipped once, at load time, as the official dataset transform does
         flip = torch.cat([torch.rand(k, generator=g) < 0.5 for k, g in zip(sizes, gens)])
