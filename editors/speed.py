@@ -88,9 +88,8 @@ from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.emcid.nullspace import eig_of, null_basis
 from editors.emcid.stage2 import cpu_busy, one_cpu_thread
-from editors.hooks import cross_attention_modules
 from editors.hparams import Hparams, HparamsError, at_least, non_negative, positive  # declared field ranges
-from editors.uce import encode_prompts
+from editors.uce import encode_prompts, projection_names
 from iceb.utils.timing import Timer
 
 
@@ -329,13 +328,7 @@ def speed_delta_lowrank(weight: torch.Tensor, keys: torch.Tensor, diffs: torch.T
 # --------------------------------------------------------------------------------------------------
 def speed_names(unet: torch.nn.Module, params: str = "V") -> list[str]:
     """The edited tensors in the UNet's state-dict order: each attn2's to_k before its to_v (§1.1)."""
-    names = []
-    for n, _m in cross_attention_modules(unet):
-        if "K" in params:
-            names.append(f"unet.{n}.to_k.weight")
-        if "V" in params:
-            names.append(f"unet.{n}.to_v.weight")
-    return names
+    return projection_names(unet, with_to_k="K" in params, with_to_v="V" in params, k_first=True)
 
 
 def without_targets(texts: Sequence[str], targets: Sequence[str]) -> list[str]:

@@ -300,14 +300,14 @@ def uce_solve(weights: Mapping[str, torch.Tensor], emb: torch.Tensor, rows: Rows
 # --------------------------------------------------------------------------------------------------
 # the editors
 # --------------------------------------------------------------------------------------------------
-def projection_names(unet: torch.nn.Module, with_to_k: bool = True, with_to_v: bool = True) -> list[str]:
-    """Pipeline tensor names of every cross-attention to_v / to_k weight."""
+def projection_names(unet: torch.nn.Module, with_to_k: bool = True, with_to_v: bool = True,
+                     k_first: bool = False) -> list[str]:
+    """Pipeline tensor names of every cross-attention to_v / to_k weight (to_v first; ``k_first``: the UNet's
+    state-dict order, each attn2's to_k before its to_v)."""
     names = []
     for n, _m in cross_attention_modules(unet):
-        if with_to_v:
-            names.append(f"unet.{n}.to_v.weight")
-        if with_to_k:
-            names.append(f"unet.{n}.to_k.weight")
+        pair = [f"unet.{n}.to_v.weight"] * with_to_v + [f"unet.{n}.to_k.weight"] * with_to_k
+        names += pair[::-1] if k_first else pair
     return names
 
 
