@@ -95,30 +95,46 @@ class CLIPScore(Metric):
         self._model, self._preprocess = model.eval(), preprocess
         self._tokenizer = open_clip.get_tokenizer(self.arch)
 
-    def embed(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
-        """100 x cosine(image_i, caption_i) for each pair, float64."""
-        import torch
-        from PIL import Image
-
-        if len(images) != len(captions):
-            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    def _ensure(self) -> None:
         if not self._ready:
             self._load()
             self._ready = True
+
+    def image_features(self, images: Sequence[np.ndarray]):
+        """Unit-norm float32 image embeddings, one row per uint8 HxWx3 image, in batches of ``batch_size``."""
+        import torch
+        from PIL import Image
+
+        self._ensure()
         out = []
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
-                ims = images[i:i + self.batch_size]
-                caps = list(captions[i:i + self.batch_size])
                 x = torch.stack([self._preprocess(Image.fromarray(np.asarray(im, dtype=np.uint8)))
-                                 for im in ims]).to(self.device)
-                t = self._tokenizer(caps).to(self.device)
-                fi = self._model.encode_image(x).float()
-                ft = self._model.encode_text(t).float()
-                fi = fi / fi.norm(dim=-1, keepdim=True)
-                ft = ft / ft.norm(dim=-1, keepdim=True)
-                out.append((100.0 * (fi * ft).sum(-1)).double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+                                 for im in images[i:i + self.batch_size]]).to(self.device)
+                f = self._model.encode_image(x).float()
+                out.append(f / f.norm(dim=-1, keepdim=True))
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def text_features(self, texts: Sequence[str]):
+        """Unit-norm float32 text embeddings, one row per text, in batches of ``batch_size``."""
+        import torch
+
+        self._ensure()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                f = self._model.encode_text(self._tokenizer(list(texts[i:i + self.batch_size])).to(self.device)).float()
+                out.append(f / f.norm(dim=-1, keepdim=True))
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def embed(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
+        """100 x cosine(image_i, caption_i) for each pair, float64."""
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        if not len(images):
+            return np.zeros(0)
+        fi, ft = self.image_features(images), self.text_features(captions)
+        return (100.0 * (fi * ft).sum(-1)).double().cpu().numpy()
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[EvalPrompt]) -> list[dict[str, Any]]:
         return [{"clip": float(v)} for v in self.embed(images, [p.prompt for p in prompts])]

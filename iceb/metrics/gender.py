@@ -94,40 +94,25 @@ class GenderCLIP(CLIPScore):
         # records depend on the image and the labels (which the prompt carries), not on the world
         return f"{self.name}-v{self.version}-{self.arch}-openai"
 
-    def _ensure(self) -> None:
-        if not self._ready:
-            self._load()
-            self._ready = True
-
     def probabilities(self, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]]) -> np.ndarray:
         """Per image, the softmax over its labels of ``logit_scale · cosine`` (float64, one row per image)."""
         import torch
-        from PIL import Image
 
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} label sets")
         if len({len(x) for x in labels}) > 1:
             raise ValueError("every image needs the same number of labels")
+        if not len(images):
+            return np.zeros((0, len(labels[0]) if labels else 2))
         self._ensure()
         texts = list(OrderedDict.fromkeys(t for ls in labels for t in ls))
-        out = []
+        feats = dict(zip(texts, self.text_features(texts)))
+        fi = self.image_features(images)
+        scale = float(self._model.logit_scale.exp()) if hasattr(self._model, "logit_scale") else 100.0
         with torch.no_grad():
-            ft = []
-            for i in range(0, len(texts), self.batch_size):
-                f = self._model.encode_text(self._tokenizer(texts[i:i + self.batch_size]).to(self.device)).float()
-                ft.append(f / f.norm(dim=-1, keepdim=True))
-            feats = dict(zip(texts, torch.cat(ft))) if ft else {}
-            scale = float(self._model.logit_scale.exp()) if hasattr(self._model, "logit_scale") else 100.0
-            for i in range(0, len(images), self.batch_size):
-                ims = images[i:i + self.batch_size]
-                x = torch.stack([self._preprocess(Image.fromarray(np.asarray(im, dtype=np.uint8)))
-                                 for im in ims]).to(self.device)
-                fi = self._model.encode_image(x).float()
-                fi = fi / fi.norm(dim=-1, keepdim=True)
-                t = torch.stack([torch.stack([feats[s] for s in ls]) for ls in labels[i:i + self.batch_size]])
-                logits = scale * torch.einsum("bd,bkd->bk", fi, t)
-                out.append(logits.double().softmax(-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(labels[0]) if labels else 2))
+            t = torch.stack([torch.stack([feats[s] for s in ls]) for ls in labels])
+            logits = scale * torch.einsum("bd,bkd->bk", fi, t)
+        return logits.double().softmax(-1).cpu().numpy()
 
     def judge(self, images: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
         """The :data:`editors.base.Judge` of EMCID's debiasing mode: every image scored against ``labels``.
