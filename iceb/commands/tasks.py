@@ -65,19 +65,15 @@ def _world(args) -> str:
 
 def _instance(args):
     """(task, world, N, instance) of the command's flags; a bad N fails with the task's one-line error."""
-    from iceb.tasks import TaskError, get_task
+    from iceb.tasks import TASKS, get_task
 
     world = _world(args)
+    if args.model is None and args.world is None and args.name in TASKS:
+        served = getattr(TASKS.get(args.name), "worlds", None)
+        if served and world not in served:  # only the default world chose it: the task's own world instead
+            world = served[0]
     kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
-    try:
-        task = get_task(args.name, world=world, **kwargs)
-    except TaskError as err:
-        if args.model is not None or args.world is not None or world == "imagenet":
-            raise
-        try:  # only the default world was refused (an ImageNet-only task such as nsfw): show it for imagenet
-            task, world = get_task(args.name, world="imagenet", **kwargs), "imagenet"
-        except TaskError:
-            raise err from None
+    task = get_task(args.name, world=world, **kwargs)
     n = args.edits if args.edits is not None else max(task.default_edits)
     return task, world, n, task.build(n)
 

@@ -159,6 +159,7 @@ class ACETask(SplitTask):
 
 
 class ACE1kTask(ACETask):
+    worlds = ("imagenet",)
     name = "ace-1k"
     description = "arbitrary concept editing on the project's 1000-class split, up to 1000 edits"
     variant = "1k"

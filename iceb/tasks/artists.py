@@ -35,6 +35,7 @@ from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
 
 
 class ArtistsTask(Task):
+    worlds = ("imagenet",)
     name = "artists"
     description = "artist-style erasure towards 'art', 1 to 1000 artists (EMCID/UCE lists and prompts)"
     default_edits = (1, 5, 10, 50, 100, 500, 1000)

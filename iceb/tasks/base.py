@@ -146,6 +146,9 @@ class Task(abc.ABC):
     #: the only edit counts the task serves, when it cannot serve every count from 1 to ``max_edits`` (the artists'
     #: lists exist for 1, 5, 10, ... only); such a task's requests of N need not be a prefix of a larger count's
     edit_counts: ClassVar[tuple[int, ...] | None] = None
+    #: the worlds the task is defined for, when not every world (an ImageNet-only task: artists, nsfw, ...);
+    #: ``iceb tasks show`` builds such a task for its first world when no flag names one
+    worlds: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def nested(self) -> bool:

@@ -65,6 +65,7 @@ def image_seed(global_seed: int, column: int, index: int) -> int:
 
 
 class DebiasTask(Task):
+    worlds = ("imagenet",)
     name = "debias"
     description = "gender debiasing of EMCID's 37 professions (Delta = |p_female - 0.5| / 0.5 over 10 seeds)"
     world = "imagenet"

@@ -45,6 +45,7 @@ EDIT_SEED_BASE = 7000
 
 
 class NSFWTask(Task):
+    worlds = ("imagenet",)
     name = "nsfw"
     description = "NSFW erasure: UCE-style erase of nudity/sexual/blood, NudeNet counts on I2P's 4,703 prompts"
     default_edits = (3,)

@@ -69,6 +69,7 @@ class RectificationTask(SplitTask):
 
 
 class Rectification1kTask(RectificationTask):
+    worlds = ("imagenet",)
     name = "rectification-1k"
     description = "concept rectification on the project's 1000-class split"
     variant = "1k"
