@@ -25,14 +25,13 @@ import platform
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_uce import concept_names, cross_attention_unet, gemm_gflops, sd_text_encoder  # noqa: E402
+from bench_uce import concept_names, gemm_gflops, sd_cross_attention_pipe  # noqa: E402
 
 
 def main() -> None:
@@ -51,12 +50,9 @@ def main() -> None:
     from editors.speed import SPEEDEditor, SpeedKeys, speed_names
     from editors.uce import encode_prompts
     from editors.weights import get_tensor
-    from iceb.data.tokenizer import load_clip_tokenizer
     from iceb.utils.timing import Timer
 
-    torch.manual_seed(0)
-    tok = load_clip_tokenizer()
-    pipe = SimpleNamespace(tokenizer=tok, text_encoder=sd_text_encoder(tok), unet=cross_attention_unet())
+    pipe = sd_cross_attention_pipe()
     sizes = [int(s) for s in args.sizes.split(",")]
     names_all = concept_names(max(sizes) + args.retain)
     retain_names, pool = names_all[:args.retain], names_all[args.retain:]

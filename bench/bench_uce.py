@@ -56,6 +56,16 @@ def cross_attention_unet(text_dim: int = 768) -> torch.nn.Module:
     return root
 
 
+def sd_cross_attention_pipe() -> SimpleNamespace:
+    """The stand-in pipeline both UCE's and SPEED's benchmarks edit: the offline CLIP tokenizer, a random SD-1.4
+    text encoder and a UNet of SD-1.4's 16 cross-attentions (seed 0)."""
+    from iceb.data.tokenizer import load_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_clip_tokenizer()
+    return SimpleNamespace(tokenizer=tok, text_encoder=sd_text_encoder(tok), unet=cross_attention_unet())
+
+
 def sd_text_encoder(tokenizer) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -103,11 +113,9 @@ def main() -> None:
     from editors.requests import EditRequest
     from editors.uce import Encoded, UCEEditor, build_rows, encode_prompts, projection_names, uce_solve
     from editors.weights import get_tensor
-    from iceb.data.tokenizer import load_clip_tokenizer
 
-    torch.manual_seed(0)
-    tok = load_clip_tokenizer()
-    pipe = SimpleNamespace(tokenizer=tok, text_encoder=sd_text_encoder(tok), unet=cross_attention_unet())
+    pipe = sd_cross_attention_pipe()
+    tok = pipe.tokenizer
     hp = UCEEditor.load_hparams("sd-1.4")
     editor = UCEEditor(hp, progress=False)
     names = projection_names(pipe.unet)
