@@ -108,8 +108,8 @@ class GenderCLIP(CLIPScore):
         texts = list(OrderedDict.fromkeys(t for ls in labels for t in ls))
         feats = dict(zip(texts, self.text_features(texts)))
         fi = self.image_features(images)
-        scale = float(self._model.logit_scale.exp()) if hasattr(self._model, "logit_scale") else 100.0
         with torch.no_grad():
+            scale = float(self._model.logit_scale.exp()) if hasattr(self._model, "logit_scale") else 100.0
             t = torch.stack([torch.stack([feats[s] for s in ls]) for ls in labels])
             logits = scale * torch.einsum("bd,bkd->bk", fi, t)
         return logits.double().softmax(-1).cpu().numpy()
