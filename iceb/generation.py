@@ -85,15 +85,50 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], config: Generat
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    return _render(pipe, list(prompts), seeds, config, progress, desc, lambda chunk: {"prompt": list(chunk)})
+
+
+@torch.no_grad()
+def generate_ids(pipe, token_ids: Sequence[Sequence[int]], seeds: Sequence[int], config: GenerationConfig,
+                 progress: bool = False, desc: str = "generating") -> list[np.ndarray]:
+    """Render one image per (token-id sequence, seed): :func:`generate` for prompts given as the tokenizer's
+    ids (padded to its ``model_max_length``), e.g. an attack's adversarial tokens, which need not survive a
+    decode and re-tokenize. ``generate_ids(pipe, [tokenize(p)], ...)`` equals ``generate(pipe, [p], ...)``.
+
+    Args:
+        pipe: A diffusers text-to-image pipeline with ``text_encoder`` (prompt embeddings are its last hidden state).
+        token_ids: One full-length id sequence per image.
+        seeds: One seed per image.
+        config: The sampling settings.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+
+    Returns:
+        One ``uint8`` array of shape ``(height, width, 3)`` per sequence, in input order.
+    """
+    if len(token_ids) != len(seeds):
+        raise ValueError(f"{len(token_ids)} token sequences but {len(seeds)} seeds")
+    enc = pipe.text_encoder
+
+    def kwargs(chunk):
+        ids = torch.tensor([list(map(int, t)) for t in chunk], dtype=torch.long, device=enc.device)
+        return {"prompt_embeds": enc(ids)[0].to(pipe.unet.dtype)}
+
+    return _render(pipe, list(token_ids), seeds, config, progress, desc, kwargs)
+
+
+def _render(pipe, items: list, seeds: Sequence[int], config: GenerationConfig, progress: bool, desc: str,
+            inputs) -> list[np.ndarray]:
+    """The one batched sampling loop: ``inputs(chunk)`` gives the pipeline's prompt arguments of a chunk."""
     _set_scheduler(pipe, config.scheduler)
     pipe.set_progress_bar_config(disable=True)
     out: list[np.ndarray] = []
-    pairs = list(zip(prompts, seeds))
+    pairs = list(zip(items, seeds))
     bar = tqdm(total=len(pairs), desc=desc, unit="img", disable=not progress or not pairs, leave=False)
     for chunk in batches(pairs, max(1, config.batch_size)):
         gens = [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk]
         images = pipe(
-            [p for p, _ in chunk],
+            **inputs([x for x, _ in chunk]),
             height=config.height,
             width=config.width,
             num_inference_steps=config.num_inference_steps,

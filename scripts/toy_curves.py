@@ -2,6 +2,7 @@
 
     python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,8,16,32] [--out runs/toy]
                                  [--leaderboard leaderboard/toy] [--cold-cost]
+                                 [--attacks unlearndiff,ringabell,aliases,misspell] [--attack-requests 16]
 
 Resumable (each run is an `iceb evaluate` run folder). ESD is erase-only: on `ace` it runs with
 `treat_updates_as_erase=true` and only its Forget and Holdout panels are meaningful, as in EMCID's figure.
@@ -28,6 +29,8 @@ def main() -> int:
     ap.add_argument("--leaderboard", default="leaderboard/toy")
     ap.add_argument("--cold-cost", action="store_true",
                     help="measure every edit from empty editor caches, then again warm (cost:cold / cost:warm rows)")
+    ap.add_argument("--attacks", default="", help="attacks run on every edit count (ASR rows; ace only)")
+    ap.add_argument("--attack-requests", type=int, default=16, help="attacked requests per edit count at most")
     args = ap.parse_args()
 
     from iceb import EvalConfig, evaluate
@@ -42,7 +45,9 @@ def main() -> int:
             t0 = time.perf_counter()
             cfg = EvalConfig(editor=editor, task=task, model="toy", edits=edits, out=args.out, device="cpu",
                              editor_args={"treat_updates_as_erase": True} if editor in ERASE_ONLY else {},
-                             cold_cost=args.cold_cost)
+                             cold_cost=args.cold_cost,
+                             attacks=tuple(a for a in args.attacks.split(",") if a) if task == "ace" else (),
+                             attack_requests=args.attack_requests)
             runs.append(evaluate(cfg))
             print(f"[toy-curves] {editor} on {task}: {time.perf_counter() - t0:.0f}s", flush=True)
     for path in build_leaderboard(runs, args.leaderboard):

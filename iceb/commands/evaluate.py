@@ -72,7 +72,33 @@ def register(sub) -> None:
                    help="measure each edit's cost cold: the editor starts with empty caches (statistics, stage I, "
                         "...), then the same edit runs again warm; rows carry both (cost:cold, cost:warm). "
                         "Costs a second edit; without it, cost rows are labelled with the cache state they ran in")
+    p.add_argument("--attacks", default=None, type=A.name_list_text,
+                   help="comma-separated attacks run on every edit count after its images ('iceb list attacks'): "
+                        "adversarial prompts that try to bring each edited source back; ASR rows per attack")
+    p.add_argument("--attack-prompts", default=None, metavar="FILE",
+                   help="judge the prompts of an earlier run's attacks/n<N>/<attack>.jsonl on this edit as they "
+                        "are (transfer ASR, rows attack:transfer:<attack>), without optimising")
+    p.add_argument("--attack-args", default=None, type=A.overrides_text, metavar="ATTACK.KEY=VALUE,...",
+                   help="budget overrides, e.g. unlearndiff.iterations=40,ringabell.generations=3000 (recorded in "
+                        "the rows' details)")
+    p.add_argument("--attack-requests", type=A.positive_int, default=16, metavar="K",
+                   help="attack at most K requests per edit count (a fixed, recorded sample beyond K; default 16)")
+    p.add_argument("--attack-vocab", choices=["seen", "full"], default="seen",
+                   help="token ids an attack may place: seen (those the text encoder was trained on; default) or full")
     p.set_defaults(func=run)
+
+
+def _attack_args(text: str | None) -> dict[str, dict]:
+    """``unlearndiff.iterations=40,ringabell.eta=3`` -> ``{"unlearndiff": {"iterations": 40}, "ringabell": ...}``."""
+    from editors.hparams import parse_overrides
+
+    out: dict[str, dict] = {}
+    for key, value in parse_overrides(text).items():
+        attack, dot, setting = key.partition(".")
+        if not dot or not attack or not setting:
+            raise ValueError(f"--attack-args keys are attack.setting (e.g. unlearndiff.iterations), got {key!r}")
+        out.setdefault(attack, {})[setting] = value
+    return out
 
 
 def run(args) -> int:
@@ -88,6 +114,9 @@ def run(args) -> int:
         batch_size=args.batch_size, out=args.out, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, overwrite=args.overwrite,
         log_samples=args.log_samples, cold_cost=args.cold_cost,
-        editor_cache=not args.no_editor_cache)
+        editor_cache=not args.no_editor_cache,
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else (),
+        attack_prompts=args.attack_prompts, attack_args=_attack_args(args.attack_args),
+        attack_requests=args.attack_requests, attack_vocab=args.attack_vocab)
     evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

@@ -1,10 +1,10 @@
-"""``iceb list editors|tasks|metrics``: one entry per line, the name first, then a short description."""
+"""``iceb list editors|tasks|metrics|attacks``: one entry per line, the name first, then a short description."""
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("list", help="list registered editors, tasks or metrics")
-    p.add_argument("what", choices=["editors", "tasks", "metrics"])
+    p = sub.add_parser("list", help="list registered editors, tasks, metrics or attacks")
+    p.add_argument("what", choices=["editors", "tasks", "metrics", "attacks"])
     p.set_defaults(func=run)
 
 
@@ -15,6 +15,8 @@ def run(args) -> int:
         from editors import EDITORS as reg
     elif args.what == "tasks":
         from iceb.tasks import TASKS as reg
+    elif args.what == "attacks":
+        from iceb.attacks import ATTACKS as reg
     else:
         from iceb.metrics import METRICS as reg
     entries = describe_all(reg)

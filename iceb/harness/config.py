@@ -46,6 +46,15 @@ class EvalConfig:
         cold_cost: Measure each edit with the editor's caches empty (its cold cost), then repeat it warm; both
             go to the cost rows. Off: one edit on the shared caches, its rows labelled with the state it ran
             in. Not part of the run id.
+        attacks: Attack names (``iceb list attacks``) run on every edit count after its post-edit images
+            (:mod:`iceb.harness.attacks`): their ASR rows join the edit count's rows (subsets ``attack:<name>``).
+        attack_prompts: An earlier run's ``attacks/n<N>/<attack>.jsonl``: its prompts are judged on this run's edit
+            as they are (a transfer attack, rows ``attack:transfer:<attack>``), without optimising.
+        attack_args: Budget overrides per attack, ``{"unlearndiff": {"iterations": 20}}`` (``--attack-args
+            unlearndiff.iterations=20``); the resolved budget of every attack is recorded in its rows.
+        attack_requests: At most this many requests attacked per edit count (a fixed sample beyond it, recorded).
+        attack_vocab: The token ids an attack may place: ``"seen"`` (those the text encoder was trained on; the
+            toy encoder leaves every other row random) or ``"full"``.
         editor_cache: Where the editor keeps its statistics and stage-I results: True (default) the shared
             root of every entry point (``$ICEB_CACHE/editors``, see :func:`iceb.utils.paths.editor_cache_dir`),
             so ``iceb edit``, ``iceb evaluate`` and the Python API compute them once per model; a folder; or
@@ -76,6 +85,12 @@ class EvalConfig:
     log_samples: bool = True  # on: it costs well under 10% of a run (see docs/python_api.md)
     cold_cost: bool = False  # edit once with empty editor caches, then again warm (both in the cost rows)
     editor_cache: str | bool = True  # True: the shared root (iceb.utils.paths.editor_cache_dir); False: none
+    # attacks (part of the run id when set; runs without them keep their ids):
+    attacks: tuple[str, ...] = ()
+    attack_prompts: str | None = None
+    attack_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_requests: int = 16
+    attack_vocab: str = "seen"
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,6 +99,15 @@ class EvalConfig:
             d.pop(k)
         if not d["coco"]:  # runs without COCO captions keep the run ids they had before the option existed
             d.pop("coco")
+        if not self.attacks and not self.attack_prompts:  # likewise runs without attacks
+            for k in ("attacks", "attack_prompts", "attack_args", "attack_requests", "attack_vocab"):
+                d.pop(k)
+        else:
+            d["attacks"] = list(self.attacks)
+            if self.attack_prompts:  # the prompts, not where their file lies, define the run
+                from iceb.utils.hashing import digest_files
+
+                d["attack_prompts"] = digest_files(self.attack_prompts)
         return d
 
     @property
@@ -132,6 +156,7 @@ class EvalConfig:
             if len(set(edits)) != len(edits):
                 raise ValueError(f"--edits lists an edit count twice: {edits}")
             self.check_rounds(edits)
+        self._validate_attacks()
         self.edit_mode  # noqa: B018 - the value object agrees
         if self.device not in (None, "auto"):
             from iceb.models import check_device
@@ -141,6 +166,31 @@ class EvalConfig:
             except ValueError as err:
                 raise ValueError(f"--device: {err}") from None
         return self
+
+    def _validate_attacks(self) -> None:
+        """``--attacks`` names registered attacks, ``--attack-prompts`` is a readable prompts file,
+        ``--attack-requests`` >= 1 and ``--attack-vocab`` is known."""
+        from iceb.attacks import ATTACKS
+        from iceb.attacks.vocab import VOCABS
+
+        if isinstance(self.attacks, str):
+            self.attacks = tuple(a.strip() for a in self.attacks.split(",") if a.strip())
+        self.attacks = tuple(self.attacks)
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"--attacks lists an attack twice: {list(self.attacks)}")
+        for name in self.attacks:
+            ATTACKS.get(name)  # an unknown name: UnknownNameError with the closest match
+        for name, overrides in self.attack_args.items():
+            if name not in self.attacks:
+                raise ValueError(f"--attack-args sets {name!r}, which is not among --attacks {list(self.attacks)}")
+            ATTACKS.get(name).check_overrides(overrides)
+        _positive_int(self.attack_requests, "--attack-requests", "a positive number of requests")
+        if self.attack_vocab not in VOCABS:
+            raise ValueError(f"--attack-vocab must be one of {', '.join(VOCABS)}, got {self.attack_vocab!r}")
+        if self.attack_prompts:
+            from iceb.harness.attacks import read_attack_prompts
+
+            read_attack_prompts(self.attack_prompts)
 
     def check_rounds(self, edits) -> None:
         """``--rounds`` may not exceed an edit count (each round edits at least one request)."""

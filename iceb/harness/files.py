@@ -1,7 +1,8 @@
 """The files of a run folder besides the rows: edit files, before/after grids, and the cleaning of stale files.
 
 Layout of ``<out>/<run_id>/``: ``manifest.json``, ``config.json``, ``results.jsonl`` (+ ``results.csv``),
-``edits/n<N>.safetensors`` (+ JSON sidecar), ``grids/n<N>.png``, ``samples/n<N>/`` (``--log-samples``: :mod:`iceb.harness.samples`), and ``work/n<N>/``
+``edits/n<N>.safetensors`` (+ JSON sidecar), ``grids/n<N>.png``, ``samples/n<N>/`` (``--log-samples``: :mod:`iceb.harness.samples`),
+``attacks/n<N>/`` (``--attacks``: :mod:`iceb.harness.attacks`), and ``work/n<N>/``
 while N is in flight.
 Every write is atomic (:mod:`iceb.utils.io`).
 """
@@ -17,7 +18,7 @@ def clear_run(run_dir: Path) -> None:
     """--overwrite: drop this run's results, plan, edits and work (the shared caches stay)."""
     for name in ("results.jsonl", "results.csv", "manifest.json", "config.json"):
         (run_dir / name).unlink(missing_ok=True)
-    for name in ("edits", "work", "grids", "samples"):
+    for name in ("edits", "work", "grids", "samples", "attacks"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 

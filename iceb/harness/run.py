@@ -16,7 +16,9 @@ them in a row:
 3. per edit count N: :meth:`Run.edit` (rank 0; saved as ``edits/n<N>.safetensors`` + JSON sidecar; with
    ``--editor file:PATH`` the tensors of an edit made elsewhere, :mod:`iceb.harness.external`), then
    :meth:`Run.render_post_edit` (generate and score with the edit applied; one atomic file of records per
-   chunk in ``work/n<N>/``), then :meth:`Run.aggregate` (rank 0 appends the N's rows to ``results.jsonl`` in
+   chunk in ``work/n<N>/``), then, with ``--attacks``, :meth:`Run.attack` (adversarial prompts against the
+   edited requests, :mod:`iceb.harness.attacks`; one record per attack and request in ``attacks/n<N>/``),
+   then :meth:`Run.aggregate` (rank 0 appends the N's rows to ``results.jsonl`` in
    one write that ends with a completion marker, saves a before/after grid, and drops ``work/n<N>``).
 4. :meth:`Run.finish`: ``results.csv``.
 
@@ -33,7 +35,6 @@ that can fail runs inside :meth:`Dist.collective`, so a failure on one rank stop
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 import uuid
@@ -47,6 +48,8 @@ from iceb.generation import generate as _generate
 from iceb.harness import files, samples
 from iceb.harness.caches import RecordCache
 from iceb.harness.config import SMOKE_WARNING, EvalConfig
+from iceb.harness.crash import CRASH_ENV
+from iceb.harness.crash import crash_point as _crash_point
 from iceb.harness.dist import Dist
 from iceb.harness.logs import ensure_console, logger
 from iceb.harness.plan import ManifestMismatchError, build_plan, chunks, same_work
@@ -63,14 +66,6 @@ from iceb.utils.io import read_json
 
 __all__ = ["CRASH_ENV", "SMOKE_WARNING", "EvalConfig", "ManifestMismatchError", "Run", "evaluate", "model_banner"]
 
-#: Test hook: ``ICEB_CRASH_AT=<point>`` makes the process die (os._exit, like kill -9) at that named point.
-CRASH_ENV = "ICEB_CRASH_AT"
-
-
-def _crash_point(name: str) -> None:
-    """Die like ``kill -9`` when ``$ICEB_CRASH_AT`` names this point (tests of resume; no cleanup runs)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(86)
 
 
 def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list[dict[str, Any]]:
@@ -260,6 +255,11 @@ class Run:
         else:
             self._with_judge(make_editor(self.editor_cls, self.hp, progress=False)).check_requests(
                 self.instances[max(self.edits)].requests)
+        if cfg.attacks or cfg.attack_prompts:
+            bad = sorted({r.kind for inst in self.instances.values() for r in inst.requests} - {"update", "erase"})
+            if bad:
+                raise ValueError(f"--attacks try to bring an edited or erased source concept back; task "
+                                 f"{self.task.name!r} has {', '.join(bad)} requests, which have none (use ace)")
         self._identify()
         self._open_run_folder()
         # pre-edit keys: the union over edit counts, in first-appearance order (a fixed chunking)
@@ -286,6 +286,11 @@ class Run:
         self.metrics = list(metrics.values())
         self.images = ImageCache(self.out_root / "cache" / "images")
         self.records = RecordCache(self.out_root / "cache" / "records")
+        self.attack_phase = None
+        if cfg.attacks or cfg.attack_prompts:
+            from iceb.harness.attacks import AttackPhase
+
+            self.attack_phase = AttackPhase(self)
         return self
 
     def _with_judge(self, editor):
@@ -555,6 +560,15 @@ class Run:
                 bar.update(len(c))
         bar.close()
 
+    def attack(self, n: int, tensors: dict[str, Any]) -> None:
+        """``--attacks``: rank 0 attacks N's sampled requests on the edited model (:mod:`iceb.harness.attacks`)."""
+        if self.attack_phase is None:
+            return
+        with self.dist.collective():
+            if self.dist.main:
+                self.attack_phase.run_n(n, tensors)
+                _crash_point(f"attacked:{n}")
+
     def aggregate(self, n: int, sidecar: dict[str, Any], t0: float) -> None:
         """Rank 0: N's rows in one append with a completion marker, then the grid; ``t0`` is when N started."""
         with self.dist.collective():
@@ -622,6 +636,8 @@ class Run:
                 cols = {f.name for f in dataclasses.fields(ResultRow)}
                 fields = {k: x for k, x in dataclasses.asdict(v).items() if k in cols}
                 rows.append(ResultRow(**base, **fields).to_dict())
+        if self.attack_phase is not None:
+            rows += [ResultRow(**base, **r).to_dict() for r in self.attack_phase.rows(n)]
         path = self.run_dir / "edits" / f"n{n}.safetensors"
         rows += [ResultRow(**base, **r).to_dict() for r in cost_rows(sidecar, len(inst.requests), path.stat().st_size)]
         return rows
@@ -669,6 +685,7 @@ class Run:
                 t0 = time.perf_counter()
                 tensors, sidecar = self.edit(n)
                 self.render_post_edit(n, tensors)
+                self.attack(n, tensors)
                 self.aggregate(n, sidecar, t0)
             bar.close()
             return self.finish()

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from iceb.leaderboard.headline import ERASER_NA
 from iceb.leaderboard.pivot import arrow, cell, n_columns, pivot_tables
 from iceb.leaderboard.results import SMOKE_MARK
+from iceb.leaderboard.robustness import NOTE as ROBUSTNESS_NOTE
 from iceb.utils.io import read_json
 
 TEMPLATE = "report.html.j2"
@@ -30,6 +31,7 @@ def _tables(df) -> list[dict[str, Any]]:
     """The pivot tables as the template shows them (no bound column: the plots draw the bounds)."""
     out = []
     from iceb.leaderboard.headline import headline_table
+    from iceb.leaderboard.robustness import robustness_table
 
     for task, model, table in pivot_tables(df):
         ns = n_columns(table)
@@ -37,7 +39,8 @@ def _tables(df) -> list[dict[str, Any]]:
                  "cells": [cell(r, n) for n in ns]} for (subset, metric, label), r in table.iterrows()]
         head = headline_table(df[(df["task"] == task) & (df["model"] == model)], task)
         out.append({"task": task, "model": model, "smoke": bool(table["smoke"].any()), "ns": ns, "rows": rows,
-                    "headline": head, "stem": f"{task}__{model}"})
+                    "headline": head, "stem": f"{task}__{model}",
+                    "robustness": robustness_table(df, task, model)})
     return out
 
 
@@ -82,6 +85,7 @@ def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
     return env.get_template(TEMPLATE).render(
         smoke=bool(df["smoke"].astype(bool).any()) if not df.empty else False, smoke_mark=SMOKE_MARK,
         n_runs=len(runs), n_rows=len(df), tables=tables, eraser_na=ERASER_NA,
+        robustness_note=ROBUSTNESS_NOTE.replace("*", ""),
         singles=[p for p in plots if not p["headline"]], runs=[_run_section(Path(r)) for r in runs])
 
 

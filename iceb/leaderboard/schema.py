@@ -44,6 +44,9 @@ class ResultRow:
     # where the edit came from (None in rows written before these fields existed)
     external: bool | None = None  # True: an edit made elsewhere (--editor file:PATH); False: the run's editor made it
     sidecar: bool | None = None  # external edits: whether the file came with ICEB's metadata (None otherwise)
+    # how the value was made where the columns above do not say it: JSON (an attack row's pinned settings,
+    # vocabulary, judge and request sample); None elsewhere
+    details: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,7 +78,7 @@ REQUIRED_COLUMNS: list[str] = [f for f in ROW_COLUMNS if f not in OPTIONAL_COLUM
 #: the JSON types each field accepts (``bool`` is never an ``int`` or ``float`` here)
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                        "float | None": (int, float, type(None)), "int | None": (int, type(None)),
-                                       "bool | None": (bool, type(None))}
+                                       "bool | None": (bool, type(None)), "str | None": (str, type(None))}
 
 
 def check_row(data: Mapping[str, Any]) -> ResultRow:

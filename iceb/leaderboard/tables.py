@@ -141,9 +141,10 @@ def _write_frame(df, path: Path) -> Path:
 
 
 def markdown(df) -> str:
-    """The answer first: per task and model the headline table (:mod:`iceb.leaderboard.headline`); then, as an
-    appendix, every raw metric, metric-major ((subset, metric) then editor rows, edit counts as columns)."""
+    """The answer first: per task and model the headline table (:mod:`iceb.leaderboard.headline`), then the
+    robustness table where a run had ``--attacks`` (:mod:`iceb.leaderboard.robustness`); then, as an appendix, every raw metric, metric-major ((subset, metric) then editor rows, edit counts as columns)."""
     from iceb.leaderboard.headline import ERASER_NA, headline_markdown, headline_table
+    from iceb.leaderboard.robustness import robustness_markdown
 
     lines = ["# ICEB leaderboard", ""]
     if df["smoke"].astype(bool).any():
@@ -158,6 +159,8 @@ def markdown(df) -> str:
                   "editor that takes no destination, where the number means nothing. Plot: "
                   f"`plots/{task}__{model}__headline.png`.", ""]
         lines += headline_markdown(head) + [""]
+    for task, model, _ in tables:
+        lines += robustness_markdown(df, task, model)
     lines += ["# Appendix: every metric", "", "Bound: the unedited model's best reachable value (for "
               "holdout_delta and dest_forget the worst, everything lost). Columns in leaderboard/README.md.", ""]
     for task, model, table in tables:

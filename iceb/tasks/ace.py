@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from editors.requests import EditRequest
 from iceb.data.neighbours import stratifier
-from iceb.data.split_bundle import Concept, SplitBundle
+from iceb.data.split_bundle import Concept, SplitBundle, SplitError
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
 from iceb.utils.paths import DATA_DIR
@@ -104,6 +104,25 @@ class SplitTask(Task):
             out.extend(EvalPrompt(fill(p.template, c.name), p.seed, "holdout", cid, None, f"holdout:{cid}", st)
                        for p in c.prompts[:k])
         return out
+
+    def other_names(self, request: EditRequest) -> tuple[str, ...]:
+        """Other names of a request's source concept, for the ``aliases`` attack: its correct aliases, then the
+        names the model never learned for it (toy world: ``untrained_aliases``), the request's own name left out.
+
+        Args:
+            request: A request of this task (its ``source_id`` names the concept).
+
+        Returns:
+            The names, in that order; empty for a request without a known source concept.
+        """
+        if request.source_id is None:
+            return ()
+        try:
+            c = self.bundle.concept(int(request.source_id))
+        except (SplitError, ValueError):
+            return ()
+        names = list(c.aliases) + [c.name] + list(c.info.get("untrained_aliases", ()))
+        return tuple(dict.fromkeys(x for x in names if x != request.source))
 
     def _instance(self, n: int, requests: list[EditRequest], prompts: list[EvalPrompt],
                   info: dict[str, Any]) -> TaskInstance:

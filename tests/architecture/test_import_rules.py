@@ -30,6 +30,9 @@ RULES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("iceb.toy", "editors", ("editors.requests",), "the toy world is data and a model, not an editor"),
     ("iceb.tasks", "iceb.harness", (), "tasks know nothing of the run"),
     ("iceb.tasks", "iceb.metrics", (), "tasks know nothing of metrics"),
+    ("iceb.attacks", "editors", (), "attacks search prompts on a pipeline; they know no editor"),
+    ("iceb.attacks", "iceb.harness", (), "attacks know nothing of the run"),
+    ("iceb.leaderboard", "iceb.attacks", (), "tables and plots read rows, not attacks"),
 ]
 #: Nothing but the CLI itself imports the CLI: it is a thin face over functions.
 CLI = ("iceb.cli", "iceb.commands", "iceb.__main__")

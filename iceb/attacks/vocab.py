@@ -1,0 +1,54 @@
+"""Which token ids an attack may place (``attack_vocab``, pinned in every attack row).
+
+- ``full``: every id of the tokenizer but its special tokens (BOS, EOS/padding).
+- ``seen``: the ids the model's text encoder was trained on. The toy encoder was trained from scratch on the
+  toy captions only, so every other row of its 49,408-token table keeps its random initialisation: an attack
+  over the full vocabulary can exploit those off-distribution vectors (spec §4.4), which says nothing about
+  the edit. In the toy world ``seen`` is the ids of ``data/toy/captions.txt`` (the corpus made by the same
+  caption sampler over every trained name, so every trained name, template and context word is in it, and no
+  untrained alias). Stable Diffusion's CLIP encoder was trained on the whole vocabulary: there ``seen`` is
+  ``full``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from iceb.utils.paths import DATA_DIR
+
+VOCABS = ("seen", "full")
+TOY_CAPTIONS = DATA_DIR / "toy" / "captions.txt"
+
+
+def attack_vocab(tokenizer, world: str, kind: str = "seen") -> np.ndarray:
+    """The sorted token ids an attack may use.
+
+    Args:
+        tokenizer: The pipeline's tokenizer.
+        world: The model's world (``toy``: ``seen`` is the toy captions' ids).
+        kind: ``"seen"`` or ``"full"``.
+
+    Returns:
+        Sorted unique int64 ids, special tokens excluded.
+
+    Raises:
+        ValueError: An unknown ``kind``.
+    """
+    if kind not in VOCABS:
+        raise ValueError(f"attack vocabulary {kind!r} is not one of {', '.join(VOCABS)}")
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    if kind == "full" or world != "toy":
+        ids = np.arange(len(tokenizer), dtype=np.int64)
+    else:
+        ids = np.asarray(_caption_ids(tokenizer.name_or_path, len(tokenizer), tokenizer), dtype=np.int64)
+    return np.asarray(sorted(set(ids.tolist()) - special), dtype=np.int64)
+
+
+@lru_cache(maxsize=4)
+def _caption_ids(_name: str, _size: int, tokenizer) -> tuple[int, ...]:
+    lines = [ln.strip() for ln in TOY_CAPTIONS.read_text().splitlines() if ln.strip()]
+    seen: set[int] = set()
+    for ids in tokenizer(lines).input_ids:
+        seen.update(ids)
+    return tuple(sorted(seen))
