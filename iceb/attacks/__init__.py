@@ -6,9 +6,10 @@ count (:mod:`iceb.harness.attacks`); a third party registers one through the ent
 """
 from __future__ import annotations
 
+from iceb.attacks.base import Attack
 from iceb.utils.registry import Registry
 
-ATTACKS: Registry = Registry("attack", entry_point_group="iceb.attacks")
+ATTACKS: Registry = Registry("attack", entry_point_group="iceb.attacks", base_cls=Attack)
 
 ATTACKS.register("unlearndiff", "iceb.attacks.unlearndiff:UnlearnDiffAtk",
                  description="UnlearnDiffAtk (white box): k prefix tokens through a relaxed one-hot, the edited "
@@ -40,4 +41,4 @@ def get_attack(name: str, **kwargs):
     return ATTACKS.get(name)(**kwargs)
 
 
-__all__ = ["ATTACKS", "get_attack"]
+__all__ = ["ATTACKS", "Attack", "get_attack"]

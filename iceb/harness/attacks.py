@@ -14,7 +14,7 @@ For each edit count N:
    its source is counted once and not attacked (UnlearnDiffAtk's ``check_asr.py``); the others are attacked
    (white-box searches run here, on the edited model) and the found prompt is judged. Fixed prompts
    (``--attack-prompts FILE``: another run's ``attacks/n<N>/<attack>.jsonl``) are judged as they are, which is
-   a transfer attack (rows ``attack:transfer:<attack>``).
+   a transfer attack (rows ``attack:transfer:<attack>``, over the attacked requests the file has a prompt for).
 
 Judge: the world's classifier (the toy CNN; ViT-B/16 on ImageNet); success = its top-1 is the source class
 (the UnlearnDiffAtk object rule), and P(source) is logged. One image per prompt, the prompt's seed, the world's
@@ -150,11 +150,28 @@ class AttackPhase:
     def folder(self, n: int) -> Path:
         return self.run.run_dir / "attacks" / f"n{n}"
 
+    def file(self, n: int, name: str) -> Path:
+        """``attacks/n<N>/<name>.jsonl`` (``transfer:x`` as ``transfer_x``): every prompt of one attack at N."""
+        return self.folder(n) / f"{name.replace(':', '_')}.jsonl"
+
+    def _covers(self, name: str, target: AttackTarget) -> bool:
+        """Whether ``name`` attacks ``target``: always, except a fixed set without a prompt for its request (a
+        file from a run with another sample); such requests are left out of that set's rows."""
+        return not name.startswith("transfer:") or target.request_id in self.fixed[name.split(":", 1)[1]]
+
     def details(self, name: str, n: int) -> str:
         """The JSON of what defines ``name``'s rows at N: settings, vocabulary, judge, sample."""
         k = len(sample_requests(self.run.task.name, n, self.run.cfg.attack_requests))
         attack = next((a for a in self.attacks if a.name == name), None)
-        settings = attack.settings() if attack else {"attack": name, "fixed_prompts": str(self.run.cfg.attack_prompts)}
+        if attack is not None:
+            settings = attack.settings()
+        else:  # a fixed set: the file's identity and the settings its prompts were found with
+            from iceb.utils.hashing import digest_files
+
+            source = name.split(":", 1)[1]
+            found = next(iter(self.fixed[source].values())).get("settings")
+            settings = {"attack": name, "fixed_prompts": digest_files(self.run.cfg.attack_prompts),
+                        "found_with": found}
         return json.dumps({**settings, "vocab_size": int(len(self.vocab)), "judge": self.classifier_name,
                            "rule": JUDGE_RULE, "requests": k, "of": n}, sort_keys=True)
 
@@ -190,7 +207,7 @@ class AttackPhase:
         from iceb.generation import generate_ids
 
         run, folder = self.run, self.folder(n)
-        if all((folder / f"{name}.jsonl").is_file() for name in self.names()):
+        if all(self.file(n, name).is_file() for name in self.names()):
             return
         targets = self.targets(n)
         write_json(folder / "requests.json", {"n_edits": n, "requests": [t.request_id for t in targets],
@@ -213,16 +230,18 @@ class AttackPhase:
                 pre = read_json(pre_path)
                 for name in self.names():
                     path = folder / name.replace(":", "_") / f"{t.request_id}.json"
-                    if not path.is_file():
+                    if not path.is_file() and self._covers(name, t):
                         write_json(path, self._attack_one(name, t, pre, unedited[t.request_id], searched,
                                                           judge_ids(t), pipe, gen))
                         crash_point(f"attack:{n}:{name}:{t.request_id}")
                     bar.update(1)
         bar.close()
         for name in self.names():
-            recs = [read_json(folder / name.replace(":", "_") / f"{t.request_id}.json") for t in targets]
-            write_text(folder / f"{name.replace(':', '_')}.jsonl",
-                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
+            recs = [read_json(folder / name.replace(":", "_") / f"{t.request_id}.json") for t in targets
+                    if self._covers(name, t)]
+            if not recs:
+                run.say(f"[iceb] N={n}: --attack-prompts has no {name} prompt for any attacked request; no rows")
+            write_text(self.file(n, name), "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
 
     def _unedited_searches(self, targets: list[AttackTarget]) -> dict[tuple[str, str], dict[str, Any]]:
         """Transfer searches on the unedited model (the run applies no edit here), through the shared cache."""
@@ -248,17 +267,15 @@ class AttackPhase:
         ctx = AttackContext(pipe, gen, self.vocab, judge)
         base = {"attack": name, "request_id": t.request_id, "source": t.source, "source_class": t.source_class,
                 "prompt": t.prompt, "seed": t.seed, "pre_success": bool(pre["success"]),
-                "unedited_success": bool(unedited[0]), "unedited_p_source": unedited[1]}
+                "unedited_success": bool(unedited[0]), "unedited_p_source": unedited[1],
+                "settings": next((a.settings() for a in self.attacks if a.name == name), None)}
         if pre["success"]:  # counted once, not attacked
             ids = ctx.tokenize(t.prompt)
             return {**base, "ids": ids, "adv_prompt": t.prompt, "success": True, "p_source": pre["p_source"],
                     "steps": 0, "seconds": 0.0, "attacked": False, "info": {}}
         t0 = time.perf_counter()
         if name.startswith("transfer:"):
-            rec = self.fixed[name.split(":", 1)[1]].get(t.request_id)
-            if rec is None:
-                raise AttackPromptsError(f"--attack-prompts has no {name.split(':', 1)[1]} prompt for request "
-                                         f"{t.request_id}; attack the same task and edit counts")
+            rec = self.fixed[name.split(":", 1)[1]][t.request_id]
             ids, steps, info = list(rec["ids"]), 0, {"from": str(self.run.cfg.attack_prompts)}
         else:
             attack = next(a for a in self.attacks if a.name == name)
@@ -277,7 +294,7 @@ class AttackPhase:
         """Row fields of every attack at N (subset ``attack:<name>``), from ``attacks/n<N>/<name>.jsonl``."""
         out = []
         for name in self.names():
-            recs = read_jsonl(self.folder(n) / f"{name.replace(':', '_')}.jsonl")
-            for r in asr_rows(recs):
+            recs = read_jsonl(self.file(n, name))
+            for r in asr_rows(recs) if recs else []:
                 out.append({"subset": f"attack:{name}", **r, "details": self.details(name, n)})
         return out

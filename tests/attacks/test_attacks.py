@@ -168,7 +168,12 @@ def test_request_sample_is_fixed_sorted_and_all_below_k():
 
 
 def test_registry_and_budget_errors():
+    from iceb.utils.registry import RegistryTypeError
+
     assert {"unlearndiff", "ringabell", "aliases", "misspell"} <= set(ATTACKS.names())
+    assert type(get_attack("iceb.attacks.text:Misspell")).__name__ == "Misspell"  # package.module:Class
+    with pytest.raises(RegistryTypeError, match="not a subclass of Attack"):
+        get_attack("json:JSONDecoder")
     with pytest.raises(UnknownNameError, match="Did you mean 'ringabell'"):
         get_attack("ringbell")
     with pytest.raises(ValueError, match="no setting 'stepz'.*iterations"):
