@@ -32,6 +32,7 @@ def plan(quick: bool, cuda: bool) -> tuple[list[tuple[str, list[str]]], dict[str
     if (ROOT / "data" / "toy" / "model" / "model_index.json").is_file():
         runs.append(("generation_toy", ["bench_generation.py", "--model", "toy", "--repeats", "2" if quick else "5"]))
         runs.append(("emcid_stage1_toy", ["bench_emcid_stage1.py", "--model", "toy", "--concepts", "4" if quick else "8"]))
+        runs.append(("attacks_toy", ["bench_attacks.py", "--targets", "2" if quick else "4"]))
     skipped = {}
     if cuda:
         runs.append(("emcid_stage1_gpu", ["bench_emcid_stage1.py", "--device", "cuda", "--model", "tiny"]))

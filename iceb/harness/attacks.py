@@ -191,8 +191,8 @@ class AttackPhase:
             ref = run.images.generate(run.loaded.pipe, run.loaded.fingerprint, [p.prompt], [p.seed], run.gen,
                                       progress=False)[0]
             names = tuple(other(r)) if callable(other) else ()
-            out.append(AttackTarget(str(r.request_id), r.source, r.source_id if r.source_id is not None else r.source,
-                                    p.prompt, int(p.seed), tuple(r.templates), names, ref))
+            out.append(AttackTarget(str(r.request_id), r.source, r.source_id, p.prompt, int(p.seed),
+                                    tuple(r.templates), names, ref))
         return out
 
     def judge(self, target: AttackTarget, images: Sequence[np.ndarray]) -> list[tuple[bool, float]]:

@@ -260,6 +260,9 @@ class Run:
             if bad:
                 raise ValueError(f"--attacks try to bring an edited or erased source concept back; task "
                                  f"{self.task.name!r} has {', '.join(bad)} requests, which have none (use ace)")
+            if any(r.source_id is None for inst in self.instances.values() for r in inst.requests):
+                raise ValueError(f"--attacks need each request's source class (the judge looks for it); task "
+                                 f"{self.task.name!r} has requests without a source_id")
         self._identify()
         self._open_run_folder()
         # pre-edit keys: the union over edit counts, in first-appearance order (a fixed chunking)

@@ -62,12 +62,18 @@ def panels_for(task: str) -> tuple[Panel, ...]:
     return HEADLINE.get(task, ())
 
 
+#: attack success rates: their bound is the unedited model's rate (nothing erased), the worst an edit can do
+ATTACK_BOUNDS = frozenset({"asr", "pre_asr"})
+
+
 def bound_style(metric: str) -> str:
     """Dashed for a best-reachable bound, dotted for a worst one: the two read apart in one legend."""
-    return ":" if metric in FLOOR_BOUNDS else "--"
+    return ":" if metric in FLOOR_BOUNDS or metric in ATTACK_BOUNDS else "--"
 
 
 def bound_label(metric: str) -> str:
+    if metric in ATTACK_BOUNDS:
+        return "unedited model"
     return "worst: all lost" if metric in FLOOR_BOUNDS else "best reachable"
 
 

@@ -128,8 +128,60 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
     return True
 
 
+def plot_robustness(d, task: str, model: str, path: Path, colors: dict[str, Any], smoke: str = "") -> bool:
+    """The robustness figure of one (task, model): ASR against N, one panel for the original prompt (pre-attack
+    ASR) and one per attack, one line per editor with its 95% band, the unedited model's rate dotted.
+
+    Args:
+        d: Leaderboard rows of one task and model.
+        task: Its task (for the title).
+        model: Its model (for the title).
+        path: The PNG to write.
+        colors: Legend label -> colour (shared with the other plots).
+        smoke: A note for the title when rows come from smoke runs.
+
+    Returns:
+        Whether a figure was written (False without attack rows).
+    """
+    import matplotlib.pyplot as plt
+
+    from iceb.leaderboard.robustness import ORDER, attack_frame
+
+    a = attack_frame(d)
+    if a.empty:
+        return False
+    attacks = sorted(dict.fromkeys(a["attack"]), key=lambda x: (ORDER.index(x) if x in ORDER else len(ORDER), x))
+    first = a[a["attack"] == attacks[0]]
+    panels = [("original prompt", first[first["metric"] == "pre_asr"])]
+    panels += [(name, a[(a["attack"] == name) & (a["metric"] == "asr")]) for name in attacks]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows + 0.9), squeeze=False)
+    legend: dict[str, Any] = {}
+    for ax, (title, sel) in zip(axes.flat, panels):
+        draw_lines(ax, sel, colors)
+        ax.set_title(f"{title} ↓", fontsize=10)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("number of edited concepts (log)", fontsize=8)
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, h)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("attack success rate")
+    names = sorted(legend, key=lambda n: (n == "unedited model", n))
+    height = fig.get_size_inches()[1]
+    top = 1 - (0.45 + 0.22 * (1 + (len(names) - 1) // 8)) / height
+    fig.suptitle(f"{task} on {model}: robustness{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
+    fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
+               ncol=min(8, len(names)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    save_png(fig, path)
+    return True
+
+
 def plot_all(df, out_dir: str | Path) -> list[Path]:
-    """Per (task, model) the headline figure (``<task>__<model>__headline.png``) and one PNG per (subset, metric).
+    """Per (task, model) the headline figure (``<task>__<model>__headline.png``), the robustness figure where
+    there are attack rows (``<task>__<model>__robustness.png``) and one PNG per (subset, metric).
 
     Args:
         df: Leaderboard rows (:func:`iceb.leaderboard.tables.frame`).
@@ -154,6 +206,9 @@ def plot_all(df, out_dir: str | Path) -> list[Path]:
         head = inside(out_dir, out_dir / f"{stem}__headline.png")
         if plot_headline(d, task, model, head, colors, smoke):
             written.append(head)
+        robust = inside(out_dir, out_dir / f"{stem}__robustness.png")
+        if plot_robustness(d, task, model, robust, colors, smoke):
+            written.append(robust)
         for subset, metric in sorted({(s, m) for s, m in zip(d["subset"], d["metric"])},
                                      key=lambda x: (x[0].startswith("cost"), x)):
             g = d[(d["subset"] == subset) & (d["metric"] == metric)]

@@ -77,11 +77,13 @@ def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("iceb.leaderboard", "templates"),
                              autoescape=True, keep_trailing_newline=True)
-    plots = [{"name": p.stem, "data": _b64(p), "headline": p.name.endswith("__headline.png")} for p in plot_files]
+    plots = [{"name": p.stem, "data": _b64(p), "headline": p.name.endswith(("__headline.png", "__robustness.png"))}
+             for p in plot_files]
     tables = _tables(df)
-    heads = {p["name"][: -len("__headline")]: p for p in plots if p["headline"]}
+    figures = {p["name"]: p for p in plots if p["headline"]}
     for t in tables:
-        t["figure"] = heads.get(t["stem"])
+        t["figure"] = figures.get(f"{t['stem']}__headline")
+        t["robust_figure"] = figures.get(f"{t['stem']}__robustness")
     return env.get_template(TEMPLATE).render(
         smoke=bool(df["smoke"].astype(bool).any()) if not df.empty else False, smoke_mark=SMOKE_MARK,
         n_runs=len(runs), n_rows=len(df), tables=tables, eraser_na=ERASER_NA,

@@ -133,6 +133,8 @@ def test_attacks_refuse_a_task_without_a_source_to_bring_back(tmp_path):
     _toy()
     with pytest.raises(ValueError, match="rectify requests"):
         evaluate(_cfg(tmp_path, task="rectification", edits=(1,)))
+    with pytest.raises(ValueError, match="source class"):  # smoke's everyday words have no class for the judge
+        evaluate(_cfg(tmp_path, task="smoke", edits=(1,)))
 
 
 def test_leaderboard_shows_the_robustness_table(attacked, tmp_path):
