@@ -2,7 +2,7 @@
 
     python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,8,16,32] [--out runs/toy]
                                  [--leaderboard leaderboard/toy] [--cold-cost]
-                                 [--attacks unlearndiff,ringabell,aliases,misspell] [--attack-requests 16]
+                                 [--attacks unlearndiff,ringabell,aliases,misspell] [--attack-requests 16] [--attack-vocab seen]
 
 Resumable (each run is an `iceb evaluate` run folder). ESD is erase-only: on `ace` it runs with
 `treat_updates_as_erase=true` and only its Forget and Holdout panels are meaningful, as in EMCID's figure.
@@ -31,6 +31,7 @@ def main() -> int:
                     help="measure every edit from empty editor caches, then again warm (cost:cold / cost:warm rows)")
     ap.add_argument("--attacks", default="", help="attacks run on every edit count (ASR rows; ace only)")
     ap.add_argument("--attack-requests", type=int, default=16, help="attacked requests per edit count at most")
+    ap.add_argument("--attack-vocab", default="seen", choices=["seen", "full"], help="token ids the attacks may use")
     args = ap.parse_args()
 
     from iceb import EvalConfig, evaluate
@@ -47,7 +48,7 @@ def main() -> int:
                              editor_args={"treat_updates_as_erase": True} if editor in ERASE_ONLY else {},
                              cold_cost=args.cold_cost,
                              attacks=tuple(a for a in args.attacks.split(",") if a) if task == "ace" else (),
-                             attack_requests=args.attack_requests)
+                             attack_requests=args.attack_requests, attack_vocab=args.attack_vocab)
             runs.append(evaluate(cfg))
             print(f"[toy-curves] {editor} on {task}: {time.perf_counter() - t0:.0f}s", flush=True)
     for path in build_leaderboard(runs, args.leaderboard):

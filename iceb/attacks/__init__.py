@@ -14,6 +14,9 @@ ATTACKS: Registry = Registry("attack", entry_point_group="iceb.attacks", base_cl
 ATTACKS.register("unlearndiff", "iceb.attacks.unlearndiff:UnlearnDiffAtk",
                  description="UnlearnDiffAtk (white box): k prefix tokens through a relaxed one-hot, the edited "
                              "model's noise loss on an unedited reference image, early stop on the judge")
+ATTACKS.register("p4d", "iceb.attacks.p4d:P4D",
+                 description="P4D (white box, Diffusion-MU-Attack's variant): 5 cosine-projected prefix embeddings, "
+                             "the edited model with them matched to the unedited model's noise on the original prompt")
 ATTACKS.register("ringabell", "iceb.attacks.ringabell:RingABell",
                  description="Ring-A-Bell (black box, transfer): concept vector from prompt pairs, genetic search "
                              "over tokens on the unedited text encoder; no UNet, no gradients")

@@ -79,6 +79,8 @@ class AttackContext:
         vocab: Token ids the attack may place (``attack_vocab``: the ids seen in training, or all).
         judge_ids: Renders ids with the edited model and judges them; None for ``"unedited"`` searches.
         seed: The attack's seed (torch and numpy streams of its search).
+        prepared: What the attack's :meth:`Attack.prepare` computed for this target on the unedited model
+            (P4D's targets from the unedited UNet), or None.
     """
 
     pipe: Any
@@ -86,6 +88,7 @@ class AttackContext:
     vocab: np.ndarray
     judge_ids: JudgeIds | None = None
     seed: int = 0
+    prepared: Any = None
 
     @property
     def tokenizer(self):
@@ -142,6 +145,14 @@ class Attack(abc.ABC):
     def settings(self) -> dict[str, Any]:
         """Everything that defines the attack's prompts: name, vocabulary and budget (recorded in every row)."""
         return {"attack": self.name, "vocab": self.vocab_kind, **dataclasses.asdict(self.budget)}
+
+    #: whether :meth:`prepare` must run on the unedited model before a white-box search (P4D's targets)
+    prepares: ClassVar[bool] = False
+
+    def prepare(self, ctx: AttackContext, target: AttackTarget) -> Any:
+        """What a white-box search needs from the **unedited** model (``ctx.pipe`` is unedited here); the
+        harness hands it to :meth:`search` as ``ctx.prepared``. Only called when :attr:`prepares` is set."""
+        return None
 
     @abc.abstractmethod
     def search(self, ctx: AttackContext, target: AttackTarget) -> AttackPrompt:

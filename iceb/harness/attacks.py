@@ -10,6 +10,8 @@ For each edit count N:
    shared pre-edit cache).
 2. **Searches on the unedited model** (attacks with ``sees == "unedited"``, Ring-A-Bell): they depend on the
    model and the concept only, so they are cached across editors and edit counts in ``<out>/cache/attacks``.
+   A white-box attack that needs the unedited model too (``Attack.prepares``: P4D's target noise predictions)
+   computes that here, before the edit is applied.
 3. **With the edit applied:** the original prompt is judged (pre-attack success). A request that already shows
    its source is counted once and not attacked (UnlearnDiffAtk's ``check_asr.py``); the others are attacked
    (white-box searches run here, on the edited model) and the found prompt is judged. Fixed prompts
@@ -215,6 +217,9 @@ class AttackPhase:
         pipe, gen = run.loaded.pipe, run.gen.replace(batch_size=1)
         unedited = {t.request_id: self.judge(t, [t.reference])[0] for t in targets}
         searched = self._unedited_searches(targets)
+        prepared = {(a.name, t.request_id): a.prepare(AttackContext(pipe, gen, self.vocab, None, a.budget.seed), t)
+                    for a in self.attacks if a.prepares for t in targets
+                    if not (folder / a.name / f"{t.request_id}.json").is_file()}  # on the unedited model
         bar = tqdm(total=len(targets) * len(self.names()), desc=f"attacks N={n}", unit="prompt",
                    disable=not run.progress, leave=False)
         with applied(pipe, tensors):
@@ -232,7 +237,7 @@ class AttackPhase:
                     path = folder / name.replace(":", "_") / f"{t.request_id}.json"
                     if not path.is_file() and self._covers(name, t):
                         write_json(path, self._attack_one(name, t, pre, unedited[t.request_id], searched,
-                                                          judge_ids(t), pipe, gen))
+                                                          judge_ids(t), pipe, gen, prepared.get((name, t.request_id))))
                         crash_point(f"attack:{n}:{name}:{t.request_id}")
                     bar.update(1)
         bar.close()
@@ -262,7 +267,7 @@ class AttackPhase:
         return out
 
     def _attack_one(self, name: str, t: AttackTarget, pre: dict[str, Any], unedited: tuple[bool, float],
-                    searched: dict, judge, pipe, gen) -> dict[str, Any]:
+                    searched: dict, judge, pipe, gen, prepared: Any = None) -> dict[str, Any]:
         """One (attack, request) record: the original prompt's verdict, or the attack's prompt and verdict."""
         ctx = AttackContext(pipe, gen, self.vocab, judge)
         base = {"attack": name, "request_id": t.request_id, "source": t.source, "source_class": t.source_class,
@@ -283,7 +288,7 @@ class AttackPhase:
                 rec = searched[(name, t.request_id)]
                 ids, steps, info = rec["ids"], rec["steps"], {**rec["info"], "search_seconds": rec["search_seconds"]}
             else:
-                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, attack.budget.seed), t)
+                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, attack.budget.seed, prepared), t)
                 ids, steps, info = list(found.ids), found.steps, found.info
         ok, p = judge(ids, t.seed)
         seconds = time.perf_counter() - t0 + float(info.get("search_seconds", 0.0))

@@ -20,7 +20,7 @@ def attack_frame(df):
 
 
 #: the order of the columns: white box, black box, the text baselines, then anything else (transfer sets)
-ORDER = ("unlearndiff", "ringabell", "aliases", "misspell")
+ORDER = ("unlearndiff", "p4d", "ringabell", "aliases", "misspell")
 NOTE = ("Share of attacked requests whose source concept the judge sees again (top-1 of the world's classifier); "
         "*original prompt*: before any attack (the edit's own miss); each attack: original successes plus the "
         "attack's successes among the rest. ± standard error over requests. Budgets and vocabulary are in each "

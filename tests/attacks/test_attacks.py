@@ -170,7 +170,7 @@ def test_request_sample_is_fixed_sorted_and_all_below_k():
 def test_registry_and_budget_errors():
     from iceb.utils.registry import RegistryTypeError
 
-    assert {"unlearndiff", "ringabell", "aliases", "misspell"} <= set(ATTACKS.names())
+    assert {"unlearndiff", "p4d", "ringabell", "aliases", "misspell"} <= set(ATTACKS.names())
     assert type(get_attack("iceb.attacks.text:Misspell")).__name__ == "Misspell"  # package.module:Class
     with pytest.raises(RegistryTypeError, match="not a subclass of Attack"):
         get_attack("json:JSONDecoder")
@@ -192,3 +192,23 @@ def test_seen_vocabulary_is_the_toy_captions_and_full_is_everything(tiny_pipe):
     assert set(trained) <= set(seen.tolist())
     with pytest.raises(ValueError, match="not one of"):
         attack_vocab(tok, "toy", "some")
+
+
+def test_p4d_projects_onto_vocabulary_rows_and_matches_the_unedited_noise(tiny_pipe):
+    calls = []
+    ctx = _ctx(tiny_pipe, lambda ids, seed: (calls.append(ids) or False, 0.0))
+    target = _target(tiny_pipe)
+    attack = get_attack("p4d", world="toy", n_timesteps=2, iterations=3)
+    assert attack.prepares and attack.budget.k == 5 and attack.budget.lr == 0.1
+    prep = attack.prepare(ctx, target)
+    assert prep["x_t"].shape[0] == prep["goal"].shape[0] == 6 and prep["t"].tolist() == [250] * 3 + [750] * 3
+    # the targets are the unedited model's predictions with the original prompt, recomputed here
+    cond = tiny_pipe.text_encoder(torch.tensor([ctx.tokenize(target.prompt)]))[0]
+    with torch.no_grad():
+        again = tiny_pipe.unet(prep["x_t"][4:5], prep["t"][4:5], encoder_hidden_states=cond).sample
+    torch.testing.assert_close(again, prep["goal"][4:5], atol=1e-5, rtol=1e-5)
+    out = attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, 0, prep), target)
+    orig = ctx.tokenize(target.prompt)
+    assert all(int(x) in set(ctx.vocab.tolist()) for x in out.ids[1:6])  # projected: exact vocabulary rows
+    assert list(out.ids[6:]) == orig[1:len(orig) - 5] and out.steps == 6 and len(calls) == 2
+    assert attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, 0, prep), target).ids == out.ids

@@ -13,8 +13,9 @@ from iceb.harness import EvalConfig, evaluate
 from iceb.utils.registry import UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[2]
-ATTACKS = ("unlearndiff", "ringabell", "aliases", "misspell")
-BUDGETS = {"unlearndiff": {"n_timesteps": 2, "iterations": 2}, "ringabell": {"population": 8, "generations": 3}}
+ATTACKS = ("unlearndiff", "p4d", "ringabell", "aliases", "misspell")
+BUDGETS = {"unlearndiff": {"n_timesteps": 2, "iterations": 2}, "p4d": {"n_timesteps": 2, "iterations": 2},
+           "ringabell": {"population": 8, "generations": 3}}
 
 
 def _toy():
@@ -96,7 +97,8 @@ def test_killed_attack_phase_resumes_to_the_same_rows(attacked, tmp_path):
     cmd = [sys.executable, "-m", "iceb", "evaluate", "--editor", "uce", "--task", "ace", "--model", "toy",
            "--edits", "1,2", "--limit", "2", "--metrics", "iceb-cls", "--out", str(out), "--device", "cpu",
            "--no-progress", "--attacks", ",".join(ATTACKS), "--attack-args",
-           "unlearndiff.n_timesteps=2,unlearndiff.iterations=2,ringabell.population=8,ringabell.generations=3"]
+           "unlearndiff.n_timesteps=2,unlearndiff.iterations=2,p4d.n_timesteps=2,p4d.iterations=2,"
+           "ringabell.population=8,ringabell.generations=3"]
     env = {**os.environ, "ICEB_CRASH_AT": "attack:2:ringabell:ace-0001"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 86, first.stderr[-2000:]
@@ -148,7 +150,7 @@ def test_leaderboard_shows_the_robustness_table(attacked, tmp_path):
     section = md[md.index("robustness (attack success rate"):md.index("# Appendix")]
     asr = {(r["n_edits"], r["subset"]): r["value"] for r in _attack_rows(run) if r["metric"] == "asr"}
     header = next(ln for ln in section.splitlines() if ln.startswith("| editor"))
-    assert header.split(" | ")[3:] == ["unlearndiff", "ringabell", "aliases", "misspell |"]
+    assert header.split(" | ")[3:] == ["unlearndiff", "p4d", "ringabell", "aliases", "misspell |"]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines() if ln.startswith("| uce")]
     cells = next(c for c in rows if c[1] == "2")
     assert float(cells[3].split(" ± ")[0]) == pytest.approx(asr[(2, "attack:unlearndiff")], abs=1e-3)
