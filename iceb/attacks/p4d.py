@@ -39,19 +39,9 @@ class P4D(UnlearnDiffAtk):
     prepares = True
 
     @dataclass(frozen=True)
-    class Budget:
+    class Budget(UnlearnDiffAtk.Budget):  # UnlearnDiffAtk's schedule (and its toy variant), P4D's k and optimiser
         k: int = 5
-        n_timesteps: int = 50
-        iterations: int = 40
         lr: float = 0.1
-        weight_decay: float = 0.1
-        seed: int = 0
-
-    @classmethod
-    def for_world(cls, world: str) -> "P4D.Budget":
-        if world == "toy":
-            return cls.Budget(n_timesteps=5, iterations=10)
-        return cls.Budget()
 
     def _generator(self, target: AttackTarget) -> torch.Generator:
         return torch.Generator("cpu").manual_seed(int(stable_hash("p4d", self.budget.seed, target.seed), 16) % 2**63)

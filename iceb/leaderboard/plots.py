@@ -112,20 +112,25 @@ def plot_headline(d, task: str, model: str, path: Path, colors: dict[str, Any], 
         ax.set_xlabel("number of edited concepts (log)", fontsize=8)
         for h, name in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(name, h)
-    for ax in list(axes.flat)[len(panels):]:
+    _finish_panels(fig, axes, len(panels), legend, "classifier score", f"{task} on {model}{smoke}", path)
+    return True
+
+
+def _finish_panels(fig, axes, used: int, legend: dict[str, Any], ylabel: str, title: str, path: Path) -> None:
+    """A panel figure's end: unused panels off, the y label, one legend for all panels at the top under the
+    title (where a reader looks first; bound lines last), then the PNG."""
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
-    axes[0][0].set_ylabel("classifier score")
-    names = sorted(legend, key=lambda n: (n in ("best reachable", "worst: all lost"), n))
-    # one legend for all panels, at the top under the title, where a reader looks first
+    axes[0][0].set_ylabel(ylabel)
+    names = sorted(legend, key=lambda n: (n in ("best reachable", "worst: all lost", "unedited model"), n))
     height = fig.get_size_inches()[1]
     legend_rows = 1 + (len(names) - 1) // 8
     top = 1 - (0.45 + 0.22 * legend_rows) / height
-    fig.suptitle(f"{task} on {model}{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
+    fig.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
     fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
                ncol=min(8, len(names)), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, top))
     save_png(fig, path)
-    return True
 
 
 def plot_robustness(d, task: str, model: str, path: Path, colors: dict[str, Any], smoke: str = "") -> bool:
@@ -165,17 +170,8 @@ def plot_robustness(d, task: str, model: str, path: Path, colors: dict[str, Any]
         ax.set_xlabel("number of edited concepts (log)", fontsize=8)
         for h, name in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(name, h)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("attack success rate")
-    names = sorted(legend, key=lambda n: (n == "unedited model", n))
-    height = fig.get_size_inches()[1]
-    top = 1 - (0.45 + 0.22 * (1 + (len(names) - 1) // 8)) / height
-    fig.suptitle(f"{task} on {model}: robustness{smoke}", fontsize=11, y=1 - 0.08 / height, va="top")
-    fig.legend([legend[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
-               ncol=min(8, len(names)), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    save_png(fig, path)
+    _finish_panels(fig, axes, len(panels), legend, "attack success rate", f"{task} on {model}: robustness{smoke}",
+                   path)
     return True
 
 
