@@ -217,9 +217,7 @@ class AttackPhase:
         pipe, gen = run.loaded.pipe, run.gen.replace(batch_size=1)
         unedited = {t.request_id: self.judge(t, [t.reference])[0] for t in targets}
         searched = self._unedited_searches(targets)
-        prepared = {(a.name, t.request_id): a.prepare(AttackContext(pipe, gen, self.vocab, None, a.budget.seed), t)
-                    for a in self.attacks if a.prepares for t in targets
-                    if not (folder / a.name / f"{t.request_id}.json").is_file()}  # on the unedited model
+        prepared = self._prepare(targets, folder, pipe, gen)
         bar = tqdm(total=len(targets) * len(self.names()), desc=f"attacks N={n}", unit="prompt",
                    disable=not run.progress, leave=False)
         with applied(pipe, tensors):
@@ -248,6 +246,18 @@ class AttackPhase:
                 run.say(f"[iceb] N={n}: --attack-prompts has no {name} prompt for any attacked request; no rows")
             write_text(self.file(n, name), "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
 
+    def _prepare(self, targets: list[AttackTarget], folder: Path, pipe, gen) -> dict[tuple[str, str], tuple[Any, float]]:
+        """What white-box attacks need from the unedited model (``Attack.prepare``), with its seconds, for the
+        requests they have not attacked yet (the edit is not applied here)."""
+        out = {}
+        for a in (a for a in self.attacks if a.prepares):
+            for t in targets:
+                if not (folder / a.name / f"{t.request_id}.json").is_file():
+                    t0 = time.perf_counter()
+                    state = a.prepare(AttackContext(pipe, gen, self.vocab, None, a.budget.seed), t)
+                    out[(a.name, t.request_id)] = (state, time.perf_counter() - t0)
+        return out
+
     def _unedited_searches(self, targets: list[AttackTarget]) -> dict[tuple[str, str], dict[str, Any]]:
         """Transfer searches on the unedited model (the run applies no edit here), through the shared cache."""
         run, out = self.run, {}
@@ -267,7 +277,7 @@ class AttackPhase:
         return out
 
     def _attack_one(self, name: str, t: AttackTarget, pre: dict[str, Any], unedited: tuple[bool, float],
-                    searched: dict, judge, pipe, gen, prepared: Any = None) -> dict[str, Any]:
+                    searched: dict, judge, pipe, gen, prepared: tuple[Any, float] | None = None) -> dict[str, Any]:
         """One (attack, request) record: the original prompt's verdict, or the attack's prompt and verdict."""
         ctx = AttackContext(pipe, gen, self.vocab, judge)
         base = {"attack": name, "request_id": t.request_id, "source": t.source, "source_class": t.source_class,
@@ -288,10 +298,13 @@ class AttackPhase:
                 rec = searched[(name, t.request_id)]
                 ids, steps, info = rec["ids"], rec["steps"], {**rec["info"], "search_seconds": rec["search_seconds"]}
             else:
-                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, attack.budget.seed, prepared), t)
+                state, prep_seconds = prepared if prepared is not None else (None, 0.0)
+                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, attack.budget.seed, state), t)
                 ids, steps, info = list(found.ids), found.steps, found.info
+                if prepared is not None:
+                    info = {**info, "prepare_seconds": prep_seconds}
         ok, p = judge(ids, t.seed)
-        seconds = time.perf_counter() - t0 + float(info.get("search_seconds", 0.0))
+        seconds = time.perf_counter() - t0 + float(info.get("search_seconds", 0.0)) + float(info.get("prepare_seconds", 0.0))
         return {**base, "ids": [int(x) for x in ids], "adv_prompt": ctx.decode(ids), "success": bool(ok),
                 "p_source": p, "steps": steps, "seconds": seconds, "attacked": True, "info": info}
 

@@ -87,7 +87,7 @@ def render_report(df, plot_files: Sequence[Path], runs: Sequence[Path]) -> str:
     return env.get_template(TEMPLATE).render(
         smoke=bool(df["smoke"].astype(bool).any()) if not df.empty else False, smoke_mark=SMOKE_MARK,
         n_runs=len(runs), n_rows=len(df), tables=tables, eraser_na=ERASER_NA,
-        robustness_note=ROBUSTNESS_NOTE.replace("*", ""),
+        robustness_note=ROBUSTNESS_NOTE.replace("*", "").replace("`", ""),
         singles=[p for p in plots if not p["headline"]], runs=[_run_section(Path(r)) for r in runs])
 
 
