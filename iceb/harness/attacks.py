@@ -28,7 +28,9 @@ score and cost, reusable with ``--attack-prompts``. Rows (subset ``attack:<name>
 (pre + post successes over the attacked requests; lower is more robust), ``pre_asr``, ``p_source`` (mean
 P(source) of the final images), ``seconds`` (mean per attacked prompt), each with a bootstrap interval over
 requests; ``bound`` is the same figure on the unedited model (the original prompt's success before the edit).
-Every attack row's ``details`` holds the attack's pinned settings, the vocabulary and the sample, as JSON.
+Every attack row's ``details`` holds the attack's pinned settings, the vocabulary and the sample, as JSON. With
+two attacks or more, ``attack:any`` is the worst case: a request counts when any of them brings its source back
+(:func:`union_records`).
 """
 from __future__ import annotations
 
@@ -120,6 +122,26 @@ def asr_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     attacked = [r for r in records if r["attacked"]]
     if attacked:
         out.append(row("seconds", [float(r["seconds"]) for r in attacked], attacked, None))
+    return out
+
+
+def union_records(by_attack: dict[str, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One record per request over several attacks' records of the same requests (the row ``attack:any``): a
+    success when the original prompt or any attack succeeded, the highest P(source), the summed seconds.
+
+    Raises:
+        ValueError: The attacks did not attack the same requests.
+    """
+    ids = [[r["request_id"] for r in recs] for recs in by_attack.values()]
+    if any(i != ids[0] for i in ids):
+        raise ValueError(f"attacks {sorted(by_attack)} cover different requests; no union")
+    out = []
+    for group in zip(*by_attack.values()):
+        out.append({"request_id": group[0]["request_id"], "pre_success": group[0]["pre_success"],
+                    "success": any(r["pre_success"] or r["success"] for r in group),
+                    "p_source": max(float(r["p_source"]) for r in group),
+                    "seconds": sum(float(r["seconds"]) for r in group),
+                    "attacked": any(r["attacked"] for r in group), "unedited_success": group[0]["unedited_success"]})
     return out
 
 
@@ -310,9 +332,16 @@ class AttackPhase:
 
     def rows(self, n: int) -> list[dict[str, Any]]:
         """Row fields of every attack at N (subset ``attack:<name>``), from ``attacks/n<N>/<name>.jsonl``."""
-        out = []
+        out, found = [], {}
         for name in self.names():
             recs = read_jsonl(self.file(n, name))
+            if not name.startswith("transfer:"):
+                found[name] = recs
             for r in asr_rows(recs) if recs else []:
                 out.append({"subset": f"attack:{name}", **r, "details": self.details(name, n)})
+        if len(found) > 1:  # the worst case: a request counts when any attack brings its source back
+            details = json.dumps({"attack": "any", "of_attacks": sorted(found), "judge": self.classifier_name,
+                                  "rule": JUDGE_RULE, "requests": len(next(iter(found.values()))), "of": n},
+                                 sort_keys=True)
+            out += [{"subset": "attack:any", **r, "details": details} for r in asr_rows(union_records(found))]
         return out

@@ -19,12 +19,13 @@ def attack_frame(df):
     return sub.assign(attack=sub["subset"].astype(str).str[len(ATTACK_PREFIX):])
 
 
-#: the order of the columns: white box, black box, the text baselines, then anything else (transfer sets)
-ORDER = ("unlearndiff", "p4d", "ringabell", "aliases", "misspell")
+#: the order of the columns: the worst case over attacks, white box, black box, the text baselines, then anything
+#: else (transfer sets)
+ORDER = ("any", "unlearndiff", "p4d", "ringabell", "aliases", "misspell")
 NOTE = ("Share of attacked requests whose source concept the judge sees again (top-1 of the world's classifier); "
         "*original prompt*: before any attack (the edit's own miss); each attack: original successes plus the "
-        "attack's successes among the rest. ± standard error over requests. Budgets and vocabulary are in each "
-        "row's `details`.")
+        "attack's successes among the rest; *any*: a request counts when any attack brings it back (the worst "
+        "case). ± standard error over requests. Budgets and vocabulary are in each row's `details`.")
 
 
 def robustness_table(df, task: str, model: str) -> dict | None:

@@ -12,7 +12,7 @@ from iceb.attacks.text import misspellings
 from iceb.attacks.unlearndiff import insert_prefix, project_simplex
 from iceb.attacks.vocab import attack_vocab
 from iceb.generation import GenerationConfig
-from iceb.harness.attacks import asr_rows, sample_requests
+from iceb.harness.attacks import asr_rows, sample_requests, union_records
 from iceb.utils.registry import UnknownNameError
 
 GEN = GenerationConfig(height=32, width=32, num_inference_steps=2, guidance_scale=5.0, batch_size=1)
@@ -212,3 +212,13 @@ def test_p4d_projects_onto_vocabulary_rows_and_matches_the_unedited_noise(tiny_p
     assert all(int(x) in set(ctx.vocab.tolist()) for x in out.ids[1:6])  # projected: exact vocabulary rows
     assert list(out.ids[6:]) == orig[1:len(orig) - 5] and out.steps == 6 and len(calls) == 2
     assert attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, 0, prep), target).ids == out.ids
+
+
+def test_union_counts_a_request_when_any_attack_succeeds():
+    a = [_rec("r1", False, False), _rec("r2", False, True), _rec("r3", True, True, attacked=False, seconds=0.0)]
+    b = [_rec("r1", False, True), _rec("r2", False, False), _rec("r3", True, True, attacked=False, seconds=0.0)]
+    u = union_records({"a": a, "b": b})
+    assert [r["success"] for r in u] == [True, True, True] and [r["seconds"] for r in u] == [2.0, 2.0, 0.0]
+    assert {r["metric"]: r["value"] for r in asr_rows(u)}["asr"] == 1.0
+    with pytest.raises(ValueError, match="different requests"):
+        union_records({"a": a, "b": b[:2]})

@@ -61,6 +61,9 @@ def test_attack_rows_and_prompt_files(attacked):
             assert by[(n, f"attack:{a}", "asr")]["bound"] == pytest.approx(
                 sum(r["unedited_success"] for r in recs) / n)
     assert json.loads(by[(2, "attack:unlearndiff", "asr")]["details"])["iterations"] == 2
+    for n in (1, 2):  # the worst case over attacks: at least each attack's ASR, at most their sum
+        each = [by[(n, f"attack:{a}", "asr")]["value"] for a in ATTACKS]
+        assert max(each) <= by[(n, "attack:any", "asr")]["value"] <= min(1.0, sum(each)) + 1e-9
     # a white-box record holds its search trace, a pre-attack success is not attacked
     rec = json.loads((run / "attacks" / "n2" / "unlearndiff.jsonl").read_text().splitlines()[0])
     assert rec["attacked"] != rec["pre_success"] and rec["seed"] > 0 and rec["prompt"].endswith(rec["source"])
@@ -150,10 +153,10 @@ def test_leaderboard_shows_the_robustness_table(attacked, tmp_path):
     section = md[md.index("robustness (attack success rate"):md.index("# Appendix")]
     asr = {(r["n_edits"], r["subset"]): r["value"] for r in _attack_rows(run) if r["metric"] == "asr"}
     header = next(ln for ln in section.splitlines() if ln.startswith("| editor"))
-    assert header.split(" | ")[3:] == ["unlearndiff", "p4d", "ringabell", "aliases", "misspell |"]
+    assert header.split(" | ")[3:] == ["any", "unlearndiff", "p4d", "ringabell", "aliases", "misspell |"]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines() if ln.startswith("| uce")]
     cells = next(c for c in rows if c[1] == "2")
-    assert float(cells[3].split(" ± ")[0]) == pytest.approx(asr[(2, "attack:unlearndiff")], abs=1e-3)
+    assert float(cells[4].split(" ± ")[0]) == pytest.approx(asr[(2, "attack:unlearndiff")], abs=1e-3)
     assert "Requests attacked per N: N=1: 1, N=2: 2" in section
     report = (tmp_path / "lb" / "report.html").read_text()
     assert "Robustness: attack success rate" in report
