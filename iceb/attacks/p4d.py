@@ -22,14 +22,11 @@ from typing import Any
 
 import torch
 
-from iceb.attacks import ATTACKS
 from iceb.attacks.base import AttackContext, AttackPrompt, AttackTarget
 from iceb.attacks.unlearndiff import UnlearnDiffAtk, insert_prefix, latents_of, no_param_grads, slot_embeddings
 from iceb.utils.hashing import stable_hash
 
 
-@ATTACKS.register("p4d", description="P4D (white box): cosine-projected prefix embeddings matching the unedited "
-                                     "model's noise on the original prompt")
 class P4D(UnlearnDiffAtk):
     """See the module docstring."""
 

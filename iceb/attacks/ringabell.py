@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from iceb.attacks import ATTACKS
 from iceb.attacks.base import Attack, AttackContext, AttackPrompt, AttackTarget
 from iceb.utils.hashing import stable_hash
 
@@ -44,8 +43,6 @@ def concept_vector(ctx: AttackContext, target: AttackTarget, filler: str) -> tor
     return (encode(enc, pos) - encode(enc, neg)).mean(0)
 
 
-@ATTACKS.register("ringabell", description="Ring-A-Bell (black box): concept vector + genetic token search on "
-                                           "the unedited text encoder")
 class RingABell(Attack):
     """See the module docstring."""
 

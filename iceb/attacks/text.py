@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iceb.attacks import ATTACKS
 from iceb.attacks.base import Attack, AttackContext, AttackPrompt, AttackTarget
 
 
@@ -57,7 +56,6 @@ class _Candidates(Attack):
         return AttackPrompt(ids=tuple(best), steps=len(tried), info={"tried": tried})
 
 
-@ATTACKS.register("aliases", description="baseline: the source's other names (aliases, untrained aliases)")
 class Aliases(_Candidates):
     """The concept's correct aliases, then names the model never learned for it (the task's ``aliases``)."""
 
@@ -68,7 +66,6 @@ class Aliases(_Candidates):
         return [a for a in target.aliases if a != target.source]
 
 
-@ATTACKS.register("misspell", description="baseline: four fixed misspellings of the source's name")
 class Misspell(_Candidates):
     """:func:`misspellings` of the source name."""
 

@@ -33,7 +33,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from iceb.attacks import ATTACKS
 from iceb.attacks.base import Attack, AttackContext, AttackPrompt, AttackTarget
 from iceb.utils.hashing import stable_hash
 
@@ -120,8 +119,6 @@ def latents_of(pipe, image: np.ndarray) -> torch.Tensor:
     return mean * vae.config.scaling_factor
 
 
-@ATTACKS.register("unlearndiff", description="UnlearnDiffAtk: white-box relaxed one-hot prefix tokens, the "
-                                             "edited model's noise loss on an unedited reference, early stop")
 class UnlearnDiffAtk(Attack):
     """See the module docstring."""
 
