@@ -131,11 +131,19 @@ class Attack(abc.ABC):
         Raises:
             ValueError: An unknown key.
         """
+        defaults = cls.Budget()
         known = [f.name for f in dataclasses.fields(cls.Budget)]
         bad = sorted(set(overrides) - set(known))
         if bad:
             raise ValueError(f"attack {cls.name!r} has no setting {', '.join(map(repr, bad))}; its budget has "
                              f"{', '.join(known)}")
+        for key, value in overrides.items():
+            want = type(getattr(defaults, key))
+            ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ValueError(f"attack {cls.name!r}: {key} takes a {want.__name__} value, got {value!r}")
 
     @classmethod
     def for_world(cls, world: str) -> "Attack.Budget":

@@ -178,6 +178,9 @@ def test_registry_and_budget_errors():
         get_attack("ringbell")
     with pytest.raises(ValueError, match="no setting 'stepz'.*iterations"):
         get_attack("unlearndiff", stepz=3)
+    with pytest.raises(ValueError, match="iterations takes a int value, got 'many'"):
+        get_attack("unlearndiff", iterations="many")
+    assert get_attack("ringabell", eta=2).budget.eta == 2  # an int where a float is expected is fine
     assert get_attack("unlearndiff", world="toy").budget.iterations == 10
     assert get_attack("unlearndiff").budget.n_timesteps == 50  # the official schedule elsewhere
 
