@@ -57,6 +57,22 @@ class AttackPromptsError(ValueError):
     """An ``--attack-prompts`` file that cannot be used."""
 
 
+def check_attackable(task: str, requests: Sequence[Any]) -> None:
+    """Refuse requests an attack cannot be judged on: kinds without a source concept to bring back (rectify,
+    debias) and requests without the source's class id (the judge looks for it).
+
+    Raises:
+        ValueError: Naming the task and what its requests lack.
+    """
+    bad = sorted({r.kind for r in requests} - {"update", "erase"})
+    if bad:
+        raise ValueError(f"--attacks try to bring an edited or erased source concept back; task {task!r} has "
+                         f"{', '.join(bad)} requests, which have none (use ace)")
+    if any(r.source_id is None for r in requests):
+        raise ValueError(f"--attacks need each request's source class (the judge looks for it); task {task!r} has "
+                         f"requests without a source_id")
+
+
 def sample_requests(task: str, n: int, k: int | None) -> list[int]:
     """The indices of N's attacked requests: all when ``k`` is None or N ≤ k, else a fixed sorted sample of k.
 

@@ -67,7 +67,6 @@ from iceb.utils.io import read_json
 __all__ = ["CRASH_ENV", "SMOKE_WARNING", "EvalConfig", "ManifestMismatchError", "Run", "evaluate", "model_banner"]
 
 
-
 def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list[dict[str, Any]]:
     """The cost rows of one edit: seconds per phase (``precompute``, ``per_concept``, ``solve``, ``edit`` = the
     whole), peak memory, under subset ``cost:<state>`` of the whole edit (``cold``: no cache hit, ``warm``: every
@@ -256,13 +255,9 @@ class Run:
             self._with_judge(make_editor(self.editor_cls, self.hp, progress=False)).check_requests(
                 self.instances[max(self.edits)].requests)
         if cfg.attacks or cfg.attack_prompts:
-            bad = sorted({r.kind for inst in self.instances.values() for r in inst.requests} - {"update", "erase"})
-            if bad:
-                raise ValueError(f"--attacks try to bring an edited or erased source concept back; task "
-                                 f"{self.task.name!r} has {', '.join(bad)} requests, which have none (use ace)")
-            if any(r.source_id is None for inst in self.instances.values() for r in inst.requests):
-                raise ValueError(f"--attacks need each request's source class (the judge looks for it); task "
-                                 f"{self.task.name!r} has requests without a source_id")
+            from iceb.harness.attacks import check_attackable
+
+            check_attackable(self.task.name, [r for inst in self.instances.values() for r in inst.requests])
         self._identify()
         self._open_run_folder()
         # pre-edit keys: the union over edit counts, in first-appearance order (a fixed chunking)
