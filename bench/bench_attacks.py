@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_attack = {}
     for name in args.attacks.split(","):
         attack = get_attack(name, world="toy")
-        ctx = AttackContext(pipe, gen, vocab, None if attack.sees == "unedited" else never, attack.budget.seed)
+        ctx = AttackContext(pipe, gen, vocab, None if attack.sees == "unedited" else never)
         times = []
         for t in targets:
             t0 = time.perf_counter()

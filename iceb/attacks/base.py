@@ -60,8 +60,8 @@ class AttackTarget:
 class AttackPrompt:
     """What an attack found for one target: the ids to render and what it cost.
 
-    ``steps`` counts optimisation steps (or GA generations, or candidates tried); ``found_by_judge`` is set
-    when the attack's own early stop already judged ``ids`` a success on the edited model.
+    ``steps`` counts optimisation steps (or GA generations, or candidates tried); ``info`` holds the search's
+    trace (per-block losses and verdicts, fitness history, candidates tried). The attack's seed is its budget's.
     """
 
     ids: tuple[int, ...]
@@ -78,7 +78,6 @@ class AttackContext:
         generation: The world's sampling settings (the judge's images are rendered with them).
         vocab: Token ids the attack may place (``attack_vocab``: the ids seen in training, or all).
         judge_ids: Renders ids with the edited model and judges them; None for ``"unedited"`` searches.
-        seed: The attack's seed (torch and numpy streams of its search).
         prepared: What the attack's :meth:`Attack.prepare` computed for this target on the unedited model
             (P4D's targets from the unedited UNet), or None.
     """
@@ -87,7 +86,6 @@ class AttackContext:
     generation: Any
     vocab: np.ndarray
     judge_ids: JudgeIds | None = None
-    seed: int = 0
     prepared: Any = None
 
     @property

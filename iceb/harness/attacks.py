@@ -176,7 +176,10 @@ class AttackPhase:
         self.fixed = read_attack_prompts(cfg.attack_prompts) if cfg.attack_prompts else {}
         self.vocab = attack_vocab(loaded.pipe.tokenizer, loaded.world, cfg.attack_vocab)
         name = loaded.classifier or DEFAULT_CLASSIFIER.get(loaded.world, "vit-b16")
-        self.classifier = get_classifier(name, device=str(loaded.pipe.device))
+        # the run's panel metric already holds this classifier (ViT-B/16 on ImageNet): use it, do not load it again
+        panel = next((m for m in run.metrics if getattr(m, "classifier_name", None) == name
+                      and isinstance(getattr(type(m), "classifier", None), property)), None)
+        self.classifier = panel.classifier if panel is not None else get_classifier(name, device=str(loaded.pipe.device))
         self.classifier_name = name
         from iceb.utils.cache import JSON, ContentCache
 
@@ -292,7 +295,7 @@ class AttackPhase:
             for t in targets:
                 if not (folder / a.name / f"{t.request_id}.json").is_file():
                     t0 = time.perf_counter()
-                    state = a.prepare(AttackContext(pipe, gen, self.vocab, None, a.budget.seed), t)
+                    state = a.prepare(AttackContext(pipe, gen, self.vocab), t)
                     out[(a.name, t.request_id)] = (state, time.perf_counter() - t0)
         return out
 
@@ -300,7 +303,7 @@ class AttackPhase:
         """Transfer searches on the unedited model (the run applies no edit here), through the shared cache."""
         run, out = self.run, {}
         for attack in (a for a in self.attacks if a.sees == "unedited"):
-            ctx = AttackContext(run.loaded.pipe, run.gen, self.vocab, None, attack.budget.seed)
+            ctx = AttackContext(run.loaded.pipe, run.gen, self.vocab)
             for t in targets:
                 key = stable_hash("attack-search", run.loaded.fingerprint, attack.settings(), self.vocab.tolist(),
                                   t.source, t.prompt, t.seed, list(t.templates))
@@ -337,7 +340,7 @@ class AttackPhase:
                 ids, steps, info = rec["ids"], rec["steps"], {**rec["info"], "search_seconds": rec["search_seconds"]}
             else:
                 state, prep_seconds = prepared if prepared is not None else (None, 0.0)
-                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, attack.budget.seed, state), t)
+                found = attack.search(AttackContext(pipe, gen, self.vocab, judge, prepared=state), t)
                 ids, steps, info = list(found.ids), found.steps, found.info
                 if prepared is not None:
                     info = {**info, "prepare_seconds": prep_seconds}

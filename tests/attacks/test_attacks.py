@@ -210,11 +210,11 @@ def test_p4d_projects_onto_vocabulary_rows_and_matches_the_unedited_noise(tiny_p
     with torch.no_grad():
         again = tiny_pipe.unet(prep["x_t"][4:5], prep["t"][4:5], encoder_hidden_states=cond).sample
     torch.testing.assert_close(again, prep["goal"][4:5], atol=1e-5, rtol=1e-5)
-    out = attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, 0, prep), target)
+    out = attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, prepared=prep), target)
     orig = ctx.tokenize(target.prompt)
     assert all(int(x) in set(ctx.vocab.tolist()) for x in out.ids[1:6])  # projected: exact vocabulary rows
     assert list(out.ids[6:]) == orig[1:len(orig) - 5] and out.steps == 6 and len(calls) == 2
-    assert attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, 0, prep), target).ids == out.ids
+    assert attack.search(AttackContext(tiny_pipe, GEN, ctx.vocab, ctx.judge_ids, prepared=prep), target).ids == out.ids
 
 
 def test_union_counts_a_request_when_any_attack_succeeds():
