@@ -33,6 +33,8 @@ def register(sub) -> None:
                    help="hub id (CompVis/stable-diffusion-v1-4), local diffusers folder, 'toy' or 'tiny' "
                         "(default: the toy world when present, else tiny)")
     p.add_argument("--edits", "-n", default=None, type=A.int_list_text, help="comma-separated edit counts, e.g. 1,5,10 (default: the task's)")
+    p.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="test: the benchmark's requests (default); dev: the task's requests reserved for tuning")
     p.add_argument("--metrics", default=None, type=A.name_list_text, help="comma-separated metric names (default: the task's)")
     p.add_argument("--editor-args", "-a", default=None, type=A.overrides_text,
                    help="hparam overrides: key=value,key=value")
@@ -107,7 +109,7 @@ def run(args) -> int:
 
     cfg = EvalConfig(
         editor=args.editor, task=args.task, model=args.model,
-        edits=_int_list(args.edits) if args.edits else None,
+        edits=_int_list(args.edits) if args.edits else None, split=args.split,
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None,
         editor_args=parse_overrides(args.editor_args), hparams=args.hparams, preset=args.preset,
         mode=args.mode, rounds=args.rounds, limit=args.limit, coco=args.coco, steps=args.steps, guidance=args.guidance,

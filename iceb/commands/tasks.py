@@ -1,7 +1,7 @@
 """``iceb tasks``: what a task gives for N edits.
 
-    iceb tasks show NAME [--edits N] [--model SPEC | --world imagenet|toy] [--requests] [--prompts [--subset S]]
-                    [--format text|csv|json]
+    iceb tasks show NAME [--edits N] [--model SPEC | --world imagenet|toy] [--split test|dev] [--requests]
+                    [--prompts [--subset S]] [--format text|csv|json]
     iceb tasks export NAME --format esd-csv|requests-csv [--edits N] [--model SPEC] --out FILE
 
 ``show`` prints prompt counts per subset and the holdout's neighbour strata (:mod:`iceb.data.neighbours`);
@@ -46,6 +46,8 @@ def _common(p) -> None:
                         "folder); default: --world")
     p.add_argument("--world", choices=["imagenet", "toy"], default=None, help="the world (default: the default model's, as for iceb evaluate: toy where shipped)")
     p.add_argument("--data-dir", default=None, type=A.existing_folder, help="local folder with EMCID's data/iceb_data files")
+    p.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="test (the benchmark's requests, default) or dev (reserved for tuning: iceb tune)")
 
 
 def _world(args) -> str:
@@ -73,6 +75,8 @@ def _instance(args):
         if served and world not in served:  # only the default world chose it: the task's own world instead
             world = served[0]
     kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
+    if args.split != "test":
+        kwargs["split"] = args.split
     task = get_task(args.name, world=world, **kwargs)
     n = args.edits if args.edits is not None else max(task.default_edits)
     return task, world, n, task.build(n)
@@ -96,7 +100,7 @@ def run_show(args) -> int:
         print(X.to_csv(requests, X.REQUEST_COLUMNS) if args.requests else X.to_csv(prompts, X.PROMPT_COLUMNS),
               end="")
         return 0
-    out = {"task": task.name, "world": world, "edits": n, "max_edits": task.max_edits,
+    out = {"task": task.name, "world": world, "split": args.split, "edits": n, "max_edits": task.max_edits,
            "default_edits": list(task.default_edits), "counts": inst.counts(),
            "classes": {"sources": len({r.source_id for r in inst.requests}),
                        "destinations": len({d for r in inst.requests for d in (r.destinations or (r.destination_id,))}),
@@ -111,7 +115,7 @@ def run_show(args) -> int:
     if fmt == "json":
         print(json.dumps(out, indent=2, default=str))
         return 0
-    print(f"{task.name} ({world}), {n} of at most {task.max_edits} edits")
+    print(f"{task.name} ({world}{', dev split' if args.split == 'dev' else ''}), {n} of at most {task.max_edits} edits")
     for k, v in {**out["counts"], **{f"{k} classes": v for k, v in out["classes"].items()}}.items():
         print(f"  {k:<22} {v}")
     if out["strata"]:

@@ -21,6 +21,8 @@ class EvalConfig:
         task: The task's name (``iceb list tasks``), ``package.module:Class`` or a task file.
         model: A model spec for :func:`iceb.models.load_model`; None: the toy world when present, else tiny.
         edits: The edit counts to evaluate; None: the task's default sweep.
+        split: ``"test"`` (the benchmark's requests) or ``"dev"`` (the task's requests reserved for tuning,
+            disjoint from the test split: ``iceb tune`` runs its trials there). Part of the run id when "dev".
         metrics: The metric names; None: the task's defaults for the model's world.
         editor_args: Hyperparameter overrides (``--editor-args``), layered last.
         hparams: An hparams YAML layered over the editor's shipped file for the model family.
@@ -65,6 +67,7 @@ class EvalConfig:
     task: str = "smoke"
     model: str | None = None  # None: the built-in default (toy world when present, else tiny)
     edits: tuple[int, ...] | None = None  # None: the task's default sweep
+    split: str = "test"  # "dev": the task's tuning split
     metrics: tuple[str, ...] | None = None  # None: the task's defaults for the model's world
     editor_args: dict[str, Any] = field(default_factory=dict)
     hparams: str | None = None  # a YAML file; default: the editor's file for the model family
@@ -97,6 +100,8 @@ class EvalConfig:
         for k in ("out", "device", "progress", "batch_size", "overwrite", "log_samples", "cold_cost",
                   "editor_cache"):
             d.pop(k)
+        if d["split"] == "test":  # test runs keep the run ids they had before dev splits existed
+            d.pop("split")
         if not d["coco"]:  # runs without COCO captions keep the run ids they had before the option existed
             d.pop("coco")
         if not self.attacks and not self.attack_prompts:  # likewise runs without attacks
@@ -131,6 +136,8 @@ class EvalConfig:
         Raises:
             ValueError: The first bad setting; the message names its CLI flag.
         """
+        if self.split not in ("test", "dev"):
+            raise ValueError(f"--split must be 'test' or 'dev', got {self.split!r}")
         if self.mode not in ("batch", "sequential"):
             raise ValueError(f"--mode must be 'batch' or 'sequential', got {self.mode!r}")
         if not _is_int(self.rounds) or self.rounds < 1:

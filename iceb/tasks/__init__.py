@@ -33,7 +33,8 @@ def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
             ``package.module:Class``, or a user task file (``.json``, ``.jsonl``, ``.csv``, ``.yaml``).
         world: The model's world (``"imagenet"`` or ``"toy"``), for tasks that serve both; a task class
             whose constructor takes no ``world`` is built without it.
-        **kwargs: Passed to the task's constructor.
+        **kwargs: Passed to the task's constructor; ``split="dev"`` asks for the task's dev split (requests
+            reserved for tuning; split tasks only).
 
     Returns:
         The :class:`Task` instance.
@@ -46,6 +47,18 @@ def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
     """
     from pathlib import Path
 
+    split = kwargs.pop("split", "test")
+    if split != "test":
+        from iceb.tasks.ace import SplitTask, check_split_name
+
+        check_split_name(split)
+        is_file = name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml",
+                                                                                 ".yml")
+        cls = None if is_file else TASKS.get(name)  # an unknown name: the registry's did-you-mean error
+        if cls is None or not (isinstance(cls, type) and issubclass(cls, SplitTask)):
+            raise TaskError(f"task {name!r} has no {split} split; tasks with one: 'ace' and 'rectification' on the "
+                            f"toy world")
+        return cls(world=world, split=split, **kwargs)
     if name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml"):
         from iceb.tasks.user import UserTask  # user-defined task file
 

@@ -41,6 +41,15 @@ TOY_SPLIT = DATA_DIR / "toy" / "split.json"
 SPLIT_1K = DATA_DIR / "imagenet" / "split1k.json"
 
 
+SPLITS = ("test", "dev")
+
+
+def check_split_name(split: str) -> None:
+    """``split`` must be ``"test"`` (what the leaderboard reports) or ``"dev"`` (reserved for tuning)."""
+    if split not in SPLITS:
+        raise TaskError(f"unknown split {split!r}; expected 'test' or 'dev'")
+
+
 def fill(template: str, name: str) -> str:
     """Put ``name`` in every ``{}`` slot (a released template without a slot stays as it is)."""
     return template.replace("{}", name)
@@ -64,19 +73,38 @@ def load_world_bundle(world: str, variant: str = "official", data_dir: str | Pat
 
 
 class SplitTask(Task):
-    """Common plumbing: lazy bundle, world check, holdout prompts."""
+    """Common plumbing: lazy bundle, world check, holdout prompts, test or dev split.
+
+    ``split="dev"`` serves the bundle's dev split (:meth:`SplitBundle.dev`: requests and holdout reserved for
+    tuning, disjoint from the test split) through the same code; a bundle without one is a :class:`TaskError`.
+    """
 
     default_metrics = ("iceb-cls",)
     variant = "official"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, split: str = "test") -> None:
         self.world_name = world
         self._bundle = bundle
         self.data_dir = data_dir
+        check_split_name(split)
+        self.split = split
         if bundle is not None and bundle.world != world:
             raise TaskError(f"task {self.name!r} for world {world!r} was given the {bundle.world!r} split "
                             f"{bundle.name!r}")
+        if bundle is not None and split == "dev":
+            self._bundle = self._dev(bundle)
+        elif split == "dev" and world != "toy":  # no shipped ImageNet bundle reserves requests: say so before loading
+            raise TaskError(f"task {self.name!r} on the {world!r} world has no dev split: EMCID's official split and "
+                            f"the project's 1k split use every class they hold. Dev splits: the toy world's 'ace' "
+                            f"and 'rectification' (or pass a bundle with dev_edits)")
+
+    def _dev(self, bundle: SplitBundle) -> SplitBundle:
+        if not bundle.has_dev:
+            raise TaskError(f"task {self.name!r} on the {self.world_name!r} world (split {bundle.name!r}) has no dev "
+                            f"split: no requests are reserved for tuning there. Dev splits: the toy world's "
+                            f"'ace' and 'rectification'")
+        return bundle.dev()
 
     @property
     def world(self) -> str:  # type: ignore[override]
@@ -85,7 +113,8 @@ class SplitTask(Task):
     @property
     def bundle(self) -> SplitBundle:
         if self._bundle is None:
-            self._bundle = load_world_bundle(self.world_name, self.variant, self.data_dir)
+            b = load_world_bundle(self.world_name, self.variant, self.data_dir)
+            self._bundle = self._dev(b) if self.split == "dev" else b
         return self._bundle
 
     def _holdout_prompts(self, edited_sources: Iterable[int] = (), exclude: set[int] = frozenset()
@@ -104,6 +133,10 @@ class SplitTask(Task):
             out.extend(EvalPrompt(fill(p.template, c.name), p.seed, "holdout", cid, None, f"holdout:{cid}", st)
                        for p in c.prompts[:k])
         return out
+
+    def request_id(self, i: int) -> str:
+        """The id of the split's ``i``-th request: ``ace-0003``; on the dev split ``ace-dev-0003``."""
+        return f"{self.name}{'-dev' if self.split == 'dev' else ''}-{i:04d}"
 
     def other_names(self, request: EditRequest) -> tuple[str, ...]:
         """Other names of a request's source concept, for the ``aliases`` attack: its correct aliases, then the
@@ -129,7 +162,7 @@ class SplitTask(Task):
         b = self.bundle
         return TaskInstance(self.name, n, tuple(requests), tuple(prompts), self.world_name,
                             {"split": b.name, "split_version": b.version, "split_checksum": b.checksum()[:16],
-                             **info})
+                             **({"split_part": "dev"} if self.split == "dev" else {}), **info})
 
 
 class ACETask(SplitTask):
@@ -154,7 +187,7 @@ class ACETask(SplitTask):
             src: Concept = b.concept(e.source_id)
             dst: Concept = b.concept(e.dest_id)
             name = e.source_name or src.name
-            rid = f"{self.name}-{i:04d}"
+            rid = self.request_id(i)
             if len(e.template_seeds) != len(b.templates):
                 raise TaskError(f"edit {i} ({name}) has {len(e.template_seeds)} template seeds for "
                                 f"{len(b.templates)} templates")
@@ -184,10 +217,10 @@ class ACE1kTask(ACETask):
     variant = "1k"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, split: str = "test") -> None:
         if world != "imagenet" and bundle is None:
             raise TaskError(f"{self.name!r} is an ImageNet task; the {world!r} world has 'ace'")
-        super().__init__(world, bundle, data_dir)
+        super().__init__(world, bundle, data_dir, split)
 
 
 TASKS.register("ace", ACETask)

@@ -49,7 +49,7 @@ class RectificationTask(SplitTask):
         requests, prompts = [], []
         for i, r in enumerate(b.rectifications[:n]):
             c = b.concept(r.class_id)
-            rid = f"{self.name}-{i:04d}"
+            rid = self.request_id(i)
             if len(r.template_seeds) != len(b.templates):
                 raise TaskError(f"rectification {i} ({r.source}) has {len(r.template_seeds)} template seeds "
                                 f"for {len(b.templates)} templates")
@@ -75,10 +75,10 @@ class Rectification1kTask(RectificationTask):
     variant = "1k"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None, scores: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, scores: str | Path | None = None, split: str = "test") -> None:
         if world != "imagenet" and bundle is None:
             raise TaskError(f"{self.name!r} is an ImageNet task; the {world!r} world has 'rectification'")
-        super().__init__(world, bundle, data_dir)
+        super().__init__(world, bundle, data_dir, split)
         self.scores = scores
 
     @property
@@ -87,7 +87,8 @@ class Rectification1kTask(RectificationTask):
             from iceb.data.misunderstood_names import with_rectifications
             from iceb.tasks.ace import load_world_bundle
 
-            self._bundle = with_rectifications(load_world_bundle("imagenet", "1k"), self.scores, self.data_dir)
+            b = with_rectifications(load_world_bundle("imagenet", "1k"), self.scores, self.data_dir)
+            self._bundle = self._dev(b) if self.split == "dev" else b
         return self._bundle
 
 

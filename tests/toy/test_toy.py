@@ -103,15 +103,49 @@ def test_split_bundle_is_consistent():
     assert b.world == "toy" and len(b.concepts) == 64
     holdout = set(b.holdout)
     sources = [e.source_id for e in b.edits]
-    assert len(sources) == len(set(sources)) == b.info["max_edits"] >= 32
+    assert len(sources) == len(set(sources)) == b.info["max_edits"] == 24
     assert not holdout & set(sources) and not holdout & {e.dest_id for e in b.edits}
     assert not set(sources) & {e.dest_id for e in b.edits}
-    assert all(len(e.template_seeds) == len(b.templates) for e in b.edits)
+    assert all(len(e.template_seeds) == len(b.templates) for e in b.edits + b.dev_edits)
     for c, tc in zip(b.concepts, world.concepts):
         assert c.aliases == tc.aliases and c.name == tc.name
-    assert {(r.class_id, r.source, r.destination) for r in b.rectifications} == {
+    # every misunderstood alias is a rectification of exactly one of the two splits
+    assert {(r.class_id, r.source, r.destination) for r in b.rectifications + b.dev_rectifications} == {
         (c.id, a, c.name) for c in world.concepts for a in c.misunderstood}
-    assert b.info["default_edits"] == [1, 2, 4, 8, 16, 32]
+    assert b.info["default_edits"] == [1, 2, 4, 8, 16, 24]
+    # toy-2 keeps toy-1's draw: the first 24 edits, the holdout and the seeds of the test rectifications
+    old = build_split(world, dev=False)
+    assert b.edits == old.edits[:24] and b.holdout == old.holdout
+    assert set(b.rectifications) <= set(old.rectifications)
+
+
+def test_dev_split_never_shares_a_concept_with_the_test_split():
+    """Tuning reads the dev split only; no dev source, destination, holdout or rectified concept is a test one."""
+    from iceb.data.split_bundle import SplitBundle, SplitError
+    from iceb.tasks import get_task
+    from iceb.toy.split import build_split
+
+    b = build_split(W.ToyWorld())
+    dev = b.dev_concepts()
+    assert len(b.dev_edits) == 6 and len(b.dev_holdout) == 5 and len(b.dev_rectifications) == 8
+    assert dev and not dev & b.test_concepts()
+    assert dev | b.test_concepts() == {c.id for c in b.concepts}  # every concept has one role
+    shipped = SplitBundle.load(TOY / "split.json")
+    assert shipped.dev_concepts() == dev
+    # the tasks' dev instances name dev concepts only, in every prompt set
+    for name in ("ace", "rectification"):
+        task = get_task(name, world="toy", split="dev")
+        inst = task.build(task.max_edits)
+        named = {r.source_id for r in inst.requests} | {r.destination_id for r in inst.requests}
+        named |= {p.true_class for p in inst.prompts} | {p.dest_class for p in inst.prompts if p.dest_class is not None}
+        assert named <= dev, (name, sorted(named - dev))
+        assert all(r.request_id.startswith(f"{name}-dev-") for r in inst.requests)
+        assert inst.info["split_part"] == "dev"
+    # a bundle whose dev split shares a concept is refused on load
+    bad = b.to_json()
+    bad["dev_holdout"] = [b.holdout[0]]
+    with pytest.raises(SplitError, match="shares concepts"):
+        SplitBundle.from_json(bad)
 
 
 # -- training mechanics (tiny config: seconds) ------------------------------------------------------
