@@ -222,7 +222,7 @@ class BaseEditor:
             HparamsError: A layer is for another editor, or holds an unknown key or a bad value (the
                 message names the layer); an unknown ``preset``.
         """
-        from editors.hparams import load_yaml
+        from editors.hparams import load_yaml, split_tuning
 
         data: dict[str, Any] = {}
         sources = [f"{cls.name} defaults"]
@@ -230,6 +230,7 @@ class BaseEditor:
             if layer is None:
                 continue
             layer_data = load_yaml(layer)
+            split_tuning(layer_data, str(layer))  # a tuned preset's record: checked, then set aside
             declared = layer_data.pop("editor", None)
             if declared is not None and declared != cls.name and declared not in getattr(cls, "aliases", ()):
                 raise HparamsError(f"{layer}: file is for editor {declared!r}, not {cls.name!r}")
@@ -241,6 +242,29 @@ class BaseEditor:
             data.update(overrides)
             sources.append("--editor-args")
         return cls.hparams_class.from_dict(data, source=" + ".join(sources[1:]) or sources[0])
+
+    @classmethod
+    def hparams_provenance(cls, model_family: str, path: str | Path | None = None,
+                           preset: str | None = None) -> dict[str, Any]:
+        """Which shipped preset the hparams came from and whether it is tuned (what the result rows record).
+
+        Args:
+            model_family: As for :meth:`load_hparams`.
+            path: An explicit hparams file layered over the preset (its tuning record, if any, wins).
+            preset: A named preset.
+
+        Returns:
+            ``{"preset": stem or None, "tuned": bool, "tuning_hash": str or None}``.
+        """
+        from editors.hparams import load_yaml, split_tuning, tuning_hash
+
+        shipped = cls.hparams_path(model_family, preset)
+        record = None
+        for layer in (shipped, Path(path) if path else None):
+            if layer is not None:
+                record = split_tuning(load_yaml(layer), str(layer)) or record
+        return {"preset": shipped.stem if shipped is not None else None, "tuned": record is not None,
+                "tuning_hash": tuning_hash(record) if record is not None else None}
 
     # -- requests -----------------------------------------------------------------------------------
     def check_requests(self, requests: Sequence[EditRequest]) -> None:

@@ -44,7 +44,16 @@ from tqdm.auto import tqdm
 
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
-from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hparams import (  # declared field ranges
+    Dim,
+    Hparams,
+    HparamsError,
+    at_least,
+    bounded,
+    float_range,
+    non_negative,
+    positive,
+)
 from editors.weights import frozen
 from iceb.utils.cache import ContentCache
 from iceb.utils.fingerprint import weights_fingerprint
@@ -58,6 +67,11 @@ CHECKPOINT_FORMAT = "iceb-esd-1"
 class ESDHparams(Hparams):
     """Defaults are the original paper's (CompVis code): 1000 iterations of Adam at lr 1e-5, eta 1,
     sampling guidance 3, 50 DDIM steps, 512 px."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"lr": float_range(5.0e-5, 1.0e-3, log=True),
+                                              "negative_guidance": float_range(0.5, 3.0)}
+
 
     iterations: int = at_least(1000, 1)
     lr: float = positive(1.0e-5)

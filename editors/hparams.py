@@ -267,6 +267,7 @@ class Hparams:
     def from_yaml(cls: type[H], path: str | Path, overrides: Mapping[str, Any] | None = None) -> H:
         data = load_yaml(path)
         data.pop("editor", None)  # a file may say which editor it is for; checked by the editor
+        split_tuning(data, str(path))  # a tuned preset's record: checked, not a hyperparameter
         data.update(overrides or {})
         return cls.from_dict(data, source=str(path))
 
@@ -340,3 +341,128 @@ def check_preset(editor: str, preset: str | None) -> None:
         raise HparamsError(f"--preset: no preset {preset!r} for editor {editor}"
                            + (f"; did you mean {hint!r}?" if hint else "")
                            + f" (presets: {', '.join(known) or 'none'})")
+
+
+# --------------------------------------------------------------------------------------------------
+# search spaces (``iceb tune``): declared per editor on its Hparams class, beside the values they range over
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Dim:
+    """One tunable hyperparameter: a float or int range (``log``: sampled on a log scale) or a choice."""
+
+    kind: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"one of {list(self.choices)}"
+        return f"{self.kind} in [{self.low}, {self.high}]{' (log)' if self.log else ''}"
+
+
+def float_range(low: float, high: float, log: bool = False) -> Dim:
+    """A float hyperparameter searched in ``[low, high]`` (``log``: uniformly in log space)."""
+    return Dim("float", float(low), float(high), log)
+
+
+def int_range(low: int, high: int, log: bool = False) -> Dim:
+    """An integer hyperparameter searched in ``[low, high]``."""
+    return Dim("int", int(low), int(high), log)
+
+
+def choice(*values: Any) -> Dim:
+    """A hyperparameter that takes one of ``values``."""
+    return Dim("choice", choices=tuple(values))
+
+
+def check_search_space(hparams_cls: type["Hparams"], editor: str) -> dict[str, Dim]:
+    """The editor's declared search space, checked against its hparams: every key a field, every range
+    inside the field's own range and of its type, every choice a valid value.
+
+    Args:
+        hparams_cls: The editor's Hparams class (its ``search_space`` class attribute).
+        editor: The editor's name, for the messages.
+
+    Returns:
+        The search space (key -> :class:`Dim`).
+
+    Raises:
+        HparamsError: No space declared, a key the hparams do not have, or a bad range.
+    """
+    space = dict(getattr(hparams_cls, "search_space", {}) or {})
+    if not space:
+        raise HparamsError(f"editor {editor} declares no search space (set search_space on "
+                           f"{hparams_cls.__name__}); there is nothing for iceb tune to search")
+    fields = {f.name for f in dataclasses.fields(hparams_cls)}
+    for key, dim in space.items():
+        where = f"{hparams_cls.__name__}.search_space[{key!r}]"
+        if key not in fields:
+            raise HparamsError(f"{where}: {hparams_cls.__name__} has no key {key!r}; known keys: {', '.join(sorted(fields))}")
+        if not isinstance(dim, Dim):
+            raise HparamsError(f"{where}: expected a Dim (float_range, int_range, choice), got {dim!r}")
+        if dim.kind == "choice":
+            if not dim.choices:
+                raise HparamsError(f"{where}: a choice needs at least one value")
+            for v in dim.choices:
+                hparams_cls.check_values({key: v}, where, editor=editor)
+        else:
+            if dim.low is None or dim.high is None or not dim.low < dim.high:
+                raise HparamsError(f"{where}: needs low < high, got [{dim.low}, {dim.high}]")
+            if dim.log and dim.low <= 0:
+                raise HparamsError(f"{where}: a log range needs low > 0, got {dim.low}")
+            cast = int if dim.kind == "int" else float
+            for v in (dim.low, dim.high):
+                hparams_cls.check_values({key: cast(v)}, where, editor=editor)
+    return space
+
+
+# --------------------------------------------------------------------------------------------------
+# tuning records: a tuned preset's ``tuning:`` mapping, written by ``iceb tune``, exactly these keys
+# --------------------------------------------------------------------------------------------------
+TUNING_KEYS = ("study", "sampler", "seed", "trials", "objective", "task", "model", "split", "edits", "search_space",
+               "dev_values", "untuned_value", "best_value", "best_trial", "wall_seconds", "command", "iceb_version",
+               "date")
+
+
+def check_tuning_record(record: Any, source: str) -> dict[str, Any]:
+    """A preset's ``tuning:`` record must hold exactly :data:`TUNING_KEYS` (a hand-edited or foreign record is
+    refused, as an unknown hyperparameter is).
+
+    Args:
+        record: The value of the file's ``tuning:`` key.
+        source: The file, for the message.
+
+    Returns:
+        The record.
+
+    Raises:
+        HparamsError: Not a mapping, or a missing or unknown key.
+    """
+    if not isinstance(record, Mapping):
+        raise HparamsError(f"{source}: 'tuning' must be a mapping (the record iceb tune writes), got "
+                           f"{type(record).__name__}")
+    unknown = [k for k in record if k not in TUNING_KEYS]
+    missing = [k for k in TUNING_KEYS if k not in record]
+    if unknown or missing:
+        raise HparamsError(f"{source}: the tuning record " + "; ".join(
+            x for x in (f"has unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "",
+                        f"lacks {', '.join(map(repr, missing))}" if missing else "") if x)
+            + f" (a record holds exactly: {', '.join(TUNING_KEYS)})")
+    return dict(record)
+
+
+def tuning_hash(record: Mapping[str, Any]) -> str:
+    """A short, stable hash of a tuning record (what the result rows cite)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split_tuning(data: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """Remove and check a mapping's ``tuning:`` record (None when it has none); the rest are hyperparameters."""
+    if "tuning" not in data:
+        return None
+    return check_tuning_record(data.pop("tuning"), source)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -50,7 +50,17 @@ from editors.hooks import (
     text_layers,
     tokenize,
 )
-from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hparams import (  # declared field ranges
+    Dim,
+    Hparams,
+    HparamsError,
+    at_least,
+    bounded,
+    float_range,
+    int_range,
+    non_negative,
+    positive,
+)
 from editors.weights import applied, frozen, get_tensor
 from iceb.utils.fingerprint import weights_fingerprint
 from iceb.utils.timing import Timer
@@ -67,6 +77,13 @@ CLIP_LOGIT_SCALE = 100.0
 @dataclasses.dataclass(frozen=True)
 class ROMEHparams(Hparams):
     """ReFACT's defaults (README best RoAD command + its JSON hparams)."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"layer": int_range(0, 2),
+                                              "v_lr": float_range(0.01, 0.5, log=True),
+                                              "clamp_norm_factor": float_range(1.0, 20.0, log=True),
+                                              "mom2_update_weight": float_range(100.0, 1.0e5, log=True)}
+
 
     layer: int = at_least(7, 0)
     context_templates: tuple[str, ...] = REFACT_TEMPLATES

@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +88,15 @@ from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.emcid.nullspace import eig_of, null_basis
 from editors.emcid.stage2 import cpu_busy, one_cpu_thread
-from editors.hparams import Hparams, HparamsError, at_least, non_negative, positive  # declared field ranges
+from editors.hparams import (  # declared field ranges
+    Dim,
+    Hparams,
+    HparamsError,
+    at_least,
+    float_range,
+    non_negative,
+    positive,
+)
 from editors.uce import encode_prompts, projection_names
 from iceb.utils.timing import Timer
 
@@ -96,6 +104,12 @@ from iceb.utils.timing import Timer
 @dataclasses.dataclass(frozen=True)
 class SPEEDHparams(Hparams):
     """SPEED's knobs; defaults are the official argparse defaults (§1.7)."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"threshold": float_range(1.0e-3, 1.0, log=True),
+                                              "retain_scale": float_range(0.1, 10.0, log=True),
+                                              "lamb": float_range(0.0, 1.0)}
+
 
     params: Literal["V", "K", "KV"] = "V"
     aug_num: int = at_least(10, 0)  # DPA copies per retain key; 0 turns DPA *and* IPF off (as the official)

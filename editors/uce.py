@@ -26,7 +26,7 @@ guide's output block its Frobenius projection onto the edit prompt's own output 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from editors import register_editor
 from editors.base import BaseEditor, EditRequest, EditResult, RequestError
 from editors.hooks import align_tokens_greedy, cross_attention_modules, last_token_indices, tokenize
-from editors.hparams import Hparams, HparamsError, at_least, non_negative  # declared field ranges
+from editors.hparams import Dim, Hparams, HparamsError, at_least, float_range, non_negative  # declared field ranges
 from iceb.utils.timing import Timer
 
 TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
@@ -43,6 +43,12 @@ TIME_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
 @dataclasses.dataclass(frozen=True)
 class UCEHparams(Hparams):
     """UCE's knobs. Defaults are the 2023 erase script's (λ 0.5, s_e 1, s_p max(0.1, 1/|P|), replace)."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"lamb": float_range(0.01, 10.0, log=True),
+                                              "erase_scale": float_range(0.5, 2.0),
+                                              "preserve_scale": float_range(0.01, 10.0, log=True)}
+
 
     lamb: float = non_negative(0.5)
     erase_scale: float = non_negative(1.0)
@@ -80,6 +86,11 @@ class UCEHparams(Hparams):
 @dataclasses.dataclass(frozen=True)
 class TIMEHparams(UCEHparams):
     """TIME: UCE's closed form with s_e 1, no preserve term, λ 0.1, all 77 tokens, TIME's 3 augmentations."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"lamb": float_range(0.001, 10.0, log=True),
+                                              "erase_scale": float_range(0.5, 2.0)}
+
 
     lamb: float = non_negative(0.1)
     erase_scale: float = non_negative(1.0)

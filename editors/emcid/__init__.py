@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -31,7 +31,16 @@ from editors.emcid.debias import balance_weights, judge_images, shares_of
 from editors.emcid.stage1 import ConceptTarget, Stage1Settings, auto_batch_size, optimise_batch
 from editors.emcid.stage2 import closed_form_delta, compute_deltas, cov_factor
 from editors.hooks import fc2_name, subject_last_positions, text_layers
-from editors.hparams import Hparams, HparamsError, at_least, bounded, non_negative, positive  # declared field ranges
+from editors.hparams import (  # declared field ranges
+    Dim,
+    Hparams,
+    HparamsError,
+    at_least,
+    bounded,
+    float_range,
+    non_negative,
+    positive,
+)
 from iceb.utils.cache import ContentCache
 from iceb.utils.fingerprint import weights_fingerprint
 from iceb.utils.hashing import stable_hash
@@ -41,6 +50,13 @@ from iceb.utils.timing import Timer
 @dataclasses.dataclass(frozen=True)
 class EMCIDHparams(Hparams):
     """EMCID's hyperparameters; defaults are the ICEB headline configuration on SD-1.4."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"v_lr": float_range(0.05, 0.5, log=True),
+                                              "clamp_norm_factor": float_range(0.5, 4.0),
+                                              "mom2_update_weight": float_range(10.0, 1.0e5, log=True),
+                                              "edit_weight": float_range(0.2, 1.0)}
+
 
     layers: tuple[int, ...] = at_least(tuple(range(11)), 0)  # fc2 of these blocks are edited; δ sits at the last one
     # stage I
@@ -336,6 +352,7 @@ class EMCIDEditor(BaseEditor):
             z = torch.stack([t.target for t in targets]).float()
             tensors, res = self.write(pipe, requests, z, covs, factors, solver)
         ratios = [float(t.delta.norm() / t.v_src.norm()) for t in targets]
+        at_clamp = [float(t.delta.norm() / t.v_src.norm()) >= hp.clamp_norm_factor * (1 - 1e-4) for t in flat]
         losses = {}
         for c, r in enumerate(requests):
             name = r.request_id or f"{c}:{r.source}"
@@ -346,8 +363,10 @@ class EMCIDEditor(BaseEditor):
                 "delta_norm_ratio": ratios,
                 # how many δ ended on the norm clamp (‖δ‖ = clamp · ‖v_src‖): a sign that stage I wanted to go
                 # further than allowed, which the tuning of clamp_norm_factor and the step count should see
-                "stage1_at_clamp": sum(float(t.delta.norm() / t.v_src.norm()) >= hp.clamp_norm_factor * (1 - 1e-4)
-                                       for t in flat),
+                "stage1_at_clamp": sum(at_clamp),
+                # per request (its id, else "index:source"): whether its δ ended on the clamp
+                "stage1_at_clamp_by_request": {r.request_id or f"{c}:{r.source}": bool(at_clamp[c])
+                                               for c, r in enumerate(requests)} if len(flat) == len(requests) else {},
                 "stage2_prompts": res.n_prompts, "stage2_tokens": res.n_tokens,
                 **({"debias": debias} if debias else {}),
                 **self.stage2_info(pipe, res, covs)}

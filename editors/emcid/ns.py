@@ -9,7 +9,7 @@ keys' mass inside its range, the edit residual left and the drift on the preserv
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,7 +17,7 @@ from editors import register_editor
 from editors.emcid import EMCIDEditor, EMCIDHparams
 from editors.emcid.nullspace import NullBasis, eig_of, layer_diagnostics, null_basis, null_space_factors
 from editors.hooks import text_layers
-from editors.hparams import HparamsError, at_least, non_negative
+from editors.hparams import Dim, HparamsError, at_least, float_range, non_negative
 from iceb.utils.cache import ContentCache
 from iceb.utils.hashing import stable_hash
 
@@ -25,6 +25,13 @@ from iceb.utils.hashing import stable_hash
 @dataclasses.dataclass(frozen=True)
 class EMCIDNSHparams(EMCIDHparams):
     """EMCID's hyperparameters plus the null-space solve's: which directions of C the edit may use, and β."""
+
+    #: what ``iceb tune`` searches (its trials run on the task's dev split); every other key keeps its preset value
+    search_space: ClassVar[dict[str, Dim]] = {"clamp_norm_factor": float_range(0.5, 4.0),
+                                              "mom2_update_weight": float_range(10.0, 1.0e5, log=True),
+                                              "nullspace_frac": float_range(0.3, 0.98),
+                                              "beta": float_range(0.01, 10.0, log=True)}
+
 
     nullspace_threshold: float = non_negative(2.0e-2)  # AlphaEdit: eigenvalues of C below this (absolute)
     nullspace_dim: int | None = at_least(None, 0)  # or: the dim smallest directions (ACE-zero style)

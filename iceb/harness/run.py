@@ -204,7 +204,7 @@ class Run:
             self.loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         else:
             cfg.model = self.loaded.spec
-        self.task = get_task(cfg.task, world=self.loaded.world)
+        self.task = get_task(cfg.task, world=self.loaded.world, **({"split": cfg.split} if cfg.split != "test" else {}))
         if is_file:
             self.external = external.load_external(cfg.editor, self.loaded)  # names, shapes, base: before images
             if not self.external.tensors:
@@ -225,6 +225,8 @@ class Run:
         self.editor_name = self.external.name if is_file else cfg.editor
         self.hp = None if is_file else self.editor_cls.load_hparams(self.loaded.family, cfg.hparams, cfg.editor_args,
                                                                     preset=cfg.preset)
+        self.provenance = ({"preset": None, "tuned": None, "tuning_hash": None} if is_file else
+                           self.editor_cls.hparams_provenance(self.loaded.family, cfg.hparams, cfg.preset))
         self.say(model_banner(self.loaded))
         return self
 
@@ -619,7 +621,8 @@ class Run:
         base = {"editor": self.editor_name, "external": ext is not None, "sidecar": ext.sidecar if ext else None,
                 "model": self.loaded.spec, "task": self.task.name,
                 "world": self.loaded.world, "n_edits": n, "mode": str(self.mode), "smoke": self.smoke,
-                "run_id": self.run_id, "run_hash": self.run_hash, "iceb_version": __version__}
+                "run_id": self.run_id, "run_hash": self.run_hash, "iceb_version": __version__,
+                "split": self.cfg.split, **self.provenance}
         rows = []
         for m in self.metrics:
             pre = [self.records.get(m.record_key(), k) for k in keys]

@@ -47,6 +47,11 @@ class ResultRow:
     # how the value was made where the columns above do not say it: JSON (an attack row's pinned settings,
     # vocabulary, judge and request sample); None elsewhere
     details: str | None = None
+    # which split and hyperparameters made the row (None in rows written before these fields existed)
+    split: str | None = None  # "test" (the benchmark) or "dev" (a tuning trial: never a leaderboard row)
+    preset: str | None = None  # the editor's shipped hparams file (its stem: "toy", "toy-untuned", ...)
+    tuned: bool | None = None  # whether that preset carries an ``iceb tune`` record
+    tuning_hash: str | None = None  # the hash of that record (editors.hparams.tuning_hash)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -97,6 +97,10 @@ def collect_rows(paths: Sequence[str | Path], editor_supports: Mapping[str, Any]
     for p in paths:
         if Path(p).is_file() and Path(p).suffix == ".csv":
             rows.extend(csv_rows(p))
+    dev = sorted({r["run_id"] for r in rows if r.get("split") == "dev"})
+    if dev:  # a tuning trial's numbers are chosen on its split: never leaderboard numbers
+        raise ValueError(f"run(s) {', '.join(dev[:3])}{' ...' if len(dev) > 3 else ''} are dev-split runs (tuning "
+                         f"trials); a leaderboard holds test-split runs only")
     for r in rows:
         if r.get("erase_only") is None and editor_supports and r["editor"] in editor_supports:
             r["erase_only"] = set(editor_supports[r["editor"]]) == {"erase"}
@@ -140,6 +144,22 @@ def _write_frame(df, path: Path) -> Path:
     return path
 
 
+def presets_markdown(df) -> list[str]:
+    """One line naming each editor's hyperparameter preset, whether ``iceb tune`` made it, and its record's hash
+    (nothing for rows written before the columns existed)."""
+    if "preset" not in df.columns or df["preset"].isna().all():
+        return []
+    parts = []
+    for editor, g in df.groupby("editor", sort=True):
+        p = g.iloc[0]
+        if p.get("preset") is None or p["preset"] != p["preset"]:
+            continue
+        tuned = bool(p.get("tuned")) if p.get("tuned") == p.get("tuned") else False
+        parts.append(f"{editor}: `{p['preset']}`" + (f" (tuned, record `{p['tuning_hash']}`)" if tuned else
+                                                      " (untuned)"))
+    return [f"Presets: {'; '.join(parts)}.", ""] if parts else []
+
+
 def markdown(df) -> str:
     """The answer first: per task and model the headline table (:mod:`iceb.leaderboard.headline`), then the
     robustness table where a run had ``--attacks`` (:mod:`iceb.leaderboard.robustness`); then, as an appendix, every raw metric, metric-major ((subset, metric) then editor rows, edit counts as columns)."""
@@ -159,6 +179,7 @@ def markdown(df) -> str:
                   "editor that takes no destination, where the number means nothing. Plot: "
                   f"`plots/{task}__{model}__headline.png`.", ""]
         lines += headline_markdown(head) + [""]
+        lines += presets_markdown(df[(df["task"] == task) & (df["model"] == model)])
     for task, model, _ in tables:
         lines += robustness_markdown(df, task, model)
     lines += ["# Appendix: every metric", "", "Bound: the unedited model's best reachable value (for "

@@ -25,7 +25,7 @@ def test_unlearndiff_recovers_an_esd_erased_concept(tmp_path):
         pytest.skip("no toy world here")
     run = evaluate(EvalConfig(editor="esd-x", task="ace", model="toy", edits=(4,), limit=1, metrics=("iceb-cls",),
                               editor_args={"treat_updates_as_erase": True, "iterations": 60}, attacks=("unlearndiff",),
-                              out=str(tmp_path), device="cpu", progress=False))
+                              out=str(tmp_path), device="cpu", progress=False, preset="toy-untuned"))
     recs = [json.loads(x) for x in (run / "attacks" / "n4" / "unlearndiff.jsonl").read_text().splitlines()]
     lost = [r for r in recs if not r["pre_success"]]
     assert lost, "ESD-x erased none of the 4 sources: the test's premise changed"

@@ -193,6 +193,7 @@ def test_cli_evaluate_smoke_end_to_end(tmp_path):
 def test_info_counts_the_concepts_whose_delta_ended_on_the_clamp(tiny_pipe, tmp_path):
     tight = EMCIDEditor(_hp(clamp_norm_factor=0.01), cache_dir=tmp_path, progress=False).edit(tiny_pipe, REQS)
     assert tight.info["stage1_at_clamp"] == len(REQS)
+    assert list(tight.info["stage1_at_clamp_by_request"].values()) == [True] * len(REQS)
     assert all(abs(r - 0.01) < 1e-6 for r in tight.info["delta_norm_ratio"])
     loose = EMCIDEditor(_hp(clamp_norm_factor=100.0), cache_dir=tmp_path, progress=False).edit(tiny_pipe, REQS)
     assert loose.info["stage1_at_clamp"] == sum(r >= 100.0 * (1 - 1e-4) for r in loose.info["delta_norm_ratio"]) == 0

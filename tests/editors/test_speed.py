@@ -346,7 +346,7 @@ def test_presets_and_bad_hparams():
 
 
 # --- efficacy on the trained toy world -------------------------------------------------------------------------
-# Measured on the shipped toy model with exactly this run (the toy preset: retain set [""], threshold 0.1, α 1), on
+# Measured on the shipped toy model with exactly this run (the untuned toy preset, toy-untuned: retain set [""], threshold 0.1, α 1), on
 # this project's 2-core CPU, 1 thread, load ~2.5: Source2Dest 0.7411, Source Forget 0.9945, Holdout Delta +0.0046
 # (UCE's toy preset, tests/toy/test_toy_efficacy.py: 0.9371 and -0.0328). Thresholds as that file's: half the
 # measured effect; the damage bound twice the measured damage (none here) minus 0.05. About 30 s cold.
@@ -363,7 +363,7 @@ def test_toy_world_sources_move_to_destinations_and_the_holdout_is_spared(tmp_pa
     from iceb.harness import EvalConfig, evaluate
 
     cfg = EvalConfig(editor="speed", task="ace", model="toy", edits=(2,), out=str(tmp_path), device="cpu",
-                     progress=False)
+                     progress=False, preset="toy-untuned")
     df = pd.read_csv(evaluate(cfg) / "results.csv")
     v = {(r.subset, r.metric): r.value for r in df.itertuples()}
     assert v[("edit", "source2dest")] >= 0.5 * MEASURED["source2dest"]

@@ -19,11 +19,14 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("toy-efficacy")  # one pre-edit cache for the whole module
 
 
-def run(out, editor: str, task: str, n: int, **editor_args) -> dict[tuple[str, str], float]:
+def run(out, editor: str, task: str, n: int, preset: str | None = "toy-untuned", **editor_args
+        ) -> dict[tuple[str, str], float]:
+    """One run's rows; ``preset`` "toy-untuned" (the first guesses these thresholds were measured with) by default,
+    None for the shipped (tuned) ``toy`` preset."""
     from iceb.harness import EvalConfig, evaluate
 
     cfg = EvalConfig(editor=editor, task=task, model="toy", edits=(n,), out=str(out), device="cpu",
-                     editor_args=editor_args, progress=False)
+                     editor_args=editor_args, progress=False, preset=preset)
     run_dir = evaluate(cfg)
     df = pd.read_csv(run_dir / "results.csv")
     return {(r.subset, r.metric): r.value for r in df.itertuples()}
