@@ -29,6 +29,9 @@ EDITORS.register("time", "editors.uce:TIMEEditor",
 EDITORS.register("speed", "editors.speed:SPEEDEditor",
                  description="SPEED: null-space closed form on the cross-attention values (IPF, DPA, IEC), "
                              "all concepts in one solve per matrix")
+EDITORS.register("mace", "editors.mace:MACEEditor",
+                 description="MACE (no-mask): closed-form cross-attention refinement, per-concept LoRAs trained "
+                             "without segmentation masks, closed-form multi-LoRA fusion")
 EDITORS.register("rome", "editors.rome:ROMEEditor",
                  description="ReFACT (ROME-style): rank-one updates of one text-encoder fc2, chained request "
                              "by request inside one edit (hparam solve)")

@@ -41,6 +41,7 @@ CHEAP: dict[str, dict[str, Any]] = {
     "esd-x": {"iterations": 2, "ddim_steps": 2, "checkpoint_every": 0},
     "esd-u": {"iterations": 2, "ddim_steps": 2, "checkpoint_every": 0},
     "rome": {"v_max_grad_steps": 3, "mom2_n_samples": 100},
+    "mace": {"lora_steps": 1, "aug_length": 2, "no_real_image": True},
 }
 
 

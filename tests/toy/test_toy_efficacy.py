@@ -40,6 +40,8 @@ MEASURED: dict[str, float] = {
     "uce_source2dest": 0.9371, "uce_holdout_delta": -0.0328,
     "esdx_source_forget": 0.9940,
     "emcid_rectify_gain": 0.9926,
+    # MACE (no-mask), toy-untuned, N = 2 (measured 2026-12-03 with a tuning study beside it, load ~3.5)
+    "mace_source2dest": 0.6617, "mace_source_forget": 0.9941, "mace_holdout_delta": -0.1431,
 }
 
 
@@ -59,6 +61,13 @@ def test_uce_moves_sources_to_destinations_and_spares_the_holdout(out):
 def test_esd_x_makes_the_source_go(out):
     v = run(out, "esd-x", "ace", 1, treat_updates_as_erase=True)
     assert v[("edit", "source_forget")] >= 0.5 * MEASURED["esdx_source_forget"]
+
+
+def test_mace_no_mask_moves_sources_to_destinations(out):
+    v = run(out, "mace", "ace", 2)
+    assert v[("edit", "source2dest")] >= 0.5 * MEASURED["mace_source2dest"]
+    assert v[("edit", "source_forget")] >= 0.5 * MEASURED["mace_source_forget"]
+    assert v[("holdout", "holdout_delta")] >= 2 * MEASURED["mace_holdout_delta"] - 0.05
 
 
 def test_emcid_rectification_raises_misunderstood_aliases_to_their_concept(out):
