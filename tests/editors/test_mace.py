@@ -160,3 +160,36 @@ def test_cached_images_and_prior_give_the_same_edit(tiny_pipe, tmp_path):
     b = second.edit(tiny_pipe, REQS).tensors
     assert second.image_cache.hits == len(REQS) and second.prior_cache.hits == 1 and second.image_cache.puts == 0
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cfr_on_tiny_equals_an_independent_least_squares_solution(tiny_pipe):
+    """With no LoRA step and no fusion cache, the edit is stage 1 alone: each W_new is the float64 least-squares
+    minimiser of Σ ||W e − W₀ e'||² + λ ||W − W₀||² + s_t² Σ_captions ||W c − W₀ c||² (solved here by lstsq on the
+    stacked rows, not by the editor's normal equations)."""
+    from editors.mace import OBJECT_TEMPLATES
+    from editors.uce import encode_prompts
+    from editors.weights import get_tensor
+
+    caps = ["a dog on the grass", "a bowl of soup"]
+    lamb, s_t, n_tpl = 0.3, 0.5, 3
+    ed = _editor(lora_steps=0, fuse_preserve_scale=0.0, lamb=lamb, preserve=caps, train_preserve_scale=s_t,
+                 aug_length=n_tpl)
+    new = ed.edit(tiny_pipe, REQS).tensors
+    tok = tiny_pipe.tokenizer
+    keys, targets_from = [], []
+    for r in REQS:
+        for t in OBJECT_TEMPLATES[:n_tpl]:
+            c, p = t.format(r.source), t.format(r.destination)
+            enc = encode_prompts(tiny_pipe, [c, p])
+            po, pn = matching_indices(tok(c).input_ids, tok(p).input_ids)
+            keys.append(enc.emb[enc.index[c], po].double())
+            targets_from.append(enc.emb[enc.index[p], pn].double())
+    e, e_map = torch.cat(keys), torch.cat(targets_from)
+    cap = encode_prompts(tiny_pipe, caps).emb.reshape(-1, e.shape[1]).double()
+    m = e.shape[1]
+    a = torch.cat([e, lamb ** 0.5 * torch.eye(m, dtype=torch.float64), s_t * cap])
+    for name in list(new)[:3] + list(new)[-2:]:
+        w0 = get_tensor(tiny_pipe, name).double()
+        b = torch.cat([e_map @ w0.T, lamb ** 0.5 * w0.T, s_t * cap @ w0.T])
+        ref = torch.linalg.lstsq(a, b).solution.T
+        assert torch.allclose(new[name].double(), ref, atol=1e-4, rtol=1e-4), name
