@@ -1,6 +1,6 @@
 """Efficacy curves on the toy world: every editor, 1 edit to the maximum, both tasks; then leaderboard files.
 
-    python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,8,16,32] [--out runs/toy]
+    python scripts/toy_curves.py [--editors emcid,uce,...] [--edits 1,2,4,16,24] [--out runs/toy]
                                  [--leaderboard leaderboard/toy] [--cold-cost]
                                  [--attacks unlearndiff,ringabell,aliases,misspell] [--attack-requests 16] [--attack-vocab seen]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ALL = ["noop", "emcid", "uce", "time", "rome", "esd-x", "esd-u"]
+ALL = ["noop", "emcid", "emcid-ns", "uce", "time", "speed", "rome", "mace", "esd-x", "esd-u"]
 ERASE_ONLY = {"esd-x", "esd-u"}
 
 

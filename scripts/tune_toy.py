@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ALL = ["uce", "time", "speed", "rome", "emcid", "emcid-ns", "esd-x", "esd-u"]
+ALL = ["uce", "time", "speed", "rome", "emcid", "emcid-ns", "esd-x", "esd-u", "mace"]
 
 
 def dev_concept_names() -> list[str]:

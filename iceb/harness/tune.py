@@ -238,7 +238,6 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
-    t_start = time.perf_counter()
 
     def run_values(editor_args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         ecfg = EvalConfig(editor=cfg.editor, task=cfg.task, model=loaded.spec, edits=tuple(cfg.edits), split="dev",
@@ -258,11 +257,23 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params)
         logger.info(f"[iceb] tune: trial {t.number} was interrupted; its values run again")
+    wall_before, mark = float(study.user_attrs.get("wall_seconds", 0.0)), time.perf_counter()
+
+    def save_wall() -> float:
+        """The study's wall time over every sitting, saved after each trial (a killed sitting keeps its share)."""
+        nonlocal wall_before, mark
+        now = time.perf_counter()
+        wall_before += now - mark
+        mark = now
+        study.set_user_attr("wall_seconds", wall_before)
+        return wall_before
+
     if "untuned_value" not in study.user_attrs:
         logger.info(f"[iceb] tune {name}: the base preset on the dev split (the untuned value)")
         value, info = run_values({})
         study.set_user_attr("untuned_value", value)
         study.set_user_attr("untuned_info", info)
+        save_wall()
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=min(5, cfg.trials))
 
@@ -284,14 +295,13 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
 
         bar = tqdm(total=cfg.trials, initial=done, desc=f"tune {cfg.editor}", unit="trial", disable=not cfg.progress)
         study.optimize(run_trial, n_trials=remaining, catch=(ValueError, RuntimeError, FloatingPointError),
-                       callbacks=[lambda s, t: bar.update(1)])
+                       callbacks=[lambda s, t: bar.update(1), lambda s, t: save_wall()])
         bar.close()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"tune {name}: no trial completed (see {folder / 'study.db'}); every trial failed")
     best = max(complete, key=lambda t: (t.value, -t.number))
-    wall = float(study.user_attrs.get("wall_seconds", 0.0)) + (time.perf_counter() - t_start)
-    study.set_user_attr("wall_seconds", wall)
+    wall = save_wall()
     record = _record(cfg, loaded, name, objective, space, best, study, len(complete), wall)
     # no trial beat the base preset: the base values are the chosen ones (best_trial -1 says so)
     keep_base = float(study.user_attrs["untuned_value"]) >= float(best.value)

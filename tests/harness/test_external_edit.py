@@ -18,8 +18,8 @@ from iceb.harness import EvalConfig, evaluate
 from iceb.leaderboard.results import comparable, is_cost_row, read_rows
 
 N = 2
-#: the fields that say which run and where the edit came from: everything else must agree
-PROVENANCE = ("editor", "run_id", "run_hash", "external", "sidecar")
+#: the fields that say which run and where the edit came from (an edit file has no preset): everything else must agree
+PROVENANCE = ("editor", "run_id", "run_hash", "external", "sidecar", "preset", "tuned", "tuning_hash")
 
 
 def _cfg(out: Path, editor: str, edits=(N,), **kw) -> EvalConfig:

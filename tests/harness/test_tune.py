@@ -47,7 +47,7 @@ def _states(db: Path) -> list[tuple[int, str]]:
 
 def test_every_declared_search_space_matches_its_hparams():
     """Each tunable editor's space names real keys with ranges its fields accept (what tune checks first)."""
-    tunable = ["uce", "time", "emcid", "emcid-ns", "speed", "rome", "esd-x", "esd-u"]
+    tunable = ["uce", "time", "emcid", "emcid-ns", "speed", "rome", "esd-x", "esd-u", "mace"]
     for name in tunable:
         cls = get_editor(name)
         space = check_search_space(cls.hparams_class, name)
@@ -188,12 +188,21 @@ def test_a_killed_study_resumes_and_its_preset_loads_back(tmp_path):
     bad.write_text(res.preset_path.read_text().replace("lamb:", "lambda:"))
     with pytest.raises(HparamsError, match="unknown key 'lambda'"):
         uce.load_hparams("toy", bad)
+    # every trial ran on the dev split: its rows say so, and its requests are the dev split's only
+    from iceb.leaderboard.results import read_rows
+
+    trial_runs = sorted((res.folder / "trials").glob("uce-ace-*/results.jsonl"))
+    assert len(trial_runs) >= 3  # the base preset and two trials (the interrupted trial's values ran again)
+    assert all(r["split"] == "dev" for p in trial_runs for r in read_rows(p))
+    from iceb.leaderboard.tables import build_leaderboard
+
+    with pytest.raises(ValueError, match="dev-split runs"):  # a trial's numbers never reach a leaderboard
+        build_leaderboard([trial_runs[0].parent], tmp_path / "board", plots=False, report=False)
     # the study folder kept every trial's harness run; a second call with the same settings adds no trial
     again = tune(_cfg(out))
     assert again.trials == 2 and dict(_states(db)) == states
     # a run with the tuned preset cites it in every row
     from iceb.harness import EvalConfig, evaluate
-    from iceb.leaderboard.results import read_rows
 
     run = evaluate(EvalConfig(editor="uce", task="ace", model="toy", edits=(1,), limit=1, hparams=str(res.preset_path),
                               out=str(tmp_path / "runs"), device="cpu", progress=False, log_samples=False,
