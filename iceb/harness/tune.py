@@ -203,6 +203,8 @@ def study_name(cfg: TuneConfig, objective: str, loaded, space, editor_cls) -> st
 
 @dataclass
 class TuneResult:
+    """Where a study lives, its preset file, the chosen values and their dev objective beside the untuned one."""
+
     folder: Path
     preset_path: Path
     best_value: float
@@ -221,14 +223,7 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
     Returns:
         The :class:`TuneResult` (``preset_path``: ``<study>/preset.yaml``).
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from iceb.harness.config import EvalConfig
-    from iceb.harness.run import evaluate
-    from iceb.leaderboard.results import read_rows
     from iceb.models import load_model
-    from iceb.utils.io import write_json
 
     c = check(cfg)
     editor_cls, space, objective = c["editor_cls"], c["space"], c["objective"]
@@ -236,6 +231,30 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
     name = study_name(cfg, objective, loaded, space, editor_cls)
     folder = Path(cfg.out) / name
     folder.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / ".study.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"another process is running the study {folder}; wait for it (or kill it and run again "
+                           f"to resume)") from None
+    try:
+        return _tune(cfg, loaded, name, folder, editor_cls, space, objective)
+    finally:
+        lock.release()
+
+
+def _tune(cfg: TuneConfig, loaded, name: str, folder: Path, editor_cls, space, objective: str) -> TuneResult:
+    """The study itself, under the study's lock (so a RUNNING trial found on resume is a dead process's)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from iceb.harness.config import EvalConfig
+    from iceb.harness.run import evaluate
+    from iceb.leaderboard.results import read_rows
+    from iceb.utils.io import write_json
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
 
@@ -251,8 +270,8 @@ def tune(cfg: TuneConfig, model=None) -> TuneResult:
                                                           for n, (v, terms) in per_n.items()}}
 
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    # a trial left RUNNING is one the process died in (a study runs in one process: the harness lock of its run
-    # folder refuses a second): fail it and run its values again first
+    # a trial left RUNNING is one a dead process was in (the study's lock keeps a live one out): fail it and run
+    # its values again first
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params)

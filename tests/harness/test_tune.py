@@ -201,6 +201,11 @@ def test_a_killed_study_resumes_and_its_preset_loads_back(tmp_path):
     # the study folder kept every trial's harness run; a second call with the same settings adds no trial
     again = tune(_cfg(out))
     assert again.trials == 2 and dict(_states(db)) == states
+    from filelock import FileLock
+
+    with FileLock(str(res.folder / ".study.lock")):  # a live process holds the study: a second one is refused
+        with pytest.raises(RuntimeError, match="another process is running the study"):
+            tune(_cfg(out))
     # a run with the tuned preset cites it in every row
     from iceb.harness import EvalConfig, evaluate
 
