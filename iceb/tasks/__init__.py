@@ -48,18 +48,17 @@ def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
     from pathlib import Path
 
     split = kwargs.pop("split", "test")
+    is_file = name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml")
     if split != "test":
         from iceb.tasks.ace import SplitTask, check_split_name
 
         check_split_name(split)
-        is_file = name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml",
-                                                                                 ".yml")
         cls = None if is_file else TASKS.get(name)  # an unknown name: the registry's did-you-mean error
         if cls is None or not (isinstance(cls, type) and issubclass(cls, SplitTask)):
             raise TaskError(f"task {name!r} has no {split} split; tasks with one: 'ace' and 'rectification' on the "
                             f"toy world")
         return cls(world=world, split=split, **kwargs)
-    if name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml"):
+    if is_file:
         from iceb.tasks.user import UserTask  # user-defined task file
 
         return UserTask.from_file(name, world=world, **kwargs)
