@@ -454,11 +454,10 @@ def check_tuning_record(record: Any, source: str) -> dict[str, Any]:
 
 
 def tuning_hash(record: Mapping[str, Any]) -> str:
-    """A short, stable hash of a tuning record (what the result rows cite)."""
-    import hashlib
-    import json
+    """A short, stable hash of a tuning record (what the result rows cite): the project's one key function."""
+    from iceb.utils.hashing import stable_hash
 
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash("tuning-record", dict(record))
 
 
 def split_tuning(data: dict[str, Any], source: str) -> dict[str, Any] | None:

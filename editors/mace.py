@@ -58,7 +58,7 @@ from editors.hooks import cross_attention_modules, subject_token_positions
 from editors.hparams import Dim, Hparams, HparamsError, at_least, bounded, float_range, non_negative, positive
 from editors.uce import encode_prompts, projection_names
 from iceb.utils.cache import ContentCache
-from iceb.utils.fingerprint import weights_fingerprint
+from iceb.utils.fingerprint import pipeline_fingerprint, weights_fingerprint
 from iceb.utils.hashing import stable_hash
 from iceb.utils.timing import Timer
 
@@ -297,7 +297,8 @@ class MACEEditor(BaseEditor):
         dev = next(iter(weights.values())).device
         tpl = self.templates()
         with timer("preserve"):
-            prior = self.prior_gram(pipe, dev)
+            texts = self.preserve_texts()
+            prior = self.prior_gram(pipe, texts, dev)
         with timer("encode"):
             keys = self.cfr_keys(pipe, requests, tpl, dev)
         with timer("cfr"):
@@ -316,20 +317,18 @@ class MACEEditor(BaseEditor):
         with timer("fusion"):
             new = self.fuse(weights, w_cfr, loras, keys["concept_grams"], prior)
         info = {"requests": len(requests), "matrices": len(names), "cfr_keys": keys["n_keys"],
-                "fusion_keys": keys["n_fusion_keys"], "preserve_texts": keys["n_preserve"],
+                "fusion_keys": keys["n_fusion_keys"], "preserve_texts": len(texts),
                 "lora_final_loss": {k: (v[-1] if v else None) for k, v in losses.items()},
                 "mask": "none (no-mask variant: every pixel of the attention maps)"}
         return EditResult(new, timer.timings, losses, info)
 
     # -- stage 1 -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prior_gram(self, pipe: Any, device) -> torch.Tensor | None:
-        """C_p = Σ e eᵀ over all 77 tokens of every preservation caption (None without captions)."""
-        texts = self.preserve_texts()
-        self._n_preserve = len(texts)
+    def prior_gram(self, pipe: Any, texts: Sequence[str], device) -> torch.Tensor | None:
+        """C_p = Σ e eᵀ over all 77 tokens of every caption of ``texts`` (None without captions)."""
         if not texts:
             return None
-        key = stable_hash("mace-prior", weights_fingerprint(pipe.text_encoder), texts)
+        key = stable_hash("mace-prior", weights_fingerprint(pipe.text_encoder), list(texts))
         hit = self.prior_cache.get(key)
         if hit is not None:
             return hit["gram"].to(device)
@@ -346,8 +345,7 @@ class MACEEditor(BaseEditor):
         """Σ e' eᵀ and Σ e eᵀ of the CFR keys (aligned positions) and each concept's fusion Gram (all tokens)."""
         tok = pipe.tokenizer
         concept = [[t.format(r.source) for t in templates] for r in requests]
-        mapped = [[t.format(self.mapping(r)).strip() if self.mapping(r).strip() else t.replace("{}", "").strip()
-                   for t in templates] for r in requests]
+        mapped = [[t.format(self.mapping(r)).strip() for t in templates] for r in requests]
         enc = encode_prompts(pipe, [p for ps in concept + mapped for p in ps], self.hparams.encode_batch_size,
                              self.progress)
         emb = enc.emb.to(device).double()
@@ -368,7 +366,7 @@ class MACEEditor(BaseEditor):
                 n_keys += len(po)
             grams.append(k_i)
         return {"cross": cross, "gram": gram, "concept_grams": grams, "n_keys": n_keys,
-                "n_fusion_keys": len(requests) * len(templates) * seq, "n_preserve": getattr(self, "_n_preserve", 0)}
+                "n_fusion_keys": len(requests) * len(templates) * seq}
 
     # -- stage 2 -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -382,10 +380,8 @@ class MACEEditor(BaseEditor):
         if hp.no_real_image:
             return torch.zeros(shape, dtype=unet.dtype, device=unet.device)
         seed = int(torch.randint(2**31, (1,), generator=gen))
-        parts = [weights_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
-        key = stable_hash("mace-images", parts, type(pipe.scheduler).__name__, dict(pipe.scheduler.config),
-                          hp.image_prompt.format(r.source), hp.n_images, hp.image_steps, hp.image_guidance, seed,
-                          drop_private=True)
+        key = stable_hash("mace-images", pipeline_fingerprint(pipe), hp.image_prompt.format(r.source), hp.n_images,
+                          hp.image_steps, hp.image_guidance, seed)
         hit = self.image_cache.get(key)
         if hit is not None:
             return hit["latents"].to(device=unet.device, dtype=unet.dtype)

@@ -42,7 +42,7 @@ from editors.hparams import (  # declared field ranges
     positive,
 )
 from iceb.utils.cache import ContentCache
-from iceb.utils.fingerprint import weights_fingerprint
+from iceb.utils.fingerprint import pipeline_fingerprint, weights_fingerprint
 from iceb.utils.hashing import stable_hash
 from iceb.utils.timing import Timer
 
@@ -119,16 +119,13 @@ def base_fingerprint(pipe, hp: EMCIDHparams) -> str:
 def full_fingerprint(pipe, hp: EMCIDHparams) -> str:
     """Everything stage I depends on: text encoder (fc2 included), UNet, VAE, scheduler config.
 
-    The scheduler config goes through :func:`stable_hash` with ``drop_private``: diffusers' private
-    ``_use_default_values`` list is built from a set, so its order (and a ``json.dumps`` of the config)
-    follows PYTHONHASHSEED, which made this key, and so the stage-I cache, change in every process.
+    :func:`iceb.utils.fingerprint.pipeline_fingerprint` (the scheduler config with ``drop_private``: its private
+    ``_use_default_values`` list follows PYTHONHASHSEED, which once made this key change in every process).
     """
     if hp.model_fingerprint:
         fc2 = [weights_fingerprint(text_layers(pipe.text_encoder)[l].mlp.fc2) for l in hp.layers]
         return stable_hash("emcid-model", hp.model_fingerprint, fc2)
-    parts = [weights_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
-    return stable_hash("emcid-model", parts, type(pipe.scheduler).__name__, dict(pipe.scheduler.config),
-                       drop_private=True)
+    return pipeline_fingerprint(pipe, "emcid-model")
 
 
 def stage1_key(fingerprint: str, s: Stage1Settings, r: EditRequest) -> str:

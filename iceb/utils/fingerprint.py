@@ -23,3 +23,13 @@ def weights_fingerprint(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> 
         h.update(repr(float(flat.sum(dtype=torch.float64)) if flat.is_floating_point() else int(flat.sum())).encode())
         h.update(flat[:16].float().cpu().numpy().tobytes())
     return h.hexdigest()[:KEY_LENGTH]
+
+
+def pipeline_fingerprint(pipe, tag: str = "pipeline") -> str:
+    """Identity of everything a generation depends on: text encoder, UNet and VAE weights and the scheduler's
+    type and config (``tag`` namespaces the key; the config through ``stable_hash``'s ``drop_private``: diffusers'
+    private ``_use_default_values`` list is built from a set, so its order follows PYTHONHASHSEED)."""
+    from iceb.utils.hashing import stable_hash
+
+    parts = [weights_fingerprint(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae)]
+    return stable_hash(tag, parts, type(pipe.scheduler).__name__, dict(pipe.scheduler.config), drop_private=True)
