@@ -1,7 +1,7 @@
 """``iceb toy train|eval|split``: train the toy world, measure it, rebuild its split bundle."""
 from __future__ import annotations
 
-STAGES = ("vae", "latents", "classifier", "diffusion", "guidance", "export")
+STAGES = ("vae", "latents", "classifier", "text", "diffusion", "guidance", "export")
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
     t.add_argument("--out", default=None, help="export folder (default: data/toy)")
     t.add_argument("--config", default=None, help="a JSON file of TrainConfig overrides")
     t.add_argument("--tiny", action="store_true", help="a seconds-long configuration (mechanics only)")
-    t.add_argument("--max-seconds", type=float, default=None, help="stop diffusion training after this long")
+    t.add_argument("--max-seconds", type=float, default=None, help="stop the text or diffusion stage after this long")
     t.add_argument("--note", default=None, help="a free-text note stored in train_config.json (e.g. CPU load)")
     t.set_defaults(func=run_train)
     e = tsub.add_parser("eval", help="measure the shipped toy model; writes data/toy/quality.json")

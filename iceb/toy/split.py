@@ -66,18 +66,7 @@ def build_split(world: ToyWorld, n_holdout: int | None = None, seed: int = 0, de
         d = rng.choice(dest_pool)
         st, ts = seeds()
         edits.append(EditPair(s, d, st, ts))
-    concepts = []
-    rects = []
-    for c in world.concepts:
-        concepts.append(Concept(
-            c.id, c.name, c.aliases, tuple(PromptSeed(p.template, p.seed) for p in c.prompts),
-            {"shape": c.shape, "colour": c.colour, "pattern": c.pattern,
-             "prompt_contexts": [[p.context.position, p.context.size, p.context.background] for p in c.prompts],
-             "misunderstood_aliases": list(c.misunderstood), "misunderstood_as": c.misunderstood_as,
-             "untrained_aliases": list(c.untrained)}))
-        for a in c.misunderstood:
-            st, ts = seeds()
-            rects.append(Rectification(c.id, a, c.name, st, ts))
+    concepts, rects = _concepts_and_rectifications(world, seeds)
     dev_edits: list[EditPair] = []
     dev_holdout: list[int] = []
     dev_rects: list[Rectification] = []
@@ -107,6 +96,94 @@ def build_split(world: ToyWorld, n_holdout: int | None = None, seed: int = 0, de
               "world_config": world.config, "destination_pool": sorted({e.dest_id for e in edits}) if dev else sorted(dest_pool),
               "note": "toy world: made-up names; concept ids are the toy classifier's output indices"},
         dev_edits=tuple(dev_edits), dev_holdout=tuple(dev_holdout), dev_rectifications=tuple(dev_rects))
+
+
+def _concepts_and_rectifications(world: ToyWorld, seeds) -> tuple[list[Concept], list[Rectification]]:
+    """Every concept with its info, and one rectification per misunderstood alias (its seeds from ``seeds``)."""
+    concepts = []
+    rects = []
+    for c in world.concepts:
+        concepts.append(Concept(
+            c.id, c.name, c.aliases, tuple(PromptSeed(p.template, p.seed) for p in c.prompts),
+            {"shape": c.shape, "colour": c.colour, "pattern": c.pattern,
+             "prompt_contexts": [[p.context.position, p.context.size, p.context.background] for p in c.prompts],
+             "misunderstood_aliases": list(c.misunderstood), "misunderstood_as": c.misunderstood_as,
+             "untrained_aliases": list(c.untrained)}))
+        for a in c.misunderstood:
+            st, ts = seeds()
+            rects.append(Rectification(c.id, a, c.name, st, ts))
+    return concepts, rects
+
+
+SCALED_SPLIT_VERSION = "toy-1k-1"
+SCALED_DEFAULT_EDITS = (1, 10, 100, 300, 1000, 2000)
+
+
+def build_scaled_split(world: ToyWorld, name: str = "toy-1k", n_edits: int = 1000, n_holdout: int = 256,
+                       n_dev_edits: int = 24, n_dev_holdout: int = 16, n_dev_dests: int = 8,
+                       seed: int = 0) -> SplitBundle:
+    """The bundle of a world built for 1 ... 1,000 edits (issue #18): fixed counts instead of fractions.
+
+    The concepts are shuffled once and cut, in this order, into the test holdout, the test sources, the dev
+    sources, the dev holdout, the dev destinations, and the test destinations (the rest, which must be
+    non-empty). Each source is edited once, towards a destination drawn from its own split's pool, so no edit's
+    destination is any edit's source and no dev concept appears in a test request. Rectifications: one per
+    misunderstood alias; those of dev concepts form the dev list.
+
+    Args:
+        world: The toy world (e.g. 16 shapes x 16 colours x 6 patterns = 1,536 concepts).
+        name: The bundle's name and world.
+        n_edits: Test edit requests (the sweep's largest N).
+        n_holdout: Test holdout concepts (never a source or destination).
+        n_dev_edits, n_dev_holdout, n_dev_dests: The dev split's sizes (for ``iceb tune``).
+        seed: The split's seed.
+
+    Returns:
+        The bundle.
+
+    Raises:
+        ValueError: When the world has too few concepts for these counts.
+    """
+    n = len(world)
+    need = n_holdout + n_edits + n_dev_edits + n_dev_holdout + n_dev_dests
+    if n_edits < 1 or n_holdout < 1 or need >= n:
+        raise ValueError(f"a world of {n} concepts cannot hold {n_edits} edits, {n_holdout} holdout concepts and "
+                         f"a dev split of {n_dev_edits + n_dev_holdout + n_dev_dests} concepts with at least one "
+                         f"destination left (needs more than {need})")
+    rng = random.Random(f"toy-scaled-split|{world.seed}|{seed}")
+    ids = [c.id for c in world.concepts]
+    rng.shuffle(ids)
+    cuts = [n_holdout, n_edits, n_dev_edits, n_dev_holdout, n_dev_dests]
+    parts, at = [], 0
+    for k in cuts:
+        parts.append(ids[at:at + k])
+        at += k
+    holdout, sources, dev_sources, dev_holdout, dev_dests = parts
+    dests = sorted(ids[at:])
+
+    def seeds() -> tuple[int, tuple[int, ...]]:
+        return rng.randrange(2**31), tuple(rng.randrange(2**31) for _ in DEFAULT_TEMPLATES)
+
+    def pairs(srcs: list[int], pool: list[int]) -> list[EditPair]:
+        out = []
+        for s in srcs:
+            d = rng.choice(pool)
+            st, ts = seeds()
+            out.append(EditPair(s, d, st, ts))
+        return out
+
+    edits, dev_edits = pairs(sources, dests), pairs(dev_sources, sorted(dev_dests))
+    concepts, rects = _concepts_and_rectifications(world, seeds)
+    dev_ids = set(dev_sources) | set(dev_holdout) | set(dev_dests)
+    return SplitBundle(
+        name=name, world=name, version=SCALED_SPLIT_VERSION, concepts=tuple(concepts), edits=tuple(edits),
+        holdout=tuple(sorted(holdout)), rectifications=tuple(r for r in rects if r.class_id not in dev_ids),
+        templates=DEFAULT_TEMPLATES, holdout_prompts_per_class=3, rectification_max=None,
+        info={"default_edits": [k for k in SCALED_DEFAULT_EDITS if k <= n_edits], "max_edits": n_edits,
+              "world_config": world.config, "destination_pool": dests,
+              "note": f"{name}: made-up names; concept ids are the world classifier's output indices"},
+        dev_edits=tuple(dev_edits), dev_holdout=tuple(sorted(dev_holdout)),
+        dev_rectifications=tuple(r for r in rects if r.class_id in dev_ids))
 
 
 def write_split_files(out: Path | None = None, seed: int = 0, n_captions: int = 4000) -> list[Path]:

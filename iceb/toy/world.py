@@ -11,7 +11,8 @@ index), a made-up CVCV-style primary name and three kinds of aliases:
 Ids are stable when the world grows: concepts are ordered in square "rings" of (shape, colour) indices
 (all combinations of the first k shapes and colours come before any that uses shape or colour k+1), and a
 concept's name is drawn from a generator seeded by its attributes, so the 8x8 world's 64 concepts are the
-first 64 of the 16x16 world with the same ids and names.
+first 64 of the 16x16 world with the same ids and names (and aliases; which concept a misunderstood alias is
+mistaken for is drawn from the whole world, and with it the draw of the free-form prompts, so those may differ).
 
 Captions carry context the pictures obey: a size word (small/large), a position phrase (left/middle/right)
 and a background phrase (dark/light). Attributes a caption does not mention are drawn at random.
@@ -41,8 +42,13 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("purple", (120, 40, 170)), ("brown", (130, 75, 30)), ("pink", (255, 150, 180)), ("lime", (170, 255, 60)),
     ("navy", (20, 30, 120)), ("teal", (0, 128, 128)), ("olive", (128, 128, 20)), ("salmon", (250, 120, 100)),
 )
-#: Fill patterns (a third attribute for larger worlds); the trained world uses only "solid".
-PATTERNS: tuple[str, ...] = ("solid", "striped")
+#: Fill patterns (a third attribute for larger worlds); the 64-concept world uses only "solid". Each stays
+#: recognisable in the VAE's 16x16 latents: "striped" (2-px horizontal bands of background), "twotone" (the
+#: lower half in a dark shade of the colour), "split" (the right half in that shade), "checked" (4-px squares
+#: of background) and "diagonal" (the shade below the diagonal from the top left: twotone, split and diagonal
+#: differ in their boundary's orientation). Patterns that hollow a shape (an outline, a central dot) were left
+#: out: they would turn a circle into the "ring" shape.
+PATTERNS: tuple[str, ...] = ("solid", "striped", "twotone", "split", "checked", "diagonal")
 
 POSITIONS: tuple[str, ...] = ("left", "middle", "right")
 SIZES: tuple[str, ...] = ("small", "large")
@@ -172,12 +178,19 @@ class ToyWorld:
         fixed = _fixed_text()
         used: set[str] = set()
 
+        inside: set[str] = set()  # every substring of a used word that could itself be a word (>= 4 letters)
+
         def fresh(rng: random.Random) -> str:
+            # no word may contain another or sit inside one: the same test as ``any(w in u or u in w ...)``
+            # over the used words, in time independent of how many there are (a 1,280-concept world draws
+            # ~5,000 words)
             while True:
                 w = _made_up_word(rng)
-                if w in used or w in fixed or any(w in u or u in w for u in used):
+                subs = {w[i:j] for i in range(len(w)) for j in range(i + 4, len(w) + 1)}
+                if w in inside or w in fixed or subs & used:
                     continue
                 used.add(w)
+                inside.update(subs)
                 return w
 
         # Names in id order: each concept's words come from its own seeded stream, so ids < k keep their
@@ -360,11 +373,21 @@ def render(concept: ToyConcept, position: str, size: str, background: str, seed:
     img = Image.new("RGB", (s, s), bg)
     draw = ImageDraw.Draw(img)
     _draw_shape(draw, concept.shape, xc * _SUPER, yc * _SUPER, r * _SUPER, fill, bg)
-    if concept.pattern == "striped":
+    if concept.pattern != "solid":
         arr = np.asarray(img).copy()
-        stripe = (np.arange(s) // (2 * _SUPER)) % 2 == 1
-        mask = (arr != np.array(bg, dtype=np.uint8)).any(-1) & stripe[:, None]
-        arr[mask] = bg
+        shape_mask = (arr != np.array(bg, dtype=np.uint8)).any(-1)
+        rows, cols = np.arange(s)[:, None], np.arange(s)[None, :]
+        if concept.pattern == "striped":
+            arr[shape_mask & ((rows // (2 * _SUPER)) % 2 == 1)] = bg
+        elif concept.pattern == "checked":
+            arr[shape_mask & (((rows // (4 * _SUPER)) + (cols // (4 * _SUPER))) % 2 == 1)] = bg
+        elif concept.pattern in ("twotone", "split", "diagonal"):
+            half = {"twotone": rows >= yc * _SUPER, "split": cols >= xc * _SUPER,
+                    "diagonal": rows - yc * _SUPER >= cols - xc * _SUPER}[concept.pattern]
+            shade = tuple(int(v * 0.45) for v in fill)
+            arr[shape_mask & half] = shade
+        else:
+            raise ValueError(f"unknown toy pattern {concept.pattern!r}")
         img = Image.fromarray(arr)
     img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
     arr = np.asarray(img).astype(np.float32) + rng.normal(0, 3.0, size=(IMAGE_SIZE, IMAGE_SIZE, 3))

@@ -42,6 +42,42 @@ def test_world_grows_with_stable_ids_and_names():
     assert len(set(_all_words(big))) == len(_all_words(big))
 
 
+def test_the_1280_concept_world_keeps_the_first_64_and_names_never_nest():
+    """16 shapes x 16 colours x 5 patterns: ids and names of the 64-concept world unchanged, every word unique
+    and no word inside another (checked here the slow, obvious way), over 300 misunderstood aliases."""
+    small, big = W.ToyWorld(), W.ToyWorld(n_shapes=16, n_colours=16, n_patterns=5)
+    assert len(big) == 1280 and {c.pattern for c in big.concepts} == set(W.PATTERNS[:5])
+    assert len({(c.shape, c.colour, c.pattern) for c in big.concepts}) == 1280
+    for c in small.concepts:  # (a misunderstood alias's target is drawn from the whole world, so it may differ)
+        d = big.concepts[c.id]
+        assert (d.shape, d.colour, d.pattern, d.name, d.aliases, d.misunderstood, d.untrained) == (
+            c.shape, c.colour, c.pattern, c.name, c.aliases, c.misunderstood, c.untrained)
+    words = _all_words(big)
+    assert len(words) == len(set(words))
+    by_len: dict[int, set[str]] = {}
+    for w in words:
+        by_len.setdefault(len(w), set()).add(w)
+    longer = [w for w in words if len(w) == 5]
+    assert not any(w[i:i + 4] in by_len[4] for w in longer for i in range(2)), "a word sits inside another"
+    assert sum(len(c.misunderstood) for c in big.concepts) >= 300
+    assert all(len(c.prompts) >= 5 for c in big.concepts)
+
+
+def test_patterns_render_distinct_pictures_of_the_same_spec():
+    world = W.ToyWorld(n_shapes=2, n_colours=2, n_patterns=len(W.PATTERNS))
+    pics = {c.pattern: W.render(c, "middle", "large", "light", 7).astype(int)
+            for c in world.concepts if (c.shape, c.colour) == ("circle", "red")}
+    assert set(pics) == set(W.PATTERNS)
+    for a in W.PATTERNS:
+        for b in W.PATTERNS:
+            if a < b:  # each pair differs over a visible area, not a few pixels of noise
+                assert (np.abs(pics[a] - pics[b]).max(-1) > 40).sum() >= 40, (a, b)
+    solid = pics["solid"]
+    for pattern, (rows, cols) in {"twotone": (slice(20, 26), slice(14, 18)), "split": (slice(12, 18), slice(20, 24)),
+                                  "diagonal": (slice(20, 24), slice(10, 14))}.items():  # their shaded parts
+        assert pics[pattern][rows, cols].mean() < 0.6 * solid[rows, cols].mean(), pattern
+
+
 def test_prompts_contain_their_name_once_and_misunderstood_aliases_point_elsewhere():
     world = W.ToyWorld()
     n_mis = 0
@@ -117,6 +153,29 @@ def test_split_bundle_is_consistent():
     old = build_split(world, dev=False)
     assert b.edits == old.edits[:24] and b.holdout == old.holdout
     assert set(b.rectifications) <= set(old.rectifications)
+
+
+def test_scaled_split_holds_1000_edits_256_holdout_and_a_disjoint_dev_split(tmp_path):
+    from iceb.data.split_bundle import SplitBundle
+    from iceb.toy.split import build_scaled_split
+
+    world = W.ToyWorld(n_shapes=16, n_colours=16, n_patterns=6)
+    bundle = build_scaled_split(world)
+    assert (len(world), len(bundle.edits), len(bundle.holdout)) == (1536, 1000, 256)
+    assert len(bundle.rectifications) >= 300 and len(bundle.dev_edits) == 24
+    sources = [e.source_id for e in bundle.edits]
+    dests = {e.dest_id for e in bundle.edits}
+    assert len(set(sources)) == 1000 and not dests & set(sources) and not dests & set(bundle.holdout)
+    assert not set(sources) & set(bundle.holdout)
+    test_ids = set(sources) | dests | set(bundle.holdout) | {r.class_id for r in bundle.rectifications}
+    dev_ids = {e.source_id for e in bundle.dev_edits} | {e.dest_id for e in bundle.dev_edits} | set(bundle.dev_holdout)
+    assert dev_ids and not dev_ids & test_ids
+    assert bundle.info["default_edits"] == [1, 10, 100, 300, 1000]
+    bundle.save(tmp_path / "split.json")
+    assert SplitBundle.load(tmp_path / "split.json").checksum() == bundle.checksum() == build_scaled_split(
+        world).checksum()
+    with pytest.raises(ValueError, match="cannot hold 1000 edits"):
+        build_scaled_split(W.ToyWorld(n_shapes=16, n_colours=16, n_patterns=4))
 
 
 def test_dev_split_never_shares_a_concept_with_the_test_split():
@@ -205,6 +264,45 @@ def test_tiny_training_lowers_the_loss_and_resumes_bit_for_bit(tmp_path):
     a, b = load_file(str(work / "diffusion_ckpt.safetensors")), load_file(str(work_b / "diffusion_ckpt.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from an uninterrupted one"
+
+
+def test_text_stage_learns_resumes_bit_for_bit_and_stays_frozen_in_diffusion(tmp_path):
+    from safetensors.torch import load_file
+
+    from iceb.toy import train as T
+
+    def cfg_with(steps: int):
+        cfg = T.TrainConfig.tiny()
+        cfg.text_steps, cfg.text_batch, cfg.checkpoint_every, cfg.freeze_text = steps, 32, 10, True
+        return cfg
+
+    work = tmp_path / "a"
+    work.mkdir()
+    meta = T.train_text(cfg_with(40), work, log=lambda *_: None)
+    assert meta["history"][-1]["loss"] < 0.7 * meta["history"][0]["loss"]
+    assert meta["eval"]["primary"] >= 0.75, meta["eval"]  # 4 primary names after 40 steps
+    # resume: stopped after its first step (max_seconds=0), then rerun to the end == 40 steps in one go
+    work_b = tmp_path / "b"
+    work_b.mkdir()
+    assert T.train_text(cfg_with(40), work_b, log=lambda *_: None, max_seconds=0)["step"] == 1
+    T.train_text(cfg_with(40), work_b, log=lambda *_: None)
+    a, b = load_file(str(work / "text_ckpt.safetensors")), load_file(str(work_b / "text_ckpt.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the diffusion stage refuses to start without it, then trains the UNet only
+    cfg = cfg_with(40)
+    empty = tmp_path / "c"
+    T.train_all(cfg, empty, tmp_path / "out", stages=("vae", "latents"), log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="'text' stage"):
+        T.train_diffusion(cfg, empty, log=lambda *_: None)
+    for f in ("vae_ckpt.safetensors", "vae_ckpt.json", "latents.safetensors"):
+        (work / f).write_bytes((empty / f).read_bytes())
+    T.train_diffusion(cfg, work, log=lambda *_: None)
+    d = load_file(str(work / "diffusion_ckpt.safetensors"))
+    te = {k[len("text_encoder."):]: v for k, v in a.items() if k.startswith("text_encoder.")}
+    for pre in ("text_encoder.", "ema_te."):
+        assert all(torch.equal(d[pre + k], v) for k, v in te.items()), pre
+    n_unet = sum(1 for _ in T.build_unet(cfg).parameters())
+    assert sum(1 for k in d if k.startswith("opt.") and k.endswith(".exp_avg")) == n_unet  # the UNet alone trains
 
 
 def test_ema_follows_its_formula_and_copies_integer_buffers():

@@ -34,6 +34,12 @@ class TrainConfig:
     text_hidden: int = 128
     text_intermediate: int = 512
     text_heads: int = 4
+    # text stage (optional; 0 steps = none, the shipped 64-concept recipe): the encoder trained alone on
+    # attribute heads, then frozen in the diffusion stage (``freeze_text``); see ``text_stage``
+    text_steps: int = 0
+    text_batch: int = 256
+    text_lr: float = 1e-3
+    freeze_text: bool = False
     # UNet
     unet_block_out: tuple[int, ...] = (32, 64, 128)
     unet_attention: tuple[bool, ...] = (False, True, True)  # cross-attention at 8x8 and 4x4, not 16x16
@@ -62,6 +68,7 @@ class TrainConfig:
     # the classifier's 64 saw all. A larger world needs it on: without it a 256-concept classifier trained
     # on batches of 64 learnt concepts 0-63 only (0.25 held-out accuracy, measured).
     shuffle_batches: bool = False
+    probe_concepts: int = 0  # probe this many evenly spaced concepts (0 = all)
     probe_every: int = 2000  # quick accuracy probe, one image per concept (64: ~13 s; needs the classifier); 0 = never
     # classifier
     cls_steps: int = 800

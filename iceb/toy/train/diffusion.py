@@ -1,8 +1,9 @@
-"""Stage 4, ``diffusion``: a CLIPTextModel and a UNet2DConditionModel trained jointly.
+"""Stage ``diffusion``: a CLIPTextModel and a UNet2DConditionModel trained jointly, or the UNet alone.
 
 DDPM eps-prediction, min-SNR-5 weighting, AdamW with warm-up, grad clip, EMA. A small auxiliary linear head
 on the text encoder's last layer (at the name's last token and at the EOS token) predicts the concept the
-caption's images show; it speeds up the name -> concept binding and is not shipped.
+caption's images show; it speeds up the name -> concept binding and is not shipped. With ``freeze_text`` the
+``text`` stage's encoder is loaded and kept frozen (no auxiliary head), as Stable Diffusion keeps CLIP's.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from iceb.toy.train.probes import concept_accuracy, work_classifier
 class CaptionSampler:
     """Draws (caption, image index, concept the image shows) consistent with the images' context."""
 
-    def __init__(self, world: W.ToyWorld, attrs: torch.Tensor, cfg: TrainConfig) -> None:
+    def __init__(self, world: W.ToyWorld, attrs: torch.Tensor | None, cfg: TrainConfig) -> None:
+        """``attrs``: the training images' (concept, position, size, background) indices; ``None`` when only
+        captions are drawn (the ``text`` stage)."""
         self.world, self.cfg = world, cfg
         self.cells: dict[tuple[int, int, int, int], list[int]] = {}
-        for i, row in enumerate(attrs.tolist()):
+        for i, row in enumerate([] if attrs is None else attrs.tolist()):
             self.cells.setdefault(tuple(row), []).append(i)
-        self.n = len(attrs)
+        self.n = 0 if attrs is None else len(attrs)
         # words trained with each concept's images: primary, correct aliases, misunderstood aliases of others
         self.primary = {c.id: c.name for c in world.concepts}
         self.aliases = {c.id: list(c.aliases) for c in world.concepts}
@@ -42,11 +45,8 @@ class CaptionSampler:
             for a in c.misunderstood:
                 self.misunderstood.setdefault(c.misunderstood_as, []).append(a)
 
-    def draw(self, rng: random.Random) -> tuple[str, int, int, str | None]:
-        """(caption, image index, image concept id, the name word or None for an empty caption)."""
-        if rng.random() < self.cfg.empty_caption:
-            i = rng.randrange(self.n)
-            return "", i, -1, None
+    def draw_caption(self, rng: random.Random) -> tuple[str, W.Context, int, str]:
+        """(caption, the context it fixes, the concept its images show, the name word in it)."""
         cid = rng.randrange(len(self.world))
         r = rng.random()
         if self.misunderstood.get(cid) and r < self.cfg.p_misunderstood:
@@ -56,6 +56,14 @@ class CaptionSampler:
         else:
             word = rng.choice(self.aliases[cid])
         caption, ctx = self.world.sample_caption(rng, word)
+        return caption, ctx, cid, word
+
+    def draw(self, rng: random.Random) -> tuple[str, int, int, str | None]:
+        """(caption, image index, image concept id, the name word or None for an empty caption)."""
+        if rng.random() < self.cfg.empty_caption:
+            i = rng.randrange(self.n)
+            return "", i, -1, None
+        caption, ctx, cid, word = self.draw_caption(rng)
         want = (ctx.position, ctx.size, ctx.background)
         keys = [k for k in self.cells if k[0] == cid and all(
             w is None or getattr(W, f.upper() + "S")[k[j + 1]] == w
@@ -147,7 +155,13 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
     text_encoder = build_text_encoder(cfg, tokenizer)
     unet = build_unet(cfg)
     aux = nn.Linear(cfg.text_hidden, len(world))
-    params = list(text_encoder.parameters()) + list(unet.parameters()) + list(aux.parameters())
+    if cfg.freeze_text:  # the ``text`` stage's encoder, kept as it is (built first all the same: same UNet init)
+        from iceb.toy.train.text_stage import load_text_encoder
+
+        text_encoder = load_text_encoder(cfg, work, tokenizer).requires_grad_(False)
+        params = list(unet.parameters())
+    else:
+        params = list(text_encoder.parameters()) + list(unet.parameters()) + list(aux.parameters())
     # fused: one kernel over all 11M parameters (9 ms instead of 47 ms a step on 2 threads)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     ema_te, ema_unet = EMA(text_encoder, cfg.ema_max), EMA(unet, cfg.ema_max)
@@ -184,15 +198,15 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
-        out = text_encoder(ids)
-        hidden = out.last_hidden_state
+        with torch.set_grad_enabled(not cfg.freeze_text):
+            hidden = text_encoder(ids).last_hidden_state
         pred = unet(zt, t, encoder_hidden_states=hidden).sample
         w = torch.clamp(snr[t], max=cfg.min_snr) / snr[t]
         loss_mse = (((pred - noise) ** 2).mean((1, 2, 3)) * w).mean()
         # auxiliary: the concept the images show, read at the name's last token and at EOS
         rows = [i for i, d in enumerate(draws) if d[3] is not None]
         loss = loss_mse
-        if rows and cfg.aux_weight > 0:
+        if rows and cfg.aux_weight > 0 and not cfg.freeze_text:
             name_pos = torch.tensor([name_end_position(tokenizer, draws[i][0], draws[i][3]) for i in rows])
             eos_pos = (ids[rows] == tokenizer.eos_token_id).int().argmax(-1)
             target = torch.tensor([draws[i][2] for i in rows])
@@ -206,7 +220,8 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_te.update(text_encoder, step)
+        if not cfg.freeze_text:
+            ema_te.update(text_encoder, step)
         ema_unet.update(unet, step)
         losses.append(loss_mse.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", aux=f"{np.mean(aux_acc[-50:] or [0]):.2f}")
@@ -244,6 +259,9 @@ def quick_probe(cfg: TrainConfig, work: Path, ema_te: EMA, ema_unet: EMA, tokeni
     te.load_state_dict(ema_te.shadow)
     unet.load_state_dict(ema_unet.shadow)
     pipe = assemble_pipeline(tokenizer, te, unet, vae, scaling)
-    return concept_accuracy(cfg, pipe, work_classifier(work), [f"A photo of {c.name}" for c in world.concepts],
-                             [1000 + c.id for c in world.concepts], [c.id for c in world.concepts], cfg.guidance,
+    concepts = world.concepts
+    if cfg.probe_concepts and cfg.probe_concepts < len(concepts):  # an evenly spaced, fixed subset
+        concepts = tuple(concepts[i * len(concepts) // cfg.probe_concepts] for i in range(cfg.probe_concepts))
+    return concept_accuracy(cfg, pipe, work_classifier(work), [f"A photo of {c.name}" for c in concepts],
+                             [1000 + c.id for c in concepts], [c.id for c in concepts], cfg.guidance,
                              progress=False)
