@@ -83,6 +83,9 @@ def register(sub) -> None:
     p.add_argument("--attack-args", default=None, type=A.overrides_text, metavar="ATTACK.KEY=VALUE,...",
                    help="budget overrides, e.g. unlearndiff.iterations=40,ringabell.generations=3000 (recorded in "
                         "the rows' details)")
+    p.add_argument("--score-requests", type=A.positive_int, default=None, metavar="K",
+                   help="edit all N requests but score a fixed sample of K of them where N > K (the holdout always "
+                        "whole; recorded in the rows): affordable sweeps to 1,000 edits")
     p.add_argument("--attack-requests", type=A.positive_int, default=16, metavar="K",
                    help="attack at most K requests per edit count (a fixed, recorded sample beyond K; default 16)")
     p.add_argument("--attack-vocab", choices=["seen", "full"], default="seen",
@@ -119,6 +122,6 @@ def run(args) -> int:
         editor_cache=not args.no_editor_cache,
         attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else (),
         attack_prompts=args.attack_prompts, attack_args=_attack_args(args.attack_args),
-        attack_requests=args.attack_requests, attack_vocab=args.attack_vocab)
+        attack_requests=args.attack_requests, attack_vocab=args.attack_vocab, score_requests=args.score_requests)
     evaluate(cfg.validate())  # a bad flag fails here, before anything loads
     return 0

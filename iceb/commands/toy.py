@@ -12,6 +12,8 @@ def register(sub) -> None:
                    help="run only these stages (repeatable; default: all, in order)")
     t.add_argument("--work", default=None, help="checkpoint folder (default: runs/toy_train)")
     t.add_argument("--out", default=None, help="export folder (default: data/toy)")
+    t.add_argument("--world", default="toy", help="a named recipe: 'toy' (the shipped 64-concept world, default) "
+                   "or 'toy-1k' (1,536 concepts, Stable Diffusion's text widths); --config applies on top")
     t.add_argument("--config", default=None, help="a JSON file of TrainConfig overrides")
     t.add_argument("--tiny", action="store_true", help="a seconds-long configuration (mechanics only)")
     t.add_argument("--max-seconds", type=float, default=None, help="stop the text or diffusion stage after this long")
@@ -32,8 +34,11 @@ def register(sub) -> None:
 
 def _config(args):
     from iceb.toy.train import TrainConfig
+    from iceb.toy.train.config import recipe
 
-    cfg = TrainConfig.tiny() if args.tiny else TrainConfig()
+    if args.tiny and args.world != "toy":
+        raise ValueError("--tiny is its own configuration; it does not combine with --world")
+    cfg = TrainConfig.tiny() if args.tiny else recipe(args.world)
     if args.config:
         from iceb.utils.io import read_json
 

@@ -118,7 +118,7 @@ def stratifier(bundle: Any, edited_source_ids: Iterable[int]) -> Callable[[int],
         return lambda cid: ""
     if bundle.world == "imagenet":
         return lambda cid: imagenet_stratum(cid, sources)
-    if bundle.world == "toy":
+    if bundle.world in ("toy", "toy-1k"):  # the toy worlds: strata by shared shape and colour
         edited = [bundle.concept(s) for s in sources]
         if not all(_has_attrs(c) for c in edited):
             return lambda cid: ""  # a hand-made toy bundle without attributes has no strata

@@ -35,7 +35,6 @@ two attacks or more, ``attack:any`` is the worst case: a request counts when any
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from iceb.attacks.base import AttackContext, AttackTarget
 from iceb.harness.crash import crash_point
 from iceb.metrics.uncertainty import cluster_stats
-from iceb.utils.hashing import stable_hash
+from iceb.utils.hashing import fixed_sample, stable_hash
 from iceb.utils.io import read_json, read_jsonl, write_json, write_text
 
 DEFAULT_ATTACK_REQUESTS = 16
@@ -84,9 +83,7 @@ def sample_requests(task: str, n: int, k: int | None) -> list[int]:
     Returns:
         Sorted request indices.
     """
-    if k is None or n <= k:
-        return list(range(n))
-    return sorted(random.Random(int(stable_hash("attack-sample", task, n), 16)).sample(range(n), k))
+    return fixed_sample(n, k, "attack-sample", task, n)
 
 
 def read_attack_prompts(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:

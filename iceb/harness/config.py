@@ -55,6 +55,9 @@ class EvalConfig:
         attack_args: Budget overrides per attack, ``{"unlearndiff": {"iterations": 20}}`` (``--attack-args
             unlearndiff.iterations=20``); the resolved budget of every attack is recorded in its rows.
         attack_requests: At most this many requests attacked per edit count (a fixed sample beyond it, recorded).
+        score_requests: Score at most this many requests per edit count: all N are edited, a fixed sample of this
+            many is scored where N is larger (the holdout always whole); the rows' ``n`` and
+            ``scored_requests`` say so. None: every request. Split tasks only; part of the run id when set.
         attack_vocab: The token ids an attack may place: ``"seen"`` (those the text encoder was trained on; the
             toy encoder leaves every other row random) or ``"full"``.
         editor_cache: Where the editor keeps its statistics and stage-I results: True (default) the shared
@@ -93,6 +96,7 @@ class EvalConfig:
     attack_prompts: str | None = None
     attack_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_requests: int = 16
+    score_requests: int | None = None  # None: score every request
     attack_vocab: str = "seen"
 
     def identity(self) -> dict[str, Any]:
@@ -104,6 +108,8 @@ class EvalConfig:
             d.pop("split")
         if not d["coco"]:  # runs without COCO captions keep the run ids they had before the option existed
             d.pop("coco")
+        if d["score_requests"] is None:  # likewise runs that score every request
+            d.pop("score_requests")
         if not self.attacks and not self.attack_prompts:  # likewise runs without attacks
             for k in ("attacks", "attack_prompts", "attack_args", "attack_requests", "attack_vocab"):
                 d.pop(k)
@@ -192,6 +198,8 @@ class EvalConfig:
                 raise ValueError(f"--attack-args sets {name!r}, which is not among --attacks {list(self.attacks)}")
             ATTACKS.get(name).check_overrides(overrides)
         _positive_int(self.attack_requests, "--attack-requests", "a positive number of requests")
+        if self.score_requests is not None:
+            _positive_int(self.score_requests, "--score-requests", "a positive number of requests")
         if self.attack_vocab not in VOCABS:
             raise ValueError(f"--attack-vocab must be one of {', '.join(VOCABS)}, got {self.attack_vocab!r}")
         if self.attack_prompts:

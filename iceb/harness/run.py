@@ -131,6 +131,16 @@ def check_task_file(task: str, model_spec: str) -> None:
         get_task(task, world=world)
 
 
+def _scored_label(inst) -> str | None:
+    """The rows' ``scored_requests``: "k of N, ids <hash>" where a sample of the requests was scored, else None."""
+    ids = inst.info.get("scored_requests")
+    if ids is None:
+        return None
+    from iceb.utils.hashing import stable_hash
+
+    return f"{len(ids)} of {len(inst.requests)}, ids {stable_hash('scored-requests', ids)}"
+
+
 def evaluate(cfg: EvalConfig, model=None) -> Path:
     """Run (or resume) an evaluation; returns the run folder.
 
@@ -204,7 +214,8 @@ class Run:
             self.loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         else:
             cfg.model = self.loaded.spec
-        self.task = get_task(cfg.task, world=self.loaded.world, **({"split": cfg.split} if cfg.split != "test" else {}))
+        self.task = get_task(cfg.task, world=self.loaded.world, **({"split": cfg.split} if cfg.split != "test" else {}),
+                             **({"score_requests": cfg.score_requests} if cfg.score_requests is not None else {}))
         if is_file:
             self.external = external.load_external(cfg.editor, self.loaded)  # names, shapes, base: before images
             if not self.external.tensors:
@@ -622,7 +633,8 @@ class Run:
                 "model": self.loaded.spec, "task": self.task.name,
                 "world": self.loaded.world, "n_edits": n, "mode": str(self.mode), "smoke": self.smoke,
                 "run_id": self.run_id, "run_hash": self.run_hash, "iceb_version": __version__,
-                "split": self.cfg.split, **self.provenance}
+                "split": self.cfg.split, **self.provenance,
+                "scored_requests": _scored_label(inst)}
         rows = []
         for m in self.metrics:
             pre = [self.records.get(m.record_key(), k) for k in keys]

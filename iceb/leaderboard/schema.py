@@ -52,6 +52,9 @@ class ResultRow:
     preset: str | None = None  # the editor's shipped hparams file (its stem: "toy", "toy-untuned", ...)
     tuned: bool | None = None  # whether that preset carries an ``iceb tune`` record
     tuning_hash: str | None = None  # the hash of that record (editors.hparams.tuning_hash)
+    # where only a sample of the N edited requests was scored (EvalConfig.score_requests): "k of N, ids <hash>",
+    # the hash of the scored request ids; None where every request was scored
+    scored_requests: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

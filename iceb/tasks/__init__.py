@@ -34,7 +34,8 @@ def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
         world: The model's world (``"imagenet"`` or ``"toy"``), for tasks that serve both; a task class
             whose constructor takes no ``world`` is built without it.
         **kwargs: Passed to the task's constructor; ``split="dev"`` asks for the task's dev split (requests
-            reserved for tuning; split tasks only).
+            reserved for tuning; split tasks only); ``score_requests=k`` scores a fixed sample of k requests at
+            edit counts above k (split tasks only; see :class:`iceb.tasks.ace.SplitTask`).
 
     Returns:
         The :class:`Task` instance.
@@ -49,12 +50,17 @@ def get_task(name: str, world: str = "imagenet", **kwargs) -> Task:
 
     split = kwargs.pop("split", "test")
     is_file = name not in TASKS and ":" not in name and Path(name).suffix in (".json", ".jsonl", ".csv", ".yaml", ".yml")
-    if split != "test":
+    if kwargs.get("score_requests") is None:
+        kwargs.pop("score_requests", None)
+    if split != "test" or "score_requests" in kwargs:
         from iceb.tasks.ace import SplitTask, check_split_name
 
         check_split_name(split)
         cls = None if is_file else TASKS.get(name)  # an unknown name: the registry's did-you-mean error
         if cls is None or not (isinstance(cls, type) and issubclass(cls, SplitTask)):
+            if split == "test":
+                raise TaskError(f"task {name!r} does not score a sample of its requests (score_requests); the split "
+                                f"tasks do: 'ace', 'rectification', 'ace-1k', 'rectification-1k'")
             raise TaskError(f"task {name!r} has no {split} split; tasks with one: 'ace' and 'rectification' on the "
                             f"toy world")
         return cls(world=world, split=split, **kwargs)

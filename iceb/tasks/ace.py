@@ -35,6 +35,7 @@ from iceb.data.neighbours import stratifier
 from iceb.data.split_bundle import Concept, SplitBundle, SplitError
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
+from iceb.utils.hashing import fixed_sample
 from iceb.utils.paths import DATA_DIR
 
 TOY_SPLIT = DATA_DIR / "toy" / "split.json"
@@ -77,13 +78,22 @@ class SplitTask(Task):
 
     ``split="dev"`` serves the bundle's dev split (:meth:`SplitBundle.dev`: requests and holdout reserved for
     tuning, disjoint from the test split) through the same code; a bundle without one is a :class:`TaskError`.
+
+    ``score_requests=k`` keeps large edit counts affordable: every one of the N requests is edited, but when
+    N > k only a fixed sample of k of them (:func:`iceb.utils.hashing.fixed_sample`, seeded by the task, split
+    and N) has its prompts scored; the holdout is always scored whole. The sample's request ids are in the
+    instance's ``info["scored_requests"]`` and its size in every row's ``n``.
     """
 
     default_metrics = ("iceb-cls",)
     variant = "official"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None, split: str = "test") -> None:
+                 data_dir: str | Path | None = None, split: str = "test", score_requests: int | None = None) -> None:
+        if score_requests is not None and (isinstance(score_requests, bool) or not isinstance(score_requests, int)
+                                           or score_requests < 1):
+            raise TaskError(f"score_requests must be a positive number of requests, got {score_requests!r}")
+        self.score_requests = score_requests
         self.world_name = world
         self._bundle = bundle
         self.data_dir = data_dir
@@ -157,12 +167,19 @@ class SplitTask(Task):
         names = list(c.aliases) + [c.name] + list(c.info.get("untrained_aliases", ()))
         return tuple(dict.fromkeys(x for x in names if x != request.source))
 
+    def scored(self, n: int) -> set[int]:
+        """The indices of N's requests whose prompts are scored: all, or a fixed sample (``score_requests``)."""
+        return set(fixed_sample(n, self.score_requests, "score-sample", self.name, self.split, n))
+
     def _instance(self, n: int, requests: list[EditRequest], prompts: list[EvalPrompt],
                   info: dict[str, Any]) -> TaskInstance:
         b = self.bundle
+        scored = self.scored(n)
+        sample = ({"scored_requests": [r.request_id for i, r in enumerate(requests) if i in scored]}
+                  if len(scored) < n else {})
         return TaskInstance(self.name, n, tuple(requests), tuple(prompts), self.world_name,
                             {"split": b.name, "split_version": b.version, "split_checksum": b.checksum()[:16],
-                             **({"split_part": "dev"} if self.split == "dev" else {}), **info})
+                             **({"split_part": "dev"} if self.split == "dev" else {}), **sample, **info})
 
 
 class ACETask(SplitTask):
@@ -183,6 +200,7 @@ class ACETask(SplitTask):
         pairs = b.edits[:n]
         edited_names = {(e.source_id, e.source_name or b.concept(e.source_id).name) for e in pairs}
         requests, prompts = [], []
+        scored = self.scored(n)
         for i, e in enumerate(pairs):
             src: Concept = b.concept(e.source_id)
             dst: Concept = b.concept(e.dest_id)
@@ -193,6 +211,8 @@ class ACETask(SplitTask):
                                 f"{len(b.templates)} templates")
             requests.append(EditRequest(name, dst.name, b.templates, seed=e.seed_train, kind="update",
                                         source_id=src.id, destination_id=dst.id, request_id=rid))
+            if i not in scored:
+                continue
             for t, s in zip(b.templates, e.template_seeds):
                 prompts.append(EvalPrompt(t.format(name), s, "edit", src.id, dst.id, rid))
             for t, s in zip(b.templates, e.template_seeds):
@@ -217,10 +237,10 @@ class ACE1kTask(ACETask):
     variant = "1k"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None, split: str = "test") -> None:
+                 data_dir: str | Path | None = None, split: str = "test", score_requests: int | None = None) -> None:
         if world != "imagenet" and bundle is None:
             raise TaskError(f"{self.name!r} is an ImageNet task; the {world!r} world has 'ace'")
-        super().__init__(world, bundle, data_dir, split)
+        super().__init__(world, bundle, data_dir, split, score_requests)
 
 
 TASKS.register("ace", ACETask)

@@ -47,6 +47,7 @@ class RectificationTask(SplitTask):
     def _build(self, n: int) -> TaskInstance:
         b = self.bundle
         requests, prompts = [], []
+        scored = self.scored(n)
         for i, r in enumerate(b.rectifications[:n]):
             c = b.concept(r.class_id)
             rid = self.request_id(i)
@@ -55,6 +56,8 @@ class RectificationTask(SplitTask):
                                 f"for {len(b.templates)} templates")
             requests.append(EditRequest(r.source, r.destination, b.templates, seed=r.seed_train, kind="rectify",
                                         source_id=c.id, destination_id=c.id, request_id=rid))
+            if i not in scored:
+                continue
             for t, s in zip(b.templates, r.template_seeds):
                 prompts.append(EvalPrompt(t.format(r.source), s, "edit", c.id, c.id, rid))
             for t, s in zip(b.templates, r.template_seeds):
@@ -75,10 +78,11 @@ class Rectification1kTask(RectificationTask):
     variant = "1k"
 
     def __init__(self, world: str = "imagenet", bundle: SplitBundle | None = None,
-                 data_dir: str | Path | None = None, scores: str | Path | None = None, split: str = "test") -> None:
+                 data_dir: str | Path | None = None, scores: str | Path | None = None, split: str = "test",
+                 score_requests: int | None = None) -> None:
         if world != "imagenet" and bundle is None:
             raise TaskError(f"{self.name!r} is an ImageNet task; the {world!r} world has 'rectification'")
-        super().__init__(world, bundle, data_dir, split)
+        super().__init__(world, bundle, data_dir, split, score_requests)
         self.scores = scores
 
     @property

@@ -90,3 +90,23 @@ def digest_files(*paths: Any, length: int = KEY_LENGTH) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:length]
+
+
+def fixed_sample(n: int, k: int | None, *key: Any) -> list[int]:
+    """A deterministic sorted sample of ``k`` of ``range(n)`` seeded by ``key`` (all of them when ``k`` is None
+    or ``n <= k``): the one way ICEB picks which requests an attack targets or a large edit count scores.
+
+    Args:
+        n: The population size (e.g. the edit count).
+        k: The sample size, or None for all.
+        *key: What seeds the draw (e.g. ``"score-sample", task, split, n``).
+
+    Returns:
+        Sorted indices.
+    """
+    import random
+
+    if k is None or n <= k:
+        return list(range(n))
+    return sorted(random.Random(int(stable_hash(*key), 16)).sample(range(n), k))
+

@@ -16,9 +16,10 @@ OLD_ROW = {"editor": "uce", "model": "toy", "task": "ace", "world": "toy", "n_ed
 
 def test_the_new_fields_are_last_and_optional():
     # the uncertainty fields, then where the edit came from (--editor file:PATH), then the split and the preset
-    # that made the row (iceb tune), all optional
-    assert ROW_COLUMNS[-11:] == ["stderr", "ci_low", "ci_high", "n_groups", "external", "sidecar",
-                                 "details", "split", "preset", "tuned", "tuning_hash"] == OPTIONAL_COLUMNS
+    # that made the row (iceb tune), then the scored sample of requests (--score-requests), all optional
+    assert ROW_COLUMNS[-12:] == ["stderr", "ci_low", "ci_high", "n_groups", "external", "sidecar",
+                                 "details", "split", "preset", "tuned", "tuning_hash",
+                                 "scored_requests"] == OPTIONAL_COLUMNS
 
 
 def test_rows_written_before_the_uncertainty_fields_still_read(tmp_path):

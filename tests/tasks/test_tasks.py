@@ -53,6 +53,36 @@ def test_ace_on_toy_bundle():
     assert task.build(2).fingerprint() == inst.fingerprint()
 
 
+def test_score_requests_edits_every_request_but_scores_a_fixed_sample_and_the_whole_holdout():
+    from iceb.tasks import get_task
+    from iceb.tasks.ace import ACETask
+    from iceb.tasks.rectification import RectificationTask
+    from iceb.toy.split import build_scaled_split
+    from iceb.toy.world import ToyWorld
+
+    bundle = build_scaled_split(ToyWorld(n_shapes=16, n_colours=16, n_patterns=6))
+    full, sampled = ACETask(world="toy-1k", bundle=bundle), ACETask(world="toy-1k", bundle=bundle, score_requests=200)
+    a, b = full.build(1000), sampled.build(1000)
+    assert a.requests == b.requests and len(b.requests) == 1000  # every request is edited
+    ids = b.info["scored_requests"]
+    assert len(ids) == 200 and len(set(ids)) == 200 and "scored_requests" not in a.info
+    assert {p.group for p in b.prompts if p.subset in ("edit", "edit_dest", "general")} == set(ids)
+    assert {p.group.split("/")[0] for p in b.subset("alias")} <= set(ids)
+    assert b.subset("holdout") == a.subset("holdout") and len({p.true_class for p in b.subset("holdout")}) == 256
+    kept = {p for p in a.prompts if p.group.split("/")[0] in set(ids) or p.subset == "holdout"}
+    assert set(b.prompts) == kept  # the sample's prompts are exactly the full run's, nothing else
+    assert sampled.build(1000).info["scored_requests"] == ids  # deterministic
+    assert "scored_requests" not in sampled.build(100).info  # N <= k: all of them
+    assert ACETask(world="toy-1k", bundle=bundle, score_requests=200, split="dev").scored(24) == set(range(24))
+    rect = RectificationTask(world="toy-1k", bundle=bundle, score_requests=50).build(300)
+    assert len(rect.requests) == 300 and len(rect.info["scored_requests"]) == 50
+    assert len({p.group for p in rect.subset("edit")}) == 50
+    with pytest.raises(TaskError, match="positive number"):
+        ACETask(world="toy-1k", bundle=bundle, score_requests=0)
+    with pytest.raises(TaskError, match="does not score a sample"):
+        get_task("smoke", world="toy", score_requests=10)
+
+
 def test_alias_edits_remove_alias_prompts():
     from iceb.tasks.ace import ACETask
 

@@ -445,3 +445,33 @@ def test_small_batches_see_the_whole_world_only_when_shuffled():
     seen = {s.concept_id for step in range(40) for s in W.random_specs(world, 4, seed=step, shuffle=True)}
     assert seen == set(range(16))
     assert W.random_specs(world, 4, seed=3, shuffle=True) == mixed  # deterministic
+
+
+def test_toy_1k_recipe_has_sd_text_widths_and_its_first_steps_run(tmp_path):
+    """The toy-1k recipe (not trained in CI): SD-1.x's text widths, a world of >= 1,250 concepts whose scaled split
+    holds 1,000 edits, and two steps of its own text stage plus one UNet step on its encoder's states."""
+    from iceb.data.tokenizer import load_clip_tokenizer
+    from iceb.toy import train as T
+    from iceb.toy.split import build_scaled_split
+    from iceb.toy.train.config import recipe
+
+    cfg = recipe("toy-1k")
+    assert (cfg.text_hidden, cfg.text_intermediate, cfg.freeze_text) == (768, 3072, True)
+    world = T.make_world(cfg)
+    assert len(world) >= 1250 and len(build_scaled_split(world).edits) == 1000
+    cfg.text_steps, cfg.threads = 2, 1
+    meta = T.train_text(cfg, tmp_path, log=lambda *_: None)
+    assert meta["step"] == 2 and np.isfinite(meta["history"][-1]["loss"])
+    from iceb.toy.train.text_stage import load_text_encoder
+
+    te = load_text_encoder(cfg, tmp_path, load_clip_tokenizer())
+    unet = T.build_unet(cfg)
+    ids = load_clip_tokenizer()(["A photo of " + world.concepts[1300].name], padding="max_length", max_length=77,
+                                return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = te(ids).last_hidden_state
+    assert states.shape == (1, 77, 768)
+    z = torch.randn(1, cfg.latent_channels, 16, 16)
+    loss = unet(z, torch.tensor([500]), encoder_hidden_states=states).sample.pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in unet.parameters() if p.requires_grad)

@@ -21,8 +21,9 @@ Randomness is a function of (seed, stage, step), never of a running RNG, so a re
 batches as an uninterrupted one. Checkpoints are safetensors + JSON (no pickle).
 
 One module per stage (``vae``, ``latents``, ``classifier_stage``, ``text_stage``, ``diffusion``, ``guidance``,
-``export``), on shared ``config`` (:class:`TrainConfig`), ``common`` (seeded randomness, checkpoints), ``models`` (the
-modules and the pipeline) and ``probes`` (accuracy under the classifier); this module runs them in order.
+``export``), on shared ``config`` (:class:`TrainConfig`), ``common`` (seeded randomness, checkpoints), ``captions``
+(the training captions), ``models`` (the modules and the pipeline) and ``probes`` (accuracy under the classifier);
+this module runs them in order.
 """
 from __future__ import annotations
 

@@ -115,3 +115,42 @@ class TrainConfig:
 
 def make_world(cfg: TrainConfig) -> W.ToyWorld:
     return W.ToyWorld(seed=cfg.seed, **cfg.world)
+
+
+#: Named training recipes (``iceb toy train --world NAME``): TrainConfig overrides, on which ``--config`` applies.
+#: ``toy-1k`` (issue #18) is the recipe the prototypes (``docs/toy_1k_prototype.md``) point to; it has not been
+#: trained yet. Its text encoder has Stable Diffusion 1.x's widths, so that 1,000 edits fill the same fractions of
+#: the spaces editors write in (MLP keys 3,072 wide, cross-attention keys 768), with 3 layers instead of 12 (the
+#: committed weights must stay under 60 MB in fp16); the encoder is trained alone (``text`` stage), then frozen.
+WORLD_RECIPES: dict[str, dict[str, Any]] = {
+    "toy": {},
+    "toy-1k": {
+        "world": {"n_shapes": 16, "n_colours": 16, "n_patterns": 6}, "shuffle_batches": True,
+        "vae_steps": 4000, "images_per_concept": 64, "cls_steps": 2000, "cls_finetune_steps": 8000,
+        "text_layers": 3, "text_hidden": 768, "text_intermediate": 3072, "text_heads": 12,
+        "text_steps": 2000, "text_batch": 128, "freeze_text": True,
+        "steps": 3000, "floor_steps": 2000, "probe_every": 1000, "probe_concepts": 256,
+    },
+}
+
+
+def recipe(name: str) -> TrainConfig:
+    """The TrainConfig of a named recipe (see :data:`WORLD_RECIPES`).
+
+    Args:
+        name: ``"toy"`` (the shipped 64-concept world) or ``"toy-1k"``.
+
+    Returns:
+        The config.
+
+    Raises:
+        KeyError: For an unknown name (with the known ones).
+    """
+    if name not in WORLD_RECIPES:
+        from iceb.utils.registry import closest
+
+        near = closest(name, list(WORLD_RECIPES))
+        raise KeyError(f"unknown toy world recipe {name!r}" + (f" (did you mean {near!r}?)" if near else "")
+                       + f"; known: {sorted(WORLD_RECIPES)}")
+    return TrainConfig.from_json({**TrainConfig().to_json(), **WORLD_RECIPES[name]})
+

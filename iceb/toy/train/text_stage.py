@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from iceb.toy import world as W
+from iceb.toy.train.captions import CaptionSampler, name_end_position
 from iceb.toy.train.common import load_ckpt, save_ckpt, stage_random
 from iceb.toy.train.config import TrainConfig, make_world
-from iceb.toy.train.diffusion import CaptionSampler, name_end_position
 from iceb.toy.train.models import build_text_encoder
 
 #: The attributes predicted at the name token and at EOS, and the context predicted at EOS only.
