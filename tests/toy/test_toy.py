@@ -305,6 +305,51 @@ def test_text_stage_learns_resumes_bit_for_bit_and_stays_frozen_in_diffusion(tmp
     assert sum(1 for k in d if k.startswith("opt.") and k.endswith(".exp_avg")) == n_unet  # the UNet alone trains
 
 
+def test_caption_bank_holds_the_frozen_encoders_states_and_diffusion_resumes_on_it(tmp_path):
+    """With ``text_bank`` the diffusion stage trains on states encoded once: they are the frozen encoder's own
+    (exactly in fp32; to bf16 rounding under ``text_autocast``), and a resumed run equals an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from iceb.data.tokenizer import load_clip_tokenizer
+    from iceb.toy import train as T
+    from iceb.toy.train.captions import CaptionSampler
+    from iceb.toy.train.common import stage_random
+    from iceb.toy.train.text_stage import load_text_encoder
+
+    cfg = T.TrainConfig.tiny()
+    cfg.text_steps, cfg.text_batch, cfg.freeze_text, cfg.text_bank, cfg.steps = 4, 8, True, 20, 6
+    work = tmp_path / "a"
+    T.train_all(cfg, work, tmp_path / "out", stages=("vae", "latents", "text"), log=lambda *_: None)
+    work_b = tmp_path / "b"
+    work_b.mkdir()
+    for f in work.iterdir():
+        (work_b / f.name).write_bytes(f.read_bytes())
+    T.train_diffusion(cfg, work, log=lambda *_: None)
+    bank = load_file(str(work / "text_bank.safetensors"))
+    tok = load_clip_tokenizer()
+    te = load_text_encoder(cfg, work, tok).eval()
+    sampler = CaptionSampler(T.make_world(cfg), load_file(str(work / "latents.safetensors"))["attrs"], cfg)
+    draws = [sampler.draw(stage_random(cfg, "bank", j)) for j in (0, 7, 19)]
+    ids = tok([d[0] for d in draws], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        direct = te(ids).last_hidden_state
+    assert torch.equal(bank["image"][[0, 7, 19]], torch.tensor([d[1] for d in draws]))
+    assert torch.equal(bank["hidden"][[0, 7, 19]], direct.to(torch.float16))
+    T.train_diffusion(cfg, work_b, log=lambda *_: None, max_seconds=0)  # one step, then resumed
+    T.train_diffusion(cfg, work_b, log=lambda *_: None)
+    a, b = load_file(str(work / "diffusion_ckpt.safetensors")), load_file(str(work_b / "diffusion_ckpt.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run on the bank differs from an uninterrupted one"
+    # under bf16 autocast the bank differs from the fp32 states by bf16 rounding only
+    cfg.text_autocast = True
+    (work / "text_bank.safetensors").unlink()
+    T.train_diffusion(cfg, work, log=lambda *_: None)  # finished already: the bank is not rebuilt
+    from iceb.toy.train.diffusion import caption_bank
+
+    bf = caption_bank(cfg, work, sampler, tok, te)["hidden"][[0, 7, 19]].float()
+    err = (bf - direct).abs().max() / direct.abs().max()
+    assert 0 < err < 2e-2, err
+
+
 def test_ema_follows_its_formula_and_copies_integer_buffers():
     from iceb.toy.train import EMA
 

@@ -26,6 +26,9 @@ class CaptionSampler:
         self.cells: dict[tuple[int, int, int, int], list[int]] = {}
         for i, row in enumerate([] if attrs is None else attrs.tolist()):
             self.cells.setdefault(tuple(row), []).append(i)
+        self.by_concept: dict[int, list[tuple[int, int, int, int]]] = {}  # each concept's cells, in cell order
+        for k in self.cells:
+            self.by_concept.setdefault(k[0], []).append(k)
         self.n = 0 if attrs is None else len(attrs)
         # words trained with each concept's images: primary, correct aliases, misunderstood aliases of others
         self.primary = {c.id: c.name for c in world.concepts}
@@ -55,11 +58,11 @@ class CaptionSampler:
             return "", i, -1, None
         caption, ctx, cid, word = self.draw_caption(rng)
         want = (ctx.position, ctx.size, ctx.background)
-        keys = [k for k in self.cells if k[0] == cid and all(
+        keys = [k for k in self.by_concept[cid] if all(
             w is None or getattr(W, f.upper() + "S")[k[j + 1]] == w
             for j, (f, w) in enumerate(zip(("position", "size", "background"), want)))]
         if not keys:  # cannot happen with enough images per concept; fall back to any image of the concept
-            keys = [k for k in self.cells if k[0] == cid]
+            keys = self.by_concept[cid]
         cell = self.cells[rng.choice(keys)]
         return caption, rng.choice(cell), cid, word
 

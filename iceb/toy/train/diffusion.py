@@ -3,7 +3,9 @@
 DDPM eps-prediction, min-SNR-5 weighting, AdamW with warm-up, grad clip, EMA. A small auxiliary linear head
 on the text encoder's last layer (at the name's last token and at the EOS token) predicts the concept the
 caption's images show; it speeds up the name -> concept binding and is not shipped. With ``freeze_text`` the
-``text`` stage's encoder is loaded and kept frozen (no auxiliary head), as Stable Diffusion keeps CLIP's.
+``text`` stage's encoder is loaded and kept frozen (no auxiliary head), as Stable Diffusion keeps CLIP's; with
+``text_bank`` its 77-token states of a fixed set of caption draws are computed once (:func:`caption_bank`) and the
+batches are drawn from them, since at Stable Diffusion's widths encoding a batch costs more than the UNet's step.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from tqdm.auto import tqdm
 from iceb.toy.train.captions import CaptionSampler, name_end_position
 from iceb.toy.train.common import load_ckpt, save_ckpt, stage_generator, stage_random
 from iceb.toy.train.config import TrainConfig, make_world
-from iceb.toy.train.models import assemble_pipeline, build_text_encoder, build_unet, load_vae, train_scheduler
+from iceb.toy.train.models import (assemble_pipeline, build_text_encoder, build_unet, load_vae, text_autocast,
+                                   train_scheduler)
 from iceb.toy.train.probes import concept_accuracy, work_classifier
 from iceb.toy.train.text_stage import load_text_encoder
 
@@ -103,6 +106,7 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
     if meta["step"] >= total:
         return meta
     sampler = CaptionSampler(world, data["attrs"], cfg)
+    bank = caption_bank(cfg, work, sampler, tokenizer, text_encoder) if cfg.freeze_text and cfg.text_bank else None
     noise_sched = train_scheduler()
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -113,11 +117,14 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
     start_wall = time.time()
     for step in bar:
         rng, gen = stage_random(cfg, "diffusion", step), stage_generator(cfg, "diffusion", step)
-        draws = [sampler.draw(rng) for _ in range(cfg.batch)]
-        captions = [d[0] for d in draws]
-        idx = torch.tensor([d[1] for d in draws])
-        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                        return_tensors="pt").input_ids
+        if bank is not None:
+            rows_b = torch.tensor([rng.randrange(len(bank["image"])) for _ in range(cfg.batch)])
+            draws, idx = [], bank["image"][rows_b]
+        else:
+            draws = [sampler.draw(rng) for _ in range(cfg.batch)]
+            idx = torch.tensor([d[1] for d in draws])
+            ids = tokenizer([d[0] for d in draws], padding="max_length", max_length=77, truncation=True,
+                            return_tensors="pt").input_ids
         z0 = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
@@ -128,8 +135,11 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.set_grad_enabled(not cfg.freeze_text):
-            hidden = text_encoder(ids).last_hidden_state
+        if bank is not None:
+            hidden = bank["hidden"][rows_b].float()
+        else:
+            with torch.set_grad_enabled(not cfg.freeze_text):
+                hidden = text_encoder(ids).last_hidden_state
         pred = unet(zt, t, encoder_hidden_states=hidden).sample
         w = torch.clamp(snr[t], max=cfg.min_snr) / snr[t]
         loss_mse = (((pred - noise) ** 2).mean((1, 2, 3)) * w).mean()
@@ -177,6 +187,39 @@ def train_diffusion(cfg: TrainConfig, work: Path, log=print, max_seconds: float 
             break
     log(f"diffusion: {meta['step']} steps, {meta['seconds']:.0f} s of training")
     return meta
+
+
+@torch.no_grad()
+def caption_bank(cfg: TrainConfig, work: Path, sampler: CaptionSampler, tokenizer, text_encoder,
+                 chunk: int = 256) -> dict[str, torch.Tensor]:
+    """``cfg.text_bank`` (caption, image) draws encoded once by the frozen encoder: 77-token last-layer states in
+    fp16 (``hidden``) and the image each caption goes with (``image``); cached in the work folder.
+
+    Draw ``j`` comes from its own seeded RNG (stage ``"bank"``, step ``j``), so the bank is a function of the
+    config alone. With ``text_autocast`` it is encoded in bf16 autocast: the states then differ from an fp32
+    pass by bf16 rounding (about 3 significant digits), noise the UNet trains on; generation stays fp32.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from iceb.utils.io import atomic_path
+
+    path = work / "text_bank.safetensors"
+    if path.is_file():
+        bank = load_file(str(path))
+        if len(bank["image"]) == cfg.text_bank:
+            return bank
+    draws = [sampler.draw(stage_random(cfg, "bank", j)) for j in range(cfg.text_bank)]
+    hidden = torch.empty(cfg.text_bank, 77, cfg.text_hidden, dtype=torch.float16)
+    text_encoder.eval()
+    for i in tqdm(range(0, cfg.text_bank, chunk), desc="caption bank"):
+        ids = tokenizer([d[0] for d in draws[i:i + chunk]], padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids
+        with text_autocast(cfg):
+            hidden[i:i + chunk] = text_encoder(ids).last_hidden_state.to(torch.float16)
+    bank = {"hidden": hidden, "image": torch.tensor([d[1] for d in draws])}
+    with atomic_path(path) as tmp:
+        save_file(bank, str(tmp))
+    return bank
 
 
 @torch.no_grad()

@@ -29,6 +29,13 @@ def build_text_encoder(cfg: TrainConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id))
 
 
+def text_autocast(cfg: TrainConfig):
+    """bf16 autocast for the text encoder in training when ``cfg.text_autocast`` (a no-op context otherwise)."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.text_autocast)
+
+
 def build_unet(cfg: TrainConfig):
     from diffusers import UNet2DConditionModel
 

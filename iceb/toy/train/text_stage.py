@@ -14,6 +14,9 @@ caption's context (position, size, background; a caption that leaves one free is
 misunderstood alias is trained with the attributes of the concept it is mistaken for, as in the diffusion
 stage; untrained aliases are never seen.
 
+With ``text_autocast`` the training passes run in bf16 autocast (2.1x faster at Stable Diffusion's widths on
+a 2-core CPU); the weights, the optimizer and the evaluation stay fp32.
+
 Captions are cut to the batch's longest one instead of 77 tokens: under CLIP's causal mask no position up to
 EOS attends to the padding after it, so every position a head reads is computed exactly as in a 77-token pass.
 """
@@ -33,7 +36,7 @@ from iceb.toy import world as W
 from iceb.toy.train.captions import CaptionSampler, name_end_position
 from iceb.toy.train.common import load_ckpt, save_ckpt, stage_random
 from iceb.toy.train.config import TrainConfig, make_world
-from iceb.toy.train.models import build_text_encoder
+from iceb.toy.train.models import build_text_encoder, text_autocast
 
 #: The attributes predicted at the name token and at EOS, and the context predicted at EOS only.
 CONCEPT_HEADS = ("shape", "colour", "pattern")
@@ -124,8 +127,9 @@ def train_text(cfg: TrainConfig, work: Path, log=print, max_seconds: float | Non
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.text_steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        name_h, eos_h = _read(text_encoder, tokenizer, captions, words)
-        logits = heads(name_h, eos_h)
+        with text_autocast(cfg):  # the evaluation below runs in fp32, as the shipped encoder does
+            name_h, eos_h = _read(text_encoder, tokenizer, captions, words)
+            logits = {k: v.float() for k, v in heads(name_h, eos_h).items()}
         concept, context = concept_targets(world, cids), _context_targets(contexts)
         loss = sum(nn.functional.cross_entropy(logits[f"{where}_{k}"], concept[k])
                    for where in ("name", "eos") for k in CONCEPT_HEADS)
