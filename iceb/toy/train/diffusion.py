@@ -22,8 +22,14 @@ from tqdm.auto import tqdm
 from iceb.toy.train.captions import CaptionSampler, name_end_position
 from iceb.toy.train.common import load_ckpt, save_ckpt, stage_generator, stage_random
 from iceb.toy.train.config import TrainConfig, make_world
-from iceb.toy.train.models import (assemble_pipeline, build_text_encoder, build_unet, load_vae, text_autocast,
-                                   train_scheduler)
+from iceb.toy.train.models import (
+    assemble_pipeline,
+    build_text_encoder,
+    build_unet,
+    load_vae,
+    text_autocast,
+    train_scheduler,
+)
 from iceb.toy.train.probes import concept_accuracy, work_classifier
 from iceb.toy.train.text_stage import load_text_encoder
 
