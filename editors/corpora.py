@@ -2,7 +2,7 @@
 
 Editors read caption files only; which named corpora exist is the business of whoever installs them (dependency
 inversion): :data:`CORPORA` is filled through the entry-point group ``iceb.corpora`` (ICEB's own ``coco``,
-``ccs``, ``toy`` and ``mini`` live in ``iceb.data.corpora`` and are declared in ``pyproject.toml``) or by
+``ccs``, ``toy``, ``toy-1k`` and ``mini`` live in ``iceb.data.corpora`` and are declared in ``pyproject.toml``) or by
 :func:`register_corpus`. An entry is a zero-argument callable returning the path of a caption file or the
 captions themselves.
 

@@ -8,6 +8,7 @@ concept-editing paper. A hub model that is neither cached nor downloadable ends 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 
 from iceb.generation import ICEB_PROTOCOL, GenerationConfig
+from iceb.toy.worlds import TOY_WORLDS, is_toy_world, toy_world_dir
 from iceb.utils.hashing import KEY_LENGTH
 from iceb.utils.paths import DATA_DIR
 
 DEFAULT_HUB_MODEL = "CompVis/stable-diffusion-v1-4"
-TOY_DIR = DATA_DIR / "toy" / "model"
+TOY_DIR = DATA_DIR / "toy" / "model"  # the default toy world's model; every toy world's: toy_model_dir(name)
 #: Optional file in a model folder: {"family", "world", "classifier", "generation": {...}}
 ICEB_MODEL_INFO = "iceb_model.json"
 
@@ -49,6 +51,11 @@ class LoadedModel:
     def fingerprint(self) -> str:
         """Identifies the weights for caching: id plus revision (or a hash of the local folder's files)."""
         return f"{self.model_id}@{self.revision or 'unknown'}"
+
+
+def toy_model_dir(world: str = "toy") -> Path:
+    """The diffusers folder of a built-in toy world's model (``data/<world>/model``)."""
+    return toy_world_dir(world) / "model"
 
 
 def toy_quality_passed() -> bool:
@@ -177,7 +184,7 @@ def _folder_fingerprint(folder: Path) -> str:
 
 #: keys of ``iceb_model.json`` (anything else is a typo, refused with the file named)
 INFO_KEYS = ("family", "world", "classifier", "generation", "model_id", "world_config", "note", "edits", "dtype")
-WORLDS = ("imagenet", "toy")
+WORLDS = ("imagenet", *TOY_WORLDS)
 #: the components a Stable Diffusion folder needs; those with weights must hold safetensors files
 _COMPONENTS = {"unet": True, "vae": True, "text_encoder": True, "tokenizer": False, "scheduler": False}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -303,7 +310,7 @@ def check_model_folder(folder: str | Path) -> None:
 
 def check_model_spec(spec: str | None) -> None:
     """Cheap checks of a model spec before anything loads (a folder's layout and iceb_model.json)."""
-    if spec in (None, "tiny", "toy"):
+    if spec in (None, "tiny") or is_toy_world(spec):
         return
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -323,8 +330,8 @@ def model_world(spec: str | None) -> str | None:
         return None
     if spec == "tiny":
         return "imagenet"
-    if spec == "toy":
-        return "toy"
+    if is_toy_world(spec):
+        return spec
     path = Path(spec).expanduser()
     if path.is_dir():
         return _read_info(path).get("world", "imagenet")
@@ -380,12 +387,15 @@ def load_model(spec: str = "toy", *, device: str | None = "auto", dtype: str | t
         loaded = LoadedModel(pipe, "tiny", "iceb/tiny-random", _tiny_fingerprint(pipe), "tiny", "imagenet",
                              GenerationConfig(num_inference_steps=2, guidance_scale=7.5, batch_size=16),
                              classifier=None, info={"note": "random weights: numbers mean nothing"})
-    elif spec == "toy":
-        if not (TOY_DIR / "model_index.json").is_file():
+    elif is_toy_world(spec):
+        folder = toy_model_dir(spec)
+        if not (folder / "model_index.json").is_file():
+            how = "'iceb toy train' (about 30 CPU-minutes)" if spec == "toy" else \
+                f"'iceb toy train --world {spec} --out {folder.parent}' (about 4 CPU-hours)"
             raise ModelNotFoundError(
-                f"the toy-world model is not present at {TOY_DIR}. Train it with 'iceb toy train' "
-                f"(about 30 CPU-minutes), or use '--model tiny' for a random-weight pipeline.")
-        loaded = _load_folder(TOY_DIR, "toy", dt)
+                f"the {spec!r} toy-world model is not present at {folder}. Train it with {how}, or use "
+                f"'--model tiny' for a random-weight pipeline.")
+        loaded = _load_folder(folder, spec, dt)
     elif Path(spec).expanduser().is_dir():
         loaded = _load_folder(Path(spec).expanduser(), spec, dt)
     elif _looks_like_hub_id(spec):
@@ -408,20 +418,40 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     return {"dtype": dtype} if Version(diffusers.__version__).release >= (0, 40) else {"torch_dtype": dtype}
 
 
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    """transformers' logging at error level inside the block, when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+
+
 def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
-    check_model_folder(folder)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False, local_files_only=True,
-        use_safetensors=True)
-    from iceb.weight_layout import check_text_encoder_readable
+    from iceb.weight_layout import TOKEN_ROWS, check_text_encoder_readable, read_token_rows
 
+    check_model_folder(folder)
+    with _quiet_transformers((folder / "text_encoder" / TOKEN_ROWS).is_file()):
+        # a table stored as rows is "missing" to transformers, which says so loudly; read_token_rows fills it
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False,
+            local_files_only=True, use_safetensors=True)
+
+    read_token_rows(pipe, folder)  # a table stored as the rows the model uses (the toy worlds at SD widths)
     check_text_encoder_readable(pipe, folder)  # an error, never a text encoder left at random weights
     info = _read_info(folder)
     family = info.get("family") or _family_from_pipe(pipe)
     gen = GenerationConfig(**info["generation"]) if "generation" in info else ICEB_PROTOCOL
-    model_id = info.get("model_id", str(folder.resolve()) if spec != "toy" else "iceb/toy-world")
+    model_id = info.get("model_id", str(folder.resolve()) if not is_toy_world(spec) else f"iceb/{spec}-world")
     return LoadedModel(pipe, spec, model_id, _folder_fingerprint(folder), family, info.get("world", "imagenet"),
                        gen, classifier=info.get("classifier"), info=info)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from iceb.attacks.base import Attack, AttackContext, AttackPrompt, AttackTarget
+from iceb.toy.worlds import is_toy_world
 from iceb.utils.hashing import stable_hash
 
 
@@ -63,7 +64,7 @@ class RingABell(Attack):
 
     @classmethod
     def for_world(cls, world: str) -> "RingABell.Budget":
-        if world == "toy":
+        if is_toy_world(world):
             return cls.Budget(population=50, generations=200)
         return cls.Budget()
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from iceb.attacks.base import Attack, AttackContext, AttackPrompt, AttackTarget
+from iceb.toy.worlds import is_toy_world
 from iceb.utils.hashing import stable_hash
 
 
@@ -137,7 +138,7 @@ class UnlearnDiffAtk(Attack):
 
     @classmethod
     def for_world(cls, world: str) -> "UnlearnDiffAtk.Budget":
-        if world == "toy":
+        if is_toy_world(world):
             return cls.Budget(n_timesteps=5, iterations=10)
         return cls.Budget()
 

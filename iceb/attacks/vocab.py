@@ -15,10 +15,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from iceb.toy.worlds import is_toy_world, toy_world_dir
 from iceb.utils.paths import DATA_DIR
 
 VOCABS = ("seen", "full")
-TOY_CAPTIONS = DATA_DIR / "toy" / "captions.txt"
+TOY_CAPTIONS = DATA_DIR / "toy" / "captions.txt"  # the default toy world's; each toy world's in its folder
 
 
 def attack_vocab(tokenizer, world: str, kind: str = "seen") -> np.ndarray:
@@ -26,7 +27,7 @@ def attack_vocab(tokenizer, world: str, kind: str = "seen") -> np.ndarray:
 
     Args:
         tokenizer: The pipeline's tokenizer.
-        world: The model's world (``toy``: ``seen`` is the toy captions' ids).
+        world: The model's world (a toy world: ``seen`` is the ids of its captions).
         kind: ``"seen"`` or ``"full"``.
 
     Returns:
@@ -38,17 +39,18 @@ def attack_vocab(tokenizer, world: str, kind: str = "seen") -> np.ndarray:
     if kind not in VOCABS:
         raise ValueError(f"attack vocabulary {kind!r} is not one of {', '.join(VOCABS)}")
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    if kind == "full" or world != "toy":
+    if kind == "full" or not is_toy_world(world):
         ids = np.arange(len(tokenizer), dtype=np.int64)
     else:
-        ids = np.asarray(_caption_ids(tokenizer), dtype=np.int64)
+        ids = np.asarray(_caption_ids(tokenizer, world), dtype=np.int64)
     return np.asarray(sorted(set(ids.tolist()) - special), dtype=np.int64)
 
 
 @lru_cache(maxsize=4)
-def _caption_ids(tokenizer) -> tuple[int, ...]:
-    """The ids of the toy captions (once per tokenizer object: 4,000 captions take a second to tokenize)."""
-    lines = [ln.strip() for ln in TOY_CAPTIONS.read_text().splitlines() if ln.strip()]
+def _caption_ids(tokenizer, world: str = "toy") -> tuple[int, ...]:
+    """The ids of a toy world's captions (once per tokenizer object: 4,000 captions take a second to tokenize)."""
+    path = TOY_CAPTIONS if world == "toy" else toy_world_dir(world) / "captions.txt"
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     seen: set[int] = set()
     for ids in tokenizer(lines).input_ids:
         seen.update(ids)

@@ -311,7 +311,9 @@ def _check_editor(args: argparse.Namespace) -> None:
         from iceb.models import default_model_spec
 
         spec = default_model_spec()
-    family = spec if spec in ("tiny", "toy") else "sd-1.4"
+    from iceb.toy.worlds import is_toy_world
+
+    family = spec if spec == "tiny" or is_toy_world(spec) else "sd-1.4"
     cls.load_hparams(family, getattr(args, "hparams", None), parse_overrides(args.editor_args),
                      preset=getattr(args, "preset", None))
 

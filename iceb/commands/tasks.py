@@ -44,7 +44,7 @@ def _common(p) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="the model whose world the task is built for ('toy', 'tiny', a hub id or a diffusers "
                         "folder); default: --world")
-    p.add_argument("--world", choices=["imagenet", "toy"], default=None, help="the world (default: the default model's, as for iceb evaluate: toy where shipped)")
+    p.add_argument("--world", choices=["imagenet", "toy", "toy-1k"], default=None, help="the world (default: the default model's, as for iceb evaluate: toy where shipped)")
     p.add_argument("--data-dir", default=None, type=A.existing_folder, help="local folder with EMCID's data/iceb_data files")
     p.add_argument("--split", choices=["test", "dev"], default="test",
                    help="test (the benchmark's requests, default) or dev (reserved for tuning: iceb tune)")

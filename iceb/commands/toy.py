@@ -20,12 +20,15 @@ def register(sub) -> None:
     t.add_argument("--note", default=None, help="a free-text note stored in train_config.json (e.g. CPU load)")
     t.set_defaults(func=run_train)
     e = tsub.add_parser("eval", help="measure the shipped toy model; writes data/toy/quality.json")
-    e.add_argument("--out", default=None, help="where to write quality.json (default: data/toy/quality.json)")
-    e.add_argument("--model", default="toy", help="model spec (default: the shipped toy model)")
+    e.add_argument("--out", default=None, help="where to write quality.json (default: the toy world's folder, "
+                   "data/<world>/quality.json)")
+    e.add_argument("--model", default="toy", help="model spec: 'toy' (default), 'toy-1k', or a toy model's folder")
     e.add_argument("--images-per-concept", type=int, default=8)
     e.add_argument("--free-form-per-concept", type=int, default=2)
     e.add_argument("--alias-images", type=int, default=1)
     e.add_argument("--misunderstood-images", type=int, default=4)
+    e.add_argument("--untrained-images", type=int, default=1)
+    e.add_argument("--classifier-images", type=int, default=2048, help="renders for the classifier check (0: none)")
     e.set_defaults(func=run_eval)
     s = tsub.add_parser("split", help="rebuild data/toy/split.json and captions.txt from the world generator")
     s.set_defaults(func=run_split)
@@ -73,11 +76,14 @@ def run_eval(args) -> int:
 
     from iceb.toy.evaluate import evaluate_quality
     from iceb.toy.train import TOY_DATA
+    from iceb.toy.worlds import is_toy_world, toy_world_dir
 
-    out = Path(args.out) if args.out else TOY_DATA / "quality.json"
+    out = Path(args.out) if args.out else (toy_world_dir(args.model) if is_toy_world(args.model) else TOY_DATA) / \
+        "quality.json"
     result = evaluate_quality(args.model, out=out, images_per_concept=args.images_per_concept,
                               free_form_per_concept=args.free_form_per_concept, alias_images=args.alias_images,
-                              misunderstood_images=args.misunderstood_images)
+                              misunderstood_images=args.misunderstood_images,
+                              untrained_images=args.untrained_images, classifier_images=args.classifier_images)
     print(json.dumps(result["summary"], indent=2))
     return 0
 

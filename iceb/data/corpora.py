@@ -52,12 +52,17 @@ def toy() -> Path:
     return _shipped("toy", DATA_DIR / "toy" / "captions.txt")
 
 
+def toy_1k() -> Path:
+    """The 1,536-concept toy world's captions."""
+    return _shipped("toy-1k", DATA_DIR / "toy-1k" / "captions.txt")
+
+
 def mini() -> Path:
     """A small shipped caption file (tests, smoke runs)."""
     return _shipped("mini", DATA_DIR / "captions" / "mini.txt")
 
 
-BUILTIN: dict[str, Callable[[], Path]] = {"coco": coco, "ccs": ccs, "toy": toy, "mini": mini}
+BUILTIN: dict[str, Callable[[], Path]] = {"coco": coco, "ccs": ccs, "toy": toy, "toy-1k": toy_1k, "mini": mini}
 
 
 def register_all(registry: Any) -> None:
@@ -70,4 +75,4 @@ def register_all(registry: Any) -> None:
             pass
 
 
-__all__ = ["BUILTIN", "CCS_URL", "ccs", "coco", "mini", "register_all", "toy"]
+__all__ = ["BUILTIN", "CCS_URL", "ccs", "coco", "mini", "register_all", "toy", "toy_1k"]

@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
+from iceb.toy.worlds import is_toy_world
+
 #: ImageNet strata, nearest first
 IMAGENET_STRATA = ("sibling", "near", "far")
 #: toy strata, nearest first
@@ -118,7 +120,7 @@ def stratifier(bundle: Any, edited_source_ids: Iterable[int]) -> Callable[[int],
         return lambda cid: ""
     if bundle.world == "imagenet":
         return lambda cid: imagenet_stratum(cid, sources)
-    if bundle.world in ("toy", "toy-1k"):  # the toy worlds: strata by shared shape and colour
+    if is_toy_world(bundle.world):  # the toy worlds: strata by shared shape and colour
         edited = [bundle.concept(s) for s in sources]
         if not all(_has_attrs(c) for c in edited):
             return lambda cid: ""  # a hand-made toy bundle without attributes has no strata
@@ -128,4 +130,4 @@ def stratifier(bundle: Any, edited_source_ids: Iterable[int]) -> Callable[[int],
 
 def strata_order(world: str) -> tuple[str, ...]:
     """The strata of ``world``, nearest first."""
-    return TOY_STRATA if world == "toy" else IMAGENET_STRATA
+    return TOY_STRATA if is_toy_world(world) else IMAGENET_STRATA

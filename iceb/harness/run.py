@@ -105,8 +105,9 @@ def cost_rows(sidecar: dict[str, Any], n_requests: int, file_bytes: int) -> list
 
 def model_banner(loaded) -> str:
     """The first line of a run: which model and world it uses, and how to switch to Stable Diffusion."""
-    what = {"tiny": "random weights: its numbers mean nothing",
-            "toy": "the trained toy world: 64 made-up concepts, scored by its own classifier"}.get(loaded.spec)
+    from iceb.toy.worlds import TOY_WORLDS
+
+    what = {"tiny": "random weights: its numbers mean nothing", **TOY_WORLDS}.get(loaded.spec)
     if what is None:
         return f"[iceb] model {loaded.spec} ({loaded.model_id}), world: {loaded.world}"
     return (f"[iceb] model {loaded.spec!r}, built in ({what}), world: {loaded.world}. For Stable Diffusion "

@@ -27,8 +27,11 @@ CLASSIFIERS.register("timm", "iceb.metrics.imagenet_classifiers:TimmClassifier",
 CLASSIFIERS.register("toy", "iceb.toy.classifier:ToyClassifier",
                      description="the toy world's concept classifier (trained with the toy model)")
 
+CLASSIFIERS.register("toy-1k", "iceb.toy.classifier:Toy1kClassifier",
+                     description="the 1,536-concept toy world's concept classifier (trained with its model)")
+
 #: the classifier each world uses unless the model or the user names another
-DEFAULT_CLASSIFIER = {"imagenet": "vit-b16", "toy": "toy"}
+DEFAULT_CLASSIFIER = {"imagenet": "vit-b16", "toy": "toy", "toy-1k": "toy-1k"}
 
 
 class ImageClassifier(abc.ABC):

@@ -35,6 +35,7 @@ from iceb.data.neighbours import stratifier
 from iceb.data.split_bundle import Concept, SplitBundle, SplitError
 from iceb.tasks import TASKS
 from iceb.tasks.base import EvalPrompt, Task, TaskError, TaskInstance
+from iceb.toy.worlds import TOY_WORLDS, is_toy_world, toy_world_dir
 from iceb.utils.hashing import fixed_sample
 from iceb.utils.paths import DATA_DIR
 
@@ -58,12 +59,14 @@ def fill(template: str, name: str) -> str:
 
 def load_world_bundle(world: str, variant: str = "official", data_dir: str | Path | None = None) -> SplitBundle:
     """The bundle a task reads: ``variant`` "official" (EMCID) or "1k" (the project's) for ImageNet."""
-    if world == "toy":
-        if not TOY_SPLIT.is_file():
-            raise TaskError(f"the toy world's split {TOY_SPLIT} is missing; build the toy world first")
-        return SplitBundle.load(TOY_SPLIT)
+    if is_toy_world(world):
+        path = TOY_SPLIT if world == "toy" else toy_world_dir(world) / "split.json"
+        if not path.is_file():
+            raise TaskError(f"the {world!r} toy world's split {path} is missing; build that toy world first "
+                            f"('iceb toy train --world {world} --stage export')")
+        return SplitBundle.load(path)
     if world != "imagenet":
-        raise TaskError(f"unknown world {world!r}; expected 'imagenet' or 'toy'")
+        raise TaskError(f"unknown world {world!r}; expected 'imagenet' or one of the toy worlds {sorted(TOY_WORLDS)}")
     if variant == "1k":
         if not SPLIT_1K.is_file():
             raise TaskError(f"{SPLIT_1K} is missing; rebuild it with 'python scripts/build_splits.py'")
@@ -104,7 +107,7 @@ class SplitTask(Task):
                             f"{bundle.name!r}")
         if bundle is not None and split == "dev":
             self._bundle = self._dev(bundle)
-        elif split == "dev" and world != "toy":  # no shipped ImageNet bundle reserves requests: say so before loading
+        elif split == "dev" and not is_toy_world(world):  # no shipped ImageNet bundle reserves requests: say so before loading
             raise TaskError(f"task {self.name!r} on the {world!r} world has no dev split: EMCID's official split and "
                             f"the project's 1k split use every class they hold. Dev splits: the toy world's 'ace' "
                             f"and 'rectification' (or pass a bundle with dev_edits)")

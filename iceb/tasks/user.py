@@ -84,17 +84,29 @@ def _toy_names() -> dict[int, list[str]]:
     The world is rebuilt from the toy model's ``world_config`` (``data/toy/model/iceb_model.json``), or the
     shipped defaults when the model is absent; the names are deterministic, the same the model was trained on.
     """
-    from iceb.toy.world import ToyWorld
-    from iceb.utils.io import read_json
-    from iceb.utils.paths import DATA_DIR
+    return _toy_world_names("toy")
 
-    info = DATA_DIR / "toy" / "model" / "iceb_model.json"
-    config = read_json(info).get("world_config", {}) if info.is_file() else {}
+
+def _toy_world_names(name: str) -> dict[int, list[str]]:
+    from iceb.toy.world import ToyWorld
+    from iceb.toy.worlds import toy_world_dir
+    from iceb.utils.io import read_json
+
+    info = toy_world_dir(name) / "model" / "iceb_model.json"
+    if info.is_file():
+        config = read_json(info).get("world_config", {})
+    elif name == "toy":
+        config = {}
+    else:  # the recipe's world, before its model is exported
+        from iceb.toy.train.config import recipe
+
+        config = recipe(name).world
     world = ToyWorld(**config)
     return {c.id: [c.name, *c.aliases, *c.misunderstood, *c.untrained] for c in world.concepts}
 
 
 register_class_names("toy", _toy_names)
+register_class_names("toy-1k", lambda: _toy_world_names("toy-1k"))
 
 
 class ClassNames:

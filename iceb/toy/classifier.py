@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from iceb.metrics.classifiers import ImageClassifier
+from iceb.toy.worlds import toy_world_dir
 from iceb.utils.paths import DATA_DIR
 
 CLASSIFIER_WEIGHTS = DATA_DIR / "toy" / "classifier.safetensors"
@@ -88,12 +89,14 @@ class ToyClassifier(ImageClassifier):
     """Concept probabilities over the toy world's trained concepts (index = concept id)."""
 
     name = "toy"
+    world = "toy"  # whose shipped weights it loads (data/<world>/classifier.*)
 
     def __init__(self, device: str = "cpu", batch_size: int = 256, weights: str | Path | None = None,
                  config: str | Path | None = None, **_: Any) -> None:
         super().__init__(device=device, batch_size=batch_size)
-        self.net, self.config = load_net(Path(weights) if weights else CLASSIFIER_WEIGHTS,
-                                         Path(config) if config else CLASSIFIER_CONFIG)
+        folder = toy_world_dir(self.world)
+        self.net, self.config = load_net(Path(weights) if weights else folder / CLASSIFIER_WEIGHTS.name,
+                                         Path(config) if config else folder / CLASSIFIER_CONFIG.name)
         self.net.to(device)
 
     @property
@@ -116,3 +119,10 @@ class ToyClassifier(ImageClassifier):
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return self.predict_all(images)["concept"]
+
+
+class Toy1kClassifier(ToyClassifier):
+    """The 1,536-concept toy world's classifier (``data/toy-1k/classifier.*``)."""
+
+    name = "toy-1k"
+    world = "toy-1k"

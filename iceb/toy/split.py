@@ -175,11 +175,13 @@ def build_scaled_split(world: ToyWorld, name: str = "toy-1k", n_edits: int = 100
     edits, dev_edits = pairs(sources, dests), pairs(dev_sources, sorted(dev_dests))
     concepts, rects = _concepts_and_rectifications(world, seeds)
     dev_ids = set(dev_sources) | set(dev_holdout) | set(dev_dests)
+    n_rect = sum(1 for r in rects if r.class_id not in dev_ids)
     return SplitBundle(
         name=name, world=name, version=SCALED_SPLIT_VERSION, concepts=tuple(concepts), edits=tuple(edits),
         holdout=tuple(sorted(holdout)), rectifications=tuple(r for r in rects if r.class_id not in dev_ids),
         templates=DEFAULT_TEMPLATES, holdout_prompts_per_class=3, rectification_max=None,
         info={"default_edits": [k for k in SCALED_DEFAULT_EDITS if k <= n_edits], "max_edits": n_edits,
+              "rectification_default_edits": [k for k in SCALED_DEFAULT_EDITS if k < n_rect] + [n_rect],
               "world_config": world.config, "destination_pool": dests,
               "note": f"{name}: made-up names; concept ids are the world classifier's output indices"},
         dev_edits=tuple(dev_edits), dev_holdout=tuple(sorted(dev_holdout)),

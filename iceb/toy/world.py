@@ -264,6 +264,14 @@ class ToyWorld:
             text += rng.choice(BACKGROUND_PHRASES[bg])
         return text, Context(pos, size, bg)
 
+    def vocabulary(self) -> list[str]:
+        """Every word the world's texts use: the caption pieces' fixed words and every name and alias
+        (untrained ones too), sorted; a toy model's tokenizer needs no token outside them."""
+        words = set(_fixed_text().replace(",", " , ").split())
+        for c in self.concepts:
+            words.update([c.name, *c.aliases, *c.misunderstood, *c.untrained])
+        return sorted(words)
+
     def caption_corpus(self, n: int, seed: int = 1) -> list[str]:
         """``n`` varied captions over all trained words (for editors' second-moment statistics)."""
         rng = random.Random(seed)

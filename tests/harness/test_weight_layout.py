@@ -139,3 +139,33 @@ def test_sidecars_hold_no_local_paths_and_still_check_the_base(tiny_model, tmp_p
     restore_edit(local, apply_edit(local, path))  # the same folder still fits without --force
     with pytest.raises(Exception, match="made on model"):
         apply_edit(dataclasses.replace(tiny_model, model_id="other/model"), path)
+
+
+def test_a_token_table_stored_as_rows_encodes_its_own_words_bit_for_bit(tiny_pipe, tmp_path):
+    """write_token_rows keeps the rows a model's vocabulary uses; the loaded folder encodes prompts of those words
+    exactly as the full table did, reads every other token as a zero row, and passes the readability check."""
+    from iceb.models import _load_folder
+    from iceb.weight_layout import TOKEN_ROWS, write_token_rows
+
+    folder = tmp_path / "m"
+    tiny_pipe.save_pretrained(folder, safe_serialization=True)
+    write_checkpoint_layout(folder)
+    tok = tiny_pipe.tokenizer
+    words = ["a photo of kege", "dorip on the left"]
+    keep = sorted({t for seq in tok(words).input_ids for t in seq})
+    assert write_token_rows(folder, keep) == len(keep)
+    with safe_open(str(folder / "text_encoder" / "model.safetensors"), framework="pt") as fh:
+        assert not any("token_embedding" in k for k in fh.keys())
+    assert (folder / "text_encoder" / TOKEN_ROWS).is_file()
+    loaded = _load_folder(folder, str(folder), torch.float32)
+    table = loaded.pipe.text_encoder.get_input_embeddings().weight
+    full = tiny_pipe.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table[keep], full[keep])
+    others = torch.ones(len(table), dtype=torch.bool)
+    others[keep] = False
+    assert torch.count_nonzero(table[others]) == 0
+    ids = tok(words, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = tiny_pipe.text_encoder(ids).last_hidden_state
+        b = loaded.pipe.text_encoder(ids).last_hidden_state
+    assert torch.equal(a, b)

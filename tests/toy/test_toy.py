@@ -404,6 +404,32 @@ def test_guidance_stage_ships_the_grid_point_with_the_best_accuracy(tmp_path, mo
     assert json.loads((tmp_path / "out" / "train_config.json").read_text())["stages"]["guidance"]["chosen"] == 3.0
 
 
+def test_toy_eval_counts_its_sets_and_its_gates_follow_the_measured_values(tmp_path):
+    from iceb.toy import train as T
+    from iceb.toy.evaluate import GATES, evaluate_quality
+
+    cfg = T.TrainConfig.tiny()
+    T.train_all(cfg, tmp_path / "w", tmp_path / "out", stages=("vae", "latents", "classifier", "diffusion", "export"),
+                log=lambda *_: None)
+    world = T.make_world(cfg)
+    res = evaluate_quality(str(tmp_path / "out" / "model"), out=tmp_path / "q.json", images_per_concept=2,
+                           classifier_dir=tmp_path / "out", free_form_per_concept=1, alias_images=1,
+                           misunderstood_images=2, untrained_images=0, classifier_images=16)
+    s = res["summary"]
+    n_mis = sum(len(c.misunderstood) for c in world.concepts)
+    assert (s["primary"]["n"], s["free_form"]["n"], s["misunderstood"]["n"]) == (2 * len(world), len(world), 2 * n_mis)
+    assert "untrained" not in s and s["classifier"]["n"] == 16 and 0 <= s["classifier"]["vae"] <= 1
+    g = s["gates"]
+    assert g["checks"] == {
+        "primary_accuracy_min": g["primary_accuracy"] >= GATES["primary_accuracy_min"],
+        "misunderstood_true_prob_max": g["misunderstood_max_alias_prob_true"] < GATES["misunderstood_true_prob_max"],
+        "aliases_accuracy_min": g["aliases_accuracy"] >= GATES["aliases_accuracy_min"],
+        "classifier_clean_min": g["classifier_clean"] >= GATES["classifier_clean_min"],
+        "classifier_vae_min": g["classifier_vae"] >= GATES["classifier_vae_min"]}
+    assert g["passed"] == all(g["checks"].values())
+    assert json.loads((tmp_path / "q.json").read_text())["summary"]["gates"] == g
+
+
 # -- the shipped bundle --------------------------------------------------------------------------------
 @needs_shipped
 def test_shipped_weights_match_train_config_and_size_budget():

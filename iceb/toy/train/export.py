@@ -1,5 +1,11 @@
-"""Stage 6, ``export``: the EMA weights as a diffusers folder (fp16), the classifier, split, captions and
+"""Stage 7, ``export``: the EMA weights as a diffusers folder (fp16), the classifier, split, captions and
 ``train_config.json`` with the sha256 of every weight file.
+
+The world's name (``toy``, ``toy-1k``) is the recipe whose world the config trains (:func:`world_name`); it
+names the model's family, world and classifier in ``iceb_model.json``. A world other than the 64-concept
+default ships its scaled split (:func:`iceb.toy.split.build_scaled_split`) and its text encoder's token table as
+the rows its vocabulary uses (:func:`iceb.weight_layout.write_token_rows`: 1,972 of 49,408 rows for toy-1k, 3 MB
+instead of 76 MB in fp16); the 64-concept bundle keeps its full table, as shipped.
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     """Write the diffusers folder (fp16 weights), classifier, split, captions and train_config.json."""
     import shutil
 
-    from iceb.toy.split import build_split
+    from iceb.toy.split import build_scaled_split, build_split
 
     world = make_world(cfg)
+    name = world_name(cfg)
+    split = build_split(world) if name == "toy" else build_scaled_split(world, name=name)
     pipe = build_pipeline(cfg, work)
     model_dir = out / "model"
     tmp_dir = out / ".model.tmp"
@@ -32,7 +40,11 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     from iceb.weight_layout import write_checkpoint_layout
 
     write_checkpoint_layout(tmp_dir)  # the hub's name layout: transformers 4 and 5 both read it
-    info = {"family": "toy", "world": "toy", "classifier": "toy", "model_id": "iceb/toy-world",
+    if name != "toy":
+        from iceb.weight_layout import write_token_rows
+
+        write_token_rows(tmp_dir, vocabulary_ids(world, pipe.tokenizer, split))
+    info = {"family": name, "world": name, "classifier": name, "model_id": f"iceb/{name}-world",
             "world_config": world.config,
             "generation": {"height": 32, "width": 32, "num_inference_steps": cfg.gen_steps,
                            "guidance_scale": shipped_guidance(cfg, work), "scheduler": None, "batch_size": 64},
@@ -43,12 +55,12 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     tmp_dir.rename(model_dir)
     for f in ("classifier.safetensors", "classifier.json"):
         shutil.copyfile(work / f, out / f)
-    split = build_split(world)
     split.save(out / "split.json")
-    (out / "captions.txt").write_text("\n".join(world.caption_corpus(4000, seed=cfg.seed + 7)) + "\n")
+    n_captions = max(4000, 16 * len(world))  # 4,000 for the 64-concept world, as shipped
+    (out / "captions.txt").write_text("\n".join(world.caption_corpus(n_captions, seed=cfg.seed + 7)) + "\n")
     weights = sorted(p for p in out.rglob("*.safetensors"))
     stage_meta = {}
-    for stage in ("vae", "diffusion", "classifier"):
+    for stage in ("vae", "text", "diffusion", "classifier"):
         p = (work / f"{stage}_ckpt").with_suffix(".json")
         if p.is_file():
             m = json.loads(p.read_text())
@@ -75,3 +87,29 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     total = sum(record["weights_bytes"].values())
     log(f"exported to {out}: {total / 1e6:.1f} MB of weights")
     return record
+
+
+def world_name(cfg: TrainConfig) -> str:
+    """The built-in world a config trains: the recipe (:data:`~iceb.toy.train.config.WORLD_RECIPES`) with its
+    world, else ``toy`` (the default world, and any hand-made one such as ``TrainConfig.tiny()``'s, which is
+    exported as a ``toy``-family bundle, as before recipes existed)."""
+    from iceb.toy.train.config import WORLD_RECIPES
+
+    for name, rec in WORLD_RECIPES.items():
+        if name != "toy" and rec.get("world", {}) == cfg.world:
+            return name
+    return "toy"
+
+
+def vocabulary_ids(world, tokenizer, split) -> list[int]:
+    """The token ids of the world's vocabulary (:meth:`ToyWorld.vocabulary`) plus BOS and EOS, checked to cover
+    every prompt of its split."""
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    for seq in tokenizer(world.vocabulary()).input_ids:
+        ids.update(seq)
+    prompts = [t.replace("{}", c.name) for c in split.concepts for t in split.templates]
+    prompts += [p.template.replace("{}", c.name) for c in split.concepts for p in c.prompts]
+    missing = {t for seq in tokenizer(prompts).input_ids for t in seq} - ids
+    if missing:
+        raise ValueError(f"the world's vocabulary misses tokens its prompts use: {sorted(missing)[:10]}")
+    return sorted(ids)

@@ -1,0 +1,86 @@
+"""The 1,536-concept toy world (issue #18): its registry entry, its split and tasks at 1,000 edits, and its shipped
+bundle when present (weights against the recorded config, size budget, widths, quality gates)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from iceb.toy import world as W
+from iceb.toy.worlds import toy_world_dir
+
+TOY_1K = toy_world_dir("toy-1k")
+SHIPPED = (TOY_1K / "train_config.json").is_file()
+needs_shipped = pytest.mark.skipif(not SHIPPED, reason="the trained toy-1k bundle is not in data/toy-1k")
+
+
+def test_toy_worlds_are_named_in_one_place():
+    from iceb.models import WORLDS, model_world
+    from iceb.toy.worlds import TOY_WORLDS, is_toy_world
+
+    assert set(TOY_WORLDS) == {"toy", "toy-1k"} and set(TOY_WORLDS) <= set(WORLDS)
+    assert is_toy_world("toy-1k") and not is_toy_world("imagenet") and model_world("toy-1k") == "toy-1k"
+    with pytest.raises(KeyError, match="did you mean 'toy-1k'"):
+        toy_world_dir("toy-1")
+
+
+def test_shipped_split_is_the_generators_and_tasks_list_1000_requests():
+    from iceb.data.split_bundle import SplitBundle
+    from iceb.tasks import get_task
+    from iceb.toy.split import build_scaled_split
+    from iceb.toy.train.config import recipe
+
+    world = W.ToyWorld(**recipe("toy-1k").world)
+    shipped = SplitBundle.load(TOY_1K / "split.json")
+    assert shipped.checksum() == build_scaled_split(world, name="toy-1k").checksum()
+    ace = get_task("ace", world="toy-1k")
+    assert ace.default_edits == (1, 10, 100, 300, 1000) and ace.max_edits == 1000
+    inst = ace.build(1000)
+    assert len(inst.requests) == 1000
+    holdout = set(shipped.holdout)
+    sources = {r.source_id for r in inst.requests}
+    assert len(sources) == 1000 and len(holdout) >= 250 and not sources & holdout
+    rect = get_task("rectification", world="toy-1k")
+    assert rect.max_edits >= 300 and rect.default_edits == (1, 10, 100, 300, rect.max_edits)
+
+
+def test_toy_1k_names_resolve_in_task_files():
+    from iceb.tasks.user import ClassNames
+    from iceb.toy.train.config import recipe
+
+    world = W.ToyWorld(**recipe("toy-1k").world)
+    far = world.concepts[1400]
+    names = ClassNames("toy-1k")
+    assert names.class_count() == 1536
+    assert names.resolve(far.name, "test") == far.id and names.resolve(far.aliases[0], "test") == far.id
+
+
+@needs_shipped
+def test_shipped_weights_match_the_recorded_config_size_and_widths():
+    from iceb.toy.train.config import recipe
+    from iceb.utils.download import sha256_file
+
+    record = json.loads((TOY_1K / "train_config.json").read_text())
+    assert record["config"] == recipe("toy-1k").to_json(), "data/toy-1k was trained with another config"
+    for rel, digest in record["weights_sha256"].items():
+        assert sha256_file(TOY_1K / rel) == digest, f"{rel} does not match train_config.json"
+    model_bytes = sum(p.stat().st_size for p in (TOY_1K / "model").rglob("*") if p.is_file())
+    assert model_bytes <= 60 * 1024 * 1024, model_bytes
+    te = json.loads((TOY_1K / "model" / "text_encoder" / "config.json").read_text())
+    assert (te["hidden_size"], te["intermediate_size"]) == (768, 3072)  # SD-1.x's: 1,000 edits fill the same fractions
+
+
+@needs_shipped
+def test_load_model_toy_1k_rebuilds_its_token_table_and_generates():
+    from iceb.generation import generate
+    from iceb.models import load_model
+
+    loaded = load_model("toy-1k", device="cpu")
+    assert (loaded.world, loaded.family, loaded.classifier) == ("toy-1k",) * 3
+    table = loaded.pipe.text_encoder.get_input_embeddings().weight
+    assert table.shape[0] == 49408 and 1500 < int((table.abs().sum(-1) > 0).sum()) < 3000
+    world = W.ToyWorld(**loaded.info["world_config"])
+    ims = generate(loaded.pipe, [f"A photo of {world.concepts[1500].name}"], [0],
+                   loaded.generation.replace(num_inference_steps=2))
+    assert ims[0].shape == (32, 32, 3) and torch.isfinite(table).all()
