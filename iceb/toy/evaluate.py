@@ -14,8 +14,7 @@ Measured sets (all seeds fixed, written to ``data/toy/quality.json`` by ``iceb t
   the model's VAE reconstructions of them.
 
 The gates (:data:`GATES`, issue #18's): primary-name accuracy >= 0.90, correct aliases >= 0.85, every misunderstood
-alias's true-concept probability < 0.2, and the classifier >= 0.99 on clean renders and on reconstructions. (The
-64-concept world's ``quality.json`` of 2026-12-03 was measured under the first two only.)
+alias's true-concept probability < 0.2, and the classifier >= 0.99 on clean renders and on reconstructions.
 """
 from __future__ import annotations
 
