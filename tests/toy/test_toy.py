@@ -452,7 +452,9 @@ def test_shipped_quality_was_measured_on_these_weights_and_makes_toy_the_default
     assert quality["fingerprint"] == f"iceb/toy-world@{_folder_fingerprint(TOY_DIR)}", (
         "quality.json is stale: rerun 'iceb toy eval' after changing the weights")
     summary = quality["summary"]
-    passed = summary["primary"]["accuracy"] >= 0.90 and summary["misunderstood"]["max_alias_prob_true"] < 0.2
+    passed = (summary["primary"]["accuracy"] >= 0.90 and summary["misunderstood"]["max_alias_prob_true"] < 0.2
+              and summary["aliases"]["accuracy"] >= 0.85 and summary["classifier"]["clean"] >= 0.99
+              and summary["classifier"]["vae"] >= 0.99)
     assert summary["gates"]["passed"] == passed and summary["primary"]["n"] == 512  # 8 images x 64 concepts
     assert default_model_spec() == ("toy" if passed else "tiny")
 
