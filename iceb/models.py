@@ -58,11 +58,12 @@ def toy_model_dir(world: str = "toy") -> Path:
     return toy_world_dir(world) / "model"
 
 
-def toy_quality_passed() -> bool:
-    """Whether the shipped toy model met its quality gates (``data/toy/quality.json``, written by
-    ``iceb toy eval``): concept accuracy on its own images >= 0.90, misunderstood aliases < 0.2."""
-    quality = TOY_DIR.parent / "quality.json"
-    if not (TOY_DIR / "model_index.json").is_file() or not quality.is_file():
+def toy_quality_passed(world: str = "toy") -> bool:
+    """Whether a shipped toy world's model met its quality gates (``data/<world>/quality.json``, written by
+    ``iceb toy eval``; the gates are :data:`iceb.toy.evaluate.GATES`)."""
+    folder = toy_model_dir(world)
+    quality = folder.parent / "quality.json"
+    if not (folder / "model_index.json").is_file() or not quality.is_file():
         return False
     try:
         return bool(json.loads(quality.read_text())["summary"]["gates"]["passed"])

@@ -14,7 +14,7 @@ def run(args) -> int:
     import torch
 
     from iceb.leaderboard.results import git_revision, package_versions
-    from iceb.models import TOY_DIR, default_model_spec
+    from iceb.models import default_model_spec, toy_model_dir
     from iceb.utils.paths import DATA_DIR, cache_dir, editor_cache_dir
 
     lines = [("platform", platform.platform())]
@@ -31,10 +31,12 @@ def run(args) -> int:
     lines.append(("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface")))
     lines.append(("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")))
     from iceb.models import toy_quality_passed
+    from iceb.toy.worlds import TOY_WORLDS
 
-    toy = ("not trained" if not (TOY_DIR / "model_index.json").is_file()
-           else "present, quality gates passed" if toy_quality_passed() else "present, below its quality gates")
-    lines.append(("toy world", toy))
+    for world in TOY_WORLDS:
+        state = ("not trained" if not (toy_model_dir(world) / "model_index.json").is_file()
+                 else "present, quality gates passed" if toy_quality_passed(world) else "present, below its quality gates")
+        lines.append((f"toy world {world}" if world != "toy" else "toy world", state))
     lines.append(("default model", default_model_spec()))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
