@@ -102,11 +102,10 @@ def world_name(cfg: TrainConfig) -> str:
 
 
 def vocabulary_ids(world, tokenizer, split) -> list[int]:
-    """The token ids of the world's vocabulary (:meth:`ToyWorld.vocabulary`) plus BOS and EOS, checked to cover
-    every prompt of its split."""
-    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
-    for seq in tokenizer(world.vocabulary()).input_ids:
-        ids.update(seq)
+    """:func:`~iceb.toy.train.text_stage.world_token_ids`, checked to cover every prompt of the world's split."""
+    from iceb.toy.train.text_stage import world_token_ids
+
+    ids = set(world_token_ids(world, tokenizer))
     prompts = [t.replace("{}", c.name) for c in split.concepts for t in split.templates]
     prompts += [p.template.replace("{}", c.name) for c in split.concepts for p in c.prompts]
     missing = {t for seq in tokenizer(prompts).input_ids for t in seq} - ids

@@ -22,6 +22,7 @@ EOS attends to the padding after it, so every position a head reads is computed 
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -100,6 +101,9 @@ def train_text(cfg: TrainConfig, work: Path, log=print, max_seconds: float | Non
 
     if cfg.text_steps <= 0:
         return None
+    done = (work / "text_ckpt").with_suffix(".json")
+    if done.is_file() and json.loads(done.read_text())["step"] >= cfg.text_steps:
+        return json.loads(done.read_text())  # finished (a folder rebuilt from parts holds the encoder alone)
     torch.set_num_threads(cfg.threads)
     world = make_world(cfg)
     tokenizer = load_clip_tokenizer()
@@ -186,9 +190,33 @@ def word_accuracy(world: W.ToyWorld, text_encoder, heads: TextHeads, tokenizer, 
 
 
 def load_text_encoder(cfg: TrainConfig, work: Path, tokenizer):
-    """The ``text`` stage's finished encoder (for the diffusion stage to keep frozen)."""
+    """The ``text`` stage's finished encoder as the diffusion stage keeps it frozen: exactly the encoder that will
+    ship, i.e. rounded to fp16 (the committed weights' precision) with every token row outside the world's
+    vocabulary zero (:func:`world_token_ids`; the committed table holds only those rows).
+
+    Why: the UNet then learns from the very states the shipped model computes, and a run whose work folder was
+    rebuilt from the committed parts (``iceb toy train --from-parts``) trains bit for bit as one that never left
+    its work folder.
+    """
     text_encoder = build_text_encoder(cfg, tokenizer)
     meta = load_ckpt(work / "text_ckpt", {"text_encoder": text_encoder}, None)
     if meta is None or meta["step"] < cfg.text_steps:
         raise FileNotFoundError(f"no finished text-encoder checkpoint in {work}; run the 'text' stage first")
+    keep = torch.tensor(world_token_ids(make_world(cfg), tokenizer))
+    with torch.no_grad():
+        for p in text_encoder.parameters():
+            p.copy_(p.half().float())
+        table = text_encoder.get_input_embeddings().weight
+        kept = table[keep].clone()
+        table.zero_()
+        table[keep] = kept
     return text_encoder
+
+
+def world_token_ids(world: W.ToyWorld, tokenizer) -> list[int]:
+    """The token ids of the world's vocabulary (:meth:`~iceb.toy.world.ToyWorld.vocabulary`) plus BOS and EOS:
+    every token any of its captions, names or prompts can produce."""
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
+    for seq in tokenizer(world.vocabulary()).input_ids:
+        ids.update(seq)
+    return sorted(ids)
