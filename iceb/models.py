@@ -447,7 +447,7 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
             folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False,
             local_files_only=True, use_safetensors=True)
 
-    read_token_rows(pipe, folder)  # a table stored as the rows the model uses (the toy worlds at SD widths)
+    read_token_rows(pipe.text_encoder, folder / "text_encoder")  # a table stored as the rows the model uses (the toy worlds at SD widths)
     check_text_encoder_readable(pipe, folder)  # an error, never a text encoder left at random weights
     info = _read_info(folder)
     family = info.get("family") or _family_from_pipe(pipe)

@@ -123,24 +123,23 @@ def write_token_rows(folder: str | Path, ids: list[int], component: str = "text_
     return len(keep)
 
 
-def read_token_rows(pipe: Any, folder: str | Path, component: str = "text_encoder") -> bool:
+def read_token_rows(text_encoder: Any, folder: str | Path) -> bool:
     """Rebuild a text encoder's token-embedding table from :data:`TOKEN_ROWS` (zeros elsewhere), if present.
 
     Args:
-        pipe: The pipeline just loaded from ``folder`` (its table holds transformers' fresh initialisation).
-        folder: Its diffusers folder.
-        component: The text encoder's sub-folder.
+        text_encoder: The encoder just loaded from ``folder`` (its table holds transformers' fresh initialisation).
+        folder: The encoder's own folder (a pipeline's ``text_encoder/``).
 
     Returns:
         Whether the folder stores its table as rows.
     """
     from safetensors.torch import load_file
 
-    path = Path(folder) / component / TOKEN_ROWS
+    path = Path(folder) / TOKEN_ROWS
     if not path.is_file():
         return False
     rows = load_file(str(path))
-    table = getattr(pipe, component).get_input_embeddings().weight
+    table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         table.zero_()
         table[rows["ids"]] = rows["rows"].to(table.dtype)

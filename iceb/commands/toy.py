@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 STAGES = ("vae", "latents", "classifier", "text", "diffusion", "guidance", "export")
+#: every stage in run order; ``parts`` (hand the stages before diffusion over to a later sitting) only on request
+ALL_STAGES = ("vae", "latents", "classifier", "text", "parts", "diffusion", "guidance", "export")
 
 
 def register(sub) -> None:
     p = sub.add_parser("toy", help="the toy world: train its model and classifier, evaluate, build its split")
     tsub = p.add_subparsers(dest="toy_command", metavar="ACTION")
     t = tsub.add_parser("train", help="train (or resume) the toy model and classifier and export data/toy/")
-    t.add_argument("--stage", action="append", choices=STAGES,
-                   help="run only these stages (repeatable; default: all, in order)")
+    t.add_argument("--stage", action="append", choices=ALL_STAGES,
+                   help="run only these stages (repeatable; default: all but 'parts', in order)")
+    t.add_argument("--from-parts", default=None, help="first rebuild the work folder's stages before diffusion from "
+                   "the folder a 'parts' stage wrote (e.g. data/toy-1k), to continue a run in a new sitting")
     t.add_argument("--work", default=None, help="checkpoint folder (default: runs/toy_train)")
     t.add_argument("--out", default=None, help="export folder (default: data/toy)")
     t.add_argument("--world", default="toy", help="a named recipe: 'toy' (the shipped 64-concept world, default) "
@@ -64,9 +68,10 @@ def run_train(args) -> int:
     from iceb.toy.train import DEFAULT_WORK, TOY_DATA, train_all
 
     cfg = _config(args)
-    stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
+    stages = tuple(s for s in ALL_STAGES if s in args.stage) if args.stage else STAGES
     train_all(cfg, Path(args.work) if args.work else DEFAULT_WORK, Path(args.out) if args.out else TOY_DATA,
-              stages, max_seconds=args.max_seconds, note=args.note)
+              stages, max_seconds=args.max_seconds, note=args.note,
+              from_parts=Path(args.from_parts) if args.from_parts else None)
     return 0
 
 

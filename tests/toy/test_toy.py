@@ -359,6 +359,39 @@ def test_caption_bank_holds_the_frozen_encoders_states_and_diffusion_resumes_on_
     assert 0 < err < 2e-2, err
 
 
+def test_a_run_rebuilt_from_its_parts_trains_bit_for_bit_as_one_that_kept_its_folder(tmp_path):
+    """``parts`` commits the stages before diffusion; ``--from-parts`` rebuilds a work folder from them: the
+    recomputed latents hash as recorded and the diffusion stage's checkpoint equals the original folder's."""
+    from safetensors.torch import load_file
+
+    from iceb.toy import train as T
+    from iceb.toy.train.parts import PARTS_FILE, seed_from_parts
+
+    cfg = T.TrainConfig.tiny()
+    cfg.text_steps, cfg.text_batch, cfg.freeze_text, cfg.text_bank, cfg.steps = 3, 8, True, 16, 4
+    work, parts = tmp_path / "a", tmp_path / "parts"
+    T.train_all(cfg, work, parts, stages=("vae", "latents", "classifier", "text", "parts"), log=lambda *_: None)
+    record = json.loads((parts / PARTS_FILE).read_text())
+    assert not (parts / "model" / "model_index.json").exists() and record["files_sha256"]
+    assert {"model/vae/diffusion_pytorch_model.safetensors", "model/text_encoder/token_rows.safetensors",
+            "classifier.safetensors", "split.json"} <= set(record["files_sha256"])
+    T.train_all(cfg, work, parts, stages=("diffusion",), log=lambda *_: None)
+    later = T.TrainConfig.from_json(cfg.to_json())
+    later.probe_every = 0  # a field only the stages from diffusion on read may change
+    rebuilt = tmp_path / "b"
+    T.train_all(later, rebuilt, tmp_path / "out", stages=("latents", "diffusion"), log=lambda *_: None,
+                from_parts=parts)
+    a, b = load_file(str(work / "diffusion_ckpt.safetensors")), load_file(str(rebuilt / "diffusion_ckpt.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = T.TrainConfig.from_json(cfg.to_json())
+    other.vae_steps += 1
+    with pytest.raises(ValueError, match="vae_steps"):
+        seed_from_parts(other, parts, tmp_path / "c")
+    (parts / "classifier.json").write_text("{}")
+    with pytest.raises(ValueError, match="does not match"):
+        seed_from_parts(cfg, parts, tmp_path / "d")
+
+
 def test_ema_follows_its_formula_and_copies_integer_buffers():
     from iceb.toy.train import EMA
 

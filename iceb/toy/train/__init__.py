@@ -17,6 +17,9 @@ Stages (``iceb toy train --stage ...``), each checkpointed in a work folder and 
 7. ``export``: the EMA weights as a diffusers folder (weights stored in fp16, loaded as fp32), the
    classifier, the split bundle, the caption corpus and ``train_config.json`` with sha256 of every weight.
 
+``parts`` (explicit only) commits the finished stages before diffusion, and ``--from-parts`` rebuilds a work
+folder from them, so a run longer than one sitting continues bit for bit (``parts``).
+
 Randomness is a function of (seed, stage, step), never of a running RNG, so a resumed run draws the same
 batches as an uninterrupted one. Checkpoints are safetensors + JSON (no pickle).
 
@@ -39,6 +42,7 @@ from iceb.toy.train.export import export_bundle
 from iceb.toy.train.guidance import tune_guidance
 from iceb.toy.train.latents import encode_latents
 from iceb.toy.train.models import build_pipeline, build_text_encoder, build_unet, build_vae, train_scheduler
+from iceb.toy.train.parts import check_seeded_latents, export_parts, seed_from_parts
 from iceb.toy.train.text_stage import train_text
 from iceb.toy.train.vae import train_vae
 
@@ -49,10 +53,17 @@ __all__ = ["DEFAULT_WORK", "EMA", "TOY_DATA", "TrainConfig", "build_pipeline", "
 
 def train_all(cfg: TrainConfig, work: Path = DEFAULT_WORK, out: Path = TOY_DATA, stages: tuple[str, ...] = (
         "vae", "latents", "classifier", "text", "diffusion", "guidance", "export"), log=print, max_seconds: float | None = None,
-        note: str | None = None) -> dict:
-    """Run the given stages in order, resuming each from its checkpoint."""
+        note: str | None = None, from_parts: Path | None = None) -> dict:
+    """Run the given stages in order, resuming each from its checkpoint.
+
+    ``from_parts``: first rebuild the work folder's finished stages before diffusion from a folder that the
+    ``parts`` stage wrote (:func:`~iceb.toy.train.parts.seed_from_parts`); the config is then this one.
+    """
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.json"
+    if from_parts is not None:
+        seed_from_parts(cfg, Path(from_parts), work, log)
+        cfg_path.write_text(json.dumps(cfg.to_json(), indent=1))
     if cfg_path.is_file():
         saved = TrainConfig.from_json(json.loads(cfg_path.read_text()))
         if saved != cfg:
@@ -67,6 +78,7 @@ def train_all(cfg: TrainConfig, work: Path = DEFAULT_WORK, out: Path = TOY_DATA,
             result[stage] = train_vae(cfg, work, log)
         elif stage == "latents":
             result[stage] = encode_latents(cfg, work, log)
+            check_seeded_latents(work)
         elif stage == "text":
             result[stage] = train_text(cfg, work, log, max_seconds=max_seconds)
         elif stage == "diffusion":
@@ -77,6 +89,8 @@ def train_all(cfg: TrainConfig, work: Path = DEFAULT_WORK, out: Path = TOY_DATA,
             result[stage] = tune_guidance(cfg, work, log)
         elif stage == "export":
             result[stage] = export_bundle(cfg, work, out, log, timings, note)
+        elif stage == "parts":
+            result[stage] = export_parts(cfg, work, out, log)
         else:
             raise ValueError(f"unknown stage {stage!r}")
         timings[stage] = time.time() - t

@@ -136,7 +136,7 @@ WORLD_RECIPES: dict[str, dict[str, Any]] = {
         "vae_steps": 4000, "images_per_concept": 64, "cls_steps": 2000, "cls_finetune_steps": 8000,
         "text_layers": 3, "text_hidden": 768, "text_intermediate": 3072, "text_heads": 12,
         "text_steps": 1500, "text_batch": 128, "freeze_text": True, "text_autocast": True, "text_bank": 32768,
-        "steps": 4500, "floor_steps": 2500, "probe_every": 1750, "probe_concepts": 256,
+        "steps": 9000, "floor_steps": 4000, "probe_every": 1000, "probe_concepts": 256,
     },
 }
 

@@ -36,6 +36,8 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     tmp_dir = out / ".model.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     pipe.to(dtype=torch.float16)
+    if name != "toy":  # the VAE is small: kept exact, as the parts hand it over (the 64-concept bundle: fp16)
+        pipe.vae.to(torch.float32)
     pipe.save_pretrained(tmp_dir, safe_serialization=True)
     from iceb.weight_layout import write_checkpoint_layout
 

@@ -138,7 +138,7 @@ def train_text(cfg: TrainConfig, work: Path, log=print, max_seconds: float | Non
         loss = sum(nn.functional.cross_entropy(logits[f"{where}_{k}"], concept[k])
                    for where in ("name", "eos") for k in CONCEPT_HEADS)
         loss = loss + sum(nn.functional.cross_entropy(logits[f"eos_{k}"], context[k], ignore_index=_IGNORE)
-                          for k in CONTEXT_HEADS)
+                          for k in CONTEXT_HEADS if (context[k] != _IGNORE).any())  # all free: NaN, not 0
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
