@@ -22,7 +22,7 @@ from editors.requests import EditRequest
 from iceb.tasks import TASKS, get_task
 from iceb.tasks.base import SUBSETS, TaskError
 
-WORLDS = ("imagenet", "toy")
+WORLDS = ("imagenet", "toy", "toy-1k")
 CASES = [(name, world) for name in TASKS.names() for world in WORLDS]
 
 

@@ -56,6 +56,24 @@ def test_toy_1k_names_resolve_in_task_files():
     assert names.resolve(far.name, "test") == far.id and names.resolve(far.aliases[0], "test") == far.id
 
 
+@pytest.mark.skipif(not (TOY_1K / "parts.json").is_file(), reason="no toy-1k parts committed")
+def test_committed_parts_match_their_record_and_the_recipe():
+    """The stages before diffusion, committed for a later sitting (``iceb toy train --stage parts``): every file
+    as recorded, the recipe's config upstream of diffusion, SD-1.x's text widths, the gates' classifier numbers."""
+    from iceb.toy.train.config import TrainConfig, recipe
+    from iceb.toy.train.parts import DOWNSTREAM_FIELDS
+    from iceb.utils.download import sha256_file
+
+    record = json.loads((TOY_1K / "parts.json").read_text())
+    for rel, digest in record["files_sha256"].items():
+        assert sha256_file(TOY_1K / rel) == digest, f"{rel} does not match parts.json"
+    recorded, now = TrainConfig.from_json(record["config"]).to_json(), recipe("toy-1k").to_json()
+    assert {k for k in now if recorded[k] != now[k]} <= DOWNSTREAM_FIELDS
+    te = json.loads((TOY_1K / "model" / "text_encoder" / "config.json").read_text())
+    assert (te["hidden_size"], te["intermediate_size"], te["num_hidden_layers"]) == (768, 3072, 3)
+    assert record["stages"]["text"]["step"] == now["text_steps"] and record["stages"]["text"]["eval"]["primary"] > 0.9
+
+
 @needs_shipped
 def test_shipped_weights_match_the_recorded_config_size_and_widths():
     from iceb.toy.train.config import recipe
