@@ -43,12 +43,11 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("navy", (20, 30, 120)), ("teal", (0, 128, 128)), ("olive", (128, 128, 20)), ("salmon", (250, 120, 100)),
 )
 #: Fill patterns (a third attribute for larger worlds); the 64-concept world uses only "solid". Each stays
-#: recognisable in the VAE's 16x16 latents: "striped" (2-px horizontal bands of background), "twotone" (the
-#: lower half in a dark shade of the colour), "split" (the right half in that shade), "checked" (4-px squares
-#: of background) and "diagonal" (the shade below the diagonal from the top left: twotone, split and diagonal
-#: differ in their boundary's orientation). Patterns that hollow a shape (an outline, a central dot) were left
-#: out: they would turn a circle into the "ring" shape.
-PATTERNS: tuple[str, ...] = ("solid", "striped", "twotone", "split", "checked", "diagonal")
+#: recognisable in the VAE's 16x16 latents and keeps the shape's silhouette: "striped" (2-px horizontal bands in
+#: a dark shade of the colour), "twotone" (the lower half in that shade), "split" (the right half), "checked"
+#: (4-px squares) and "topshade" (the upper half). Patterns that hollow a shape (an outline, a central dot) were
+#: left out: they would turn a circle into the "ring" shape.
+PATTERNS: tuple[str, ...] = ("solid", "striped", "twotone", "split", "checked", "topshade")
 
 POSITIONS: tuple[str, ...] = ("left", "middle", "right")
 SIZES: tuple[str, ...] = ("small", "large")
@@ -385,17 +384,16 @@ def render(concept: ToyConcept, position: str, size: str, background: str, seed:
         arr = np.asarray(img).copy()
         shape_mask = (arr != np.array(bg, dtype=np.uint8)).any(-1)
         rows, cols = np.arange(s)[:, None], np.arange(s)[None, :]
-        if concept.pattern == "striped":
-            arr[shape_mask & ((rows // (2 * _SUPER)) % 2 == 1)] = bg
-        elif concept.pattern == "checked":
-            arr[shape_mask & (((rows // (4 * _SUPER)) + (cols // (4 * _SUPER))) % 2 == 1)] = bg
-        elif concept.pattern in ("twotone", "split", "diagonal"):
-            half = {"twotone": rows >= yc * _SUPER, "split": cols >= xc * _SUPER,
-                    "diagonal": rows - yc * _SUPER >= cols - xc * _SUPER}[concept.pattern]
-            shade = tuple(int(v * 0.45) for v in fill)
-            arr[shape_mask & half] = shade
-        else:
+        # every pattern shades part of the shape (0.45 of its colour) and keeps its silhouette whole: stripes and
+        # checks cut to the background made small shapes misread (0.8% shape errors of a 1,536-concept classifier
+        # on clean renders), and a shade below the diagonal read as the lower half (1.2% pattern errors)
+        part = {"striped": (rows // (2 * _SUPER)) % 2 == 1,
+                "checked": ((rows // (4 * _SUPER)) + (cols // (4 * _SUPER))) % 2 == 1,
+                "twotone": rows >= yc * _SUPER, "split": cols >= xc * _SUPER,
+                "topshade": rows < yc * _SUPER}.get(concept.pattern)
+        if part is None:
             raise ValueError(f"unknown toy pattern {concept.pattern!r}")
+        arr[shape_mask & part] = tuple(int(v * 0.45) for v in fill)
         img = Image.fromarray(arr)
     img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
     arr = np.asarray(img).astype(np.float32) + rng.normal(0, 3.0, size=(IMAGE_SIZE, IMAGE_SIZE, 3))

@@ -74,7 +74,7 @@ def test_patterns_render_distinct_pictures_of_the_same_spec():
                 assert (np.abs(pics[a] - pics[b]).max(-1) > 40).sum() >= 40, (a, b)
     solid = pics["solid"]
     for pattern, (rows, cols) in {"twotone": (slice(20, 26), slice(14, 18)), "split": (slice(12, 18), slice(20, 24)),
-                                  "diagonal": (slice(20, 24), slice(10, 14))}.items():  # their shaded parts
+                                  "topshade": (slice(8, 12), slice(14, 18))}.items():  # their shaded parts
         assert pics[pattern][rows, cols].mean() < 0.6 * solid[rows, cols].mean(), pattern
 
 

@@ -133,7 +133,7 @@ WORLD_RECIPES: dict[str, dict[str, Any]] = {
     "toy": {},
     "toy-1k": {
         "world": {"n_shapes": 16, "n_colours": 16, "n_patterns": 6}, "shuffle_batches": True,
-        "vae_steps": 4000, "images_per_concept": 64, "cls_steps": 2000, "cls_finetune_steps": 8000,
+        "vae_steps": 6000, "images_per_concept": 64, "cls_steps": 2000, "cls_finetune_steps": 8000,
         "text_layers": 3, "text_hidden": 768, "text_intermediate": 3072, "text_heads": 12,
         "text_steps": 1500, "text_batch": 128, "freeze_text": True, "text_autocast": True, "text_bank": 32768,
         "steps": 9000, "floor_steps": 4000, "probe_every": 1000, "probe_concepts": 256,
