@@ -26,11 +26,9 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     """Write the diffusers folder (fp16 weights), classifier, split, captions and train_config.json."""
     import shutil
 
-    from iceb.toy.split import build_scaled_split, build_split
-
     world = make_world(cfg)
     name = world_name(cfg)
-    split = build_split(world) if name == "toy" else build_scaled_split(world, name=name)
+    split = world_split(cfg)
     pipe = build_pipeline(cfg, work)
     model_dir = out / "model"
     tmp_dir = out / ".model.tmp"
@@ -55,11 +53,7 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     (tmp_dir / "iceb_model.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp_dir.rename(model_dir)
-    for f in ("classifier.safetensors", "classifier.json"):
-        shutil.copyfile(work / f, out / f)
-    split.save(out / "split.json")
-    n_captions = max(4000, 16 * len(world))  # 4,000 for the 64-concept world, as shipped
-    (out / "captions.txt").write_text("\n".join(world.caption_corpus(n_captions, seed=cfg.seed + 7)) + "\n")
+    write_world_files(cfg, work, out, split)
     weights = sorted(p for p in out.rglob("*.safetensors"))
     stage_meta = {}
     for stage in ("vae", "text", "diffusion", "classifier"):
@@ -89,6 +83,28 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     total = sum(record["weights_bytes"].values())
     log(f"exported to {out}: {total / 1e6:.1f} MB of weights")
     return record
+
+
+def world_split(cfg: TrainConfig):
+    """The split a config's world ships: the 64-concept split for ``toy``, the scaled one for a recipe world."""
+    from iceb.toy.split import build_scaled_split, build_split
+
+    name = world_name(cfg)
+    return build_split(make_world(cfg)) if name == "toy" else build_scaled_split(make_world(cfg), name=name)
+
+
+def write_world_files(cfg: TrainConfig, work: Path, out: Path, split) -> None:
+    """The classifier (copied from ``work``), the split and the caption corpus, into ``out``."""
+    import shutil
+
+    from iceb.utils.io import write_text
+
+    for f in ("classifier.safetensors", "classifier.json"):
+        shutil.copyfile(work / f, out / f)
+    split.save(out / "split.json")
+    world = make_world(cfg)
+    n_captions = max(4000, 16 * len(world))  # 4,000 for the 64-concept world, as shipped
+    write_text(out / "captions.txt", "\n".join(world.caption_corpus(n_captions, seed=cfg.seed + 7)) + "\n")
 
 
 def world_name(cfg: TrainConfig) -> str:

@@ -47,8 +47,7 @@ def export_parts(cfg: TrainConfig, work: Path, out: Path, log=print) -> dict[str
         The record written to ``out/parts.json``.
     """
     from iceb.data.tokenizer import load_clip_tokenizer
-    from iceb.toy.split import build_scaled_split, build_split
-    from iceb.toy.train.export import vocabulary_ids, world_name
+    from iceb.toy.train.export import vocabulary_ids, world_name, world_split, write_world_files
     from iceb.toy.train.models import load_vae
     from iceb.toy.train.text_stage import load_text_encoder
     from iceb.utils.io import write_text
@@ -59,8 +58,7 @@ def export_parts(cfg: TrainConfig, work: Path, out: Path, log=print) -> dict[str
     for f in ("latents.safetensors", "classifier.safetensors", "classifier.json"):
         if not (work / f).is_file():
             raise FileNotFoundError(f"{work / f} is missing: run the stages up to 'text' first")
-    world, name, tokenizer = make_world(cfg), world_name(cfg), load_clip_tokenizer()
-    split = build_split(world) if name == "toy" else build_scaled_split(world, name=name)
+    world, name, tokenizer, split = make_world(cfg), world_name(cfg), load_clip_tokenizer(), world_split(cfg)
     model = out / "model"
     for sub in ("vae", "text_encoder"):
         shutil.rmtree(model / sub, ignore_errors=True)
@@ -69,11 +67,7 @@ def export_parts(cfg: TrainConfig, work: Path, out: Path, log=print) -> dict[str
                                                                               safe_serialization=True)
     write_checkpoint_layout(model)
     write_token_rows(model, vocabulary_ids(world, tokenizer, split))
-    for f in ("classifier.safetensors", "classifier.json"):
-        shutil.copyfile(work / f, out / f)
-    split.save(out / "split.json")
-    n_captions = max(4000, 16 * len(world))
-    write_text(out / "captions.txt", "\n".join(world.caption_corpus(n_captions, seed=cfg.seed + 7)) + "\n")
+    write_world_files(cfg, work, out, split)
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != PARTS_FILE
                    and (p.parent == out or model in p.parents) and "quality" not in p.name)
     record = {"config": cfg.to_json(), "world": name, "world_config": world.config,
