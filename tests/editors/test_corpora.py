@@ -48,7 +48,7 @@ def test_entry_points_of_pyproject_resolve_in_a_plain_process(tmp_path):
     plain process that imports only ``editors.corpora``: the entry point imports ``iceb.data.corpora`` from
     whichever tree is on sys.path."""
     eps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["iceb.corpora"]
-    assert set(eps) == {"coco", "ccs", "toy", "mini"}
+    assert set(eps) == {"coco", "ccs", "toy", "toy-1k", "mini"}
     dist = tmp_path / "iceb_corpora_probe-0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: iceb-corpora-probe\nVersion: 0\n")
