@@ -8,7 +8,6 @@ concept-editing paper. A hub model that is neither cached nor downloadable ends 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -419,29 +418,13 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     return {"dtype": dtype} if Version(diffusers.__version__).release >= (0, 40) else {"torch_dtype": dtype}
 
 
-@contextlib.contextmanager
-def _quiet_transformers(quiet: bool):
-    """transformers' logging at error level inside the block, when ``quiet``."""
-    if not quiet:
-        yield
-        return
-    from transformers.utils import logging as tlog
-
-    level = tlog.get_verbosity()
-    tlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(level)
-
-
 def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
-    from iceb.weight_layout import TOKEN_ROWS, check_text_encoder_readable, read_token_rows
+    from iceb.weight_layout import TOKEN_ROWS, check_text_encoder_readable, quiet_transformers, read_token_rows
 
     check_model_folder(folder)
-    with _quiet_transformers((folder / "text_encoder" / TOKEN_ROWS).is_file()):
+    with quiet_transformers((folder / "text_encoder" / TOKEN_ROWS).is_file()):
         # a table stored as rows is "missing" to transformers, which says so loudly; read_token_rows fills it
         pipe = StableDiffusionPipeline.from_pretrained(
             folder, **_dtype_kwargs(dtype), safety_checker=None, requires_safety_checker=False,

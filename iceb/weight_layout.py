@@ -9,7 +9,9 @@ transformers would not read (:func:`check_text_encoder_readable`) — an error, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,5 +185,29 @@ def check_text_encoder_readable(pipe: Any, folder: str | Path) -> None:
                 f"write_checkpoint_layout; write_checkpoint_layout('{folder}')\"` or load it with transformers >= 5")
 
 
-__all__ = ["TEXT_COMPONENTS", "TOKEN_ROWS", "WeightLayoutError", "check_text_encoder_readable", "read_token_rows",
+__all__ = ["TEXT_COMPONENTS", "TOKEN_ROWS", "WeightLayoutError", "check_text_encoder_readable", "quiet_transformers",
+           "read_token_rows",
            "write_checkpoint_layout", "write_token_rows"]
+
+
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool) -> Iterator[None]:
+    """transformers' logging at error level inside the block, when ``quiet``.
+
+    Why: a text encoder stored as token rows has no full embedding table, which transformers reports as missing
+    weights at warning level; :func:`read_token_rows` fills the table right after, so the warning misleads.
+
+    Args:
+        quiet: Whether to lower the level (False: a no-op block).
+    """
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)

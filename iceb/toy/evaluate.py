@@ -58,15 +58,15 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
         The result (also written to ``out``): ``summary`` per set, ``summary["gates"]`` and per-concept accuracy.
     """
     from iceb.generation import generate
+    from iceb.metrics.classifiers import get_classifier
     from iceb.models import load_model
-    from iceb.toy.classifier import Toy1kClassifier, ToyClassifier
 
     t0 = time.time()
     loaded = load_model(model, device=device)
     world = W.ToyWorld(**loaded.info.get("world_config", {}))
     kw = {} if classifier_dir is None else {"weights": Path(classifier_dir) / "classifier.safetensors",
                                             "config": Path(classifier_dir) / "classifier.json"}
-    clf = (Toy1kClassifier if loaded.classifier == "toy-1k" else ToyClassifier)(device=device, **kw)
+    clf = get_classifier(loaded.classifier, device=device, **kw)  # "toy" or "toy-1k": the world's own
     if clf.num_classes != len(world):
         raise ValueError(f"the toy classifier has {clf.num_classes} classes but the world {len(world)} concepts")
     cfg = loaded.generation

@@ -78,7 +78,10 @@ def train_all(cfg: TrainConfig, work: Path = DEFAULT_WORK, out: Path = TOY_DATA,
             result[stage] = train_vae(cfg, work, log)
         elif stage == "latents":
             result[stage] = encode_latents(cfg, work, log)
-            check_seeded_latents(work)
+            note = check_seeded_latents(work)
+            if note:
+                log(note)
+                result[stage]["parts_latents"] = note
         elif stage == "text":
             result[stage] = train_text(cfg, work, log, max_seconds=max_seconds)
         elif stage == "diffusion":
