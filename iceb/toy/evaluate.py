@@ -103,16 +103,19 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
         m = sets == s
         if not m.any():
             continue
-        summary[s] = {"n": int(m.sum()), "accuracy": float(np.mean(pred[m] == true[m])),
-                      "mean_prob_true": float(np.mean(probs["concept"][m, true[m]])),
-                      "shape_accuracy": float(np.mean([world.concepts[p].shape == world.concepts[t].shape
-                                                       for p, t in zip(pred[m], true[m])])),
-                      "colour_accuracy": float(np.mean([world.concepts[p].colour == world.concepts[t].colour
-                                                        for p, t in zip(pred[m], true[m])]))}
+        hits = (pred[m] == true[m]).astype(float)
+        summary[s] = {"n": int(m.sum()), "accuracy": float(hits.mean()),
+                      **_uncertainty(hits, true[m]),
+                      "mean_prob_true": float(np.mean(probs["concept"][m, true[m]]))}
+        for attr in ("shape", "colour", "pattern"):
+            summary[s][f"{attr}_accuracy"] = float(np.mean([getattr(world.concepts[p], attr) ==
+                                                            getattr(world.concepts[t], attr)
+                                                            for p, t in zip(pred[m], true[m])]))
     m = sets == "misunderstood"
     summary["misunderstood"] = {
         "n": int(m.sum()), "n_aliases": int(m.sum()) // misunderstood_images,
         "mean_prob_true": float(np.mean(probs["concept"][m, true[m]])),
+        "mean_prob_true_se": _uncertainty(probs["concept"][m, true[m]], true[m])["accuracy_se"],
         "top1_true": float(np.mean(pred[m] == true[m])),
         "mean_prob_trained_as": float(np.mean(probs["concept"][m, trained_as[m]])),
         "top1_trained_as": float(np.mean(pred[m] == trained_as[m])),
@@ -147,6 +150,7 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
     summary["gates"] = {**measured, **GATES, "misunderstood_mean_prob_true": summary["misunderstood"]["mean_prob_true"],
                         "checks": checks, "passed": all(checks.values())}
     result = {"model": loaded.model_id, "fingerprint": loaded.fingerprint, "generation": cfg.key(),
+              "edit_space": edit_space_widths(loaded.pipe, n_edits=min(1000, len(world))),
               "images_per_concept": images_per_concept, "free_form_per_concept": free_form_per_concept,
               "alias_images": alias_images, "misunderstood_images": misunderstood_images,
               "untrained_images": untrained_images, "classifier_images": classifier_images,
@@ -159,6 +163,41 @@ def evaluate_quality(model: str = "toy", out: Path | None = None, images_per_con
 
         write_text(out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _uncertainty(values: np.ndarray, concept: np.ndarray) -> dict[str, Any]:
+    """The standard error and 95% bootstrap interval of a mean over images, each concept a cluster: a concept's
+    images share its name and its weights, so they are not independent draws (:mod:`iceb.metrics.uncertainty`)."""
+    from iceb.metrics.uncertainty import cluster_stats
+
+    st = cluster_stats(np.asarray(values, dtype=float), [str(int(c)) for c in concept])
+    return {"accuracy_se": st.stderr, "accuracy_ci95": [st.ci_low, st.ci_high], "n_concepts": st.n_groups}
+
+
+#: The widths of the spaces closed-form editors write in, in Stable Diffusion 1.x (CLIP ViT-L/14's text encoder).
+SD1_WIDTHS = {"text_hidden": 768, "text_mlp": 3072, "cross_attention": 768}
+
+
+def edit_space_widths(pipe, n_edits: int = 1000) -> dict[str, Any]:
+    """The model's edit-space widths beside SD-1.x's, and the fraction of each that ``n_edits`` edits fill.
+
+    EMCID writes into the text encoder's MLP (keys ``text_mlp`` wide), UCE / TIME / ReFACT into the cross-attention
+    projections and the encoder's output (keys ``cross_attention`` wide): an editor holds N edits only while N
+    is below these widths, so a toy world is comparable with Stable Diffusion when N / width matches.
+
+    Args:
+        pipe: The loaded pipeline.
+        n_edits: The edit count the fractions are stated for.
+
+    Returns:
+        ``{"n_edits", "model": widths, "sd1": widths, "fraction": {name: n/width}, "sd1_fraction": ...}``.
+    """
+    te = pipe.text_encoder.config
+    widths = {"text_hidden": int(te.hidden_size), "text_mlp": int(te.intermediate_size),
+              "cross_attention": int(pipe.unet.config.cross_attention_dim)}
+    return {"n_edits": n_edits, "model": widths, "sd1": dict(SD1_WIDTHS),
+            "fraction": {k: n_edits / v for k, v in widths.items()},
+            "sd1_fraction": {k: n_edits / v for k, v in SD1_WIDTHS.items()}}
 
 
 def classifier_check(world: W.ToyWorld, vae, clf, n: int) -> dict[str, Any]:

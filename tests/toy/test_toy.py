@@ -461,6 +461,13 @@ def test_toy_eval_counts_its_sets_and_its_gates_follow_the_measured_values(tmp_p
     n_mis = sum(len(c.misunderstood) for c in world.concepts)
     assert (s["primary"]["n"], s["free_form"]["n"], s["misunderstood"]["n"]) == (2 * len(world), len(world), 2 * n_mis)
     assert "untrained" not in s and s["classifier"]["n"] == 16 and 0 <= s["classifier"]["vae"] <= 1
+    p = s["primary"]  # concepts are the clusters of the standard error; the widths are the model's own
+    assert p["n_concepts"] == len(world) and p["accuracy_ci95"][0] <= p["accuracy"] <= p["accuracy_ci95"][1]
+    per_concept = np.array(list(res["primary_accuracy_per_concept"].values()))  # equal sizes: sd / sqrt(G)
+    assert p["accuracy_se"] == pytest.approx(per_concept.std(ddof=1) / np.sqrt(len(world)), rel=1e-9, abs=1e-12)
+    space = res["edit_space"]
+    assert space["model"]["text_mlp"] == cfg.text_intermediate and space["sd1"]["text_mlp"] == 3072
+    assert space["fraction"]["text_mlp"] == space["n_edits"] / cfg.text_intermediate and space["n_edits"] == len(world)
     g = s["gates"]
     assert g["checks"] == {
         "primary_accuracy_min": g["primary_accuracy"] >= GATES["primary_accuracy_min"],

@@ -33,9 +33,10 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
     model_dir = out / "model"
     tmp_dir = out / ".model.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    pipe.to(dtype=torch.float16)
-    if name != "toy":  # the VAE is small: kept exact, as the parts hand it over (the 64-concept bundle: fp16)
-        pipe.vae.to(torch.float32)
+    # The VAE is small: a world other than the 64-concept default keeps it exact, as its parts hand it over
+    # (casting the pipeline to fp16 and back would round it); the 64-concept bundle ships it in fp16.
+    for part in ("unet", "text_encoder") if name != "toy" else ("unet", "text_encoder", "vae"):
+        getattr(pipe, part).to(torch.float16)
     pipe.save_pretrained(tmp_dir, safe_serialization=True)
     from iceb.weight_layout import write_checkpoint_layout
 
@@ -76,7 +77,8 @@ def export_bundle(cfg: TrainConfig, work: Path, out: Path = TOY_DATA, log=print,
         "weights_sha256": {str(p.relative_to(out)): sha256_file(p) for p in weights},
         "weights_bytes": {str(p.relative_to(out)): p.stat().st_size for p in weights},
         "split_sha256": sha256_file(out / "split.json"),
-        "storage": "model weights in float16 safetensors (cast from the float32 EMA weights); loaded as float32",
+        "storage": ("model weights in float16 safetensors (cast from the float32 EMA weights)"
+                    + ("" if name == "toy" else ", the VAE in float32") + "; loaded as float32"),
         "note": note,
     }
     (out / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
